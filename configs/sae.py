@@ -1,0 +1,91 @@
+r"""Sparse autoencoder training on an embedding set.
+
+Run (the reference system's setup, on an imported or extracted set):
+  python scripts/train.py --config=configs/sae.py:seed --workdir=runs/seed \
+      --data=PATH
+A tiny fast run on built-in synthetic data:
+  python scripts/train.py --config=configs/sae.py:runlocal \
+      --workdir=runs/demo --config.data.synthetic=True
+Arguments (comma-separated): arch=relu_l1|topk|batchtopk|jumprelu, and the
+presets `seed` (768 -> 6144 ReLU+L1, as the reference system) and `runlocal`
+(tiny and fast). Any field can be overridden: --config.train.lr=3e-4.
+"""
+
+import ml_collections
+
+from emosae_jax.config_utils import parse_arg
+
+
+def get_config(arg=None):
+  arg = parse_arg(arg, arch="relu_l1", seed=False, runlocal=False)
+  config = ml_collections.ConfigDict()
+  config.seed = 0
+
+  config.data = ml_collections.ConfigDict()
+  config.data.path = ""  # an embedding-set folder; or synthetic=True
+  config.data.synthetic = False
+  config.data.val_fraction = 0.1  # held out by group (template) id
+  config.data.split_seed = 0
+  config.data.normalize = True  # centre + scale to mean norm sqrt(d)
+  # Planted-dictionary data, used when synthetic=True.
+  config.data.n_examples = 8192
+  config.data.n_features = 256
+  config.data.avg_active = 4.0
+  config.data.noise = 0.01
+  config.data.n_labels = 0
+
+  config.model = ml_collections.ConfigDict()
+  config.model.arch = arg.arch
+  config.model.d_in = 768
+  config.model.d_sae = 6144
+  config.model.k = 32  # topk / batchtopk
+  config.model.k_aux = 384  # AuxK latents (topk / batchtopk)
+  config.model.decoder_norm = "unit"  # relu_l1: unit | weighted
+  config.model.bandwidth = 1e-3  # jumprelu
+  config.model.threshold_init = 1e-3  # jumprelu
+
+  config.train = ml_collections.ConfigDict()
+  config.train.lr = 3e-4
+  config.train.batch_size = 4096
+  config.train.epochs = 100
+  config.train.warmup_steps = 100  # linear learning-rate warm-up
+  config.train.sparsity_coeff = 3e-3  # L1 (relu_l1) or L0 (jumprelu)
+  config.train.sparsity_warmup_steps = 0  # linear L1 warm-up
+  config.train.aux_coeff = 1 / 32  # AuxK (topk / batchtopk)
+  config.train.dead_window = 100  # steps without firing = dead
+  config.train.resample_every = 0  # relu_l1: resample dead latents (steps)
+  config.train.patience = 20  # early stopping on validation loss (epochs)
+  config.train.max_grad_norm = 1.0
+  config.train.epochs_per_call = 10  # epochs per compiled call / log line
+  config.train.checkpoint_every_epochs = 50
+
+  if arg.arch in ("topk", "batchtopk"):
+    config.train.sparsity_coeff = 0.0
+  if arg.arch == "jumprelu":
+    config.train.sparsity_coeff = 1e-3
+
+  if arg.seed:  # the reference system's hyperparameters
+    config.model.arch = "relu_l1"
+    config.train.lr = 1e-3
+    config.train.batch_size = 16
+    config.train.epochs = 500
+    config.train.sparsity_coeff = 3e-3
+    config.train.patience = 50
+    config.train.warmup_steps = 0
+    config.train.resample_every = 100
+    config.train.epochs_per_call = 50
+
+  if arg.runlocal:
+    config.data.n_examples = 2048
+    config.data.n_features = 64
+    config.model.d_in = 32
+    config.model.d_sae = 128
+    config.model.k = 4
+    config.model.k_aux = 32
+    config.train.batch_size = 256
+    config.train.epochs = 30
+    config.train.warmup_steps = 10
+    config.train.lr = 3e-3
+    config.train.epochs_per_call = 5
+    config.train.checkpoint_every_epochs = 10
+  return config

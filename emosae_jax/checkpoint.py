@@ -1,0 +1,69 @@
+"""Orbax checkpoints of train states, and loading a finished run back.
+
+A workdir's `ckpt/` holds the latest states (orbax `CheckpointManager`,
+`StandardSave`/`StandardRestore`, keyed by epoch). Each state carries both
+the latest and the best-so-far parameters (`best_params`), so "best" and
+"latest" survive together in every checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+from emosae_jax import data
+
+
+def manager(workdir: str | Path, max_to_keep: int = 2) -> ocp.CheckpointManager:
+  options = ocp.CheckpointManagerOptions(
+      max_to_keep=max_to_keep, enable_async_checkpointing=False,
+      create=True)
+  return ocp.CheckpointManager(Path(workdir).absolute() / "ckpt",
+                               options=options)
+
+
+def save(mngr: ocp.CheckpointManager, epoch: int, state) -> None:
+  mngr.save(int(epoch), args=ocp.args.StandardSave(state), force=True)
+  mngr.wait_until_finished()
+
+
+def restore_latest(mngr: ocp.CheckpointManager, target):
+  """Restores the latest checkpoint into `target`'s structure, or None."""
+  step = mngr.latest_step()
+  if step is None:
+    return None
+  abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
+  return mngr.restore(step, args=ocp.args.StandardRestore(abstract))
+
+
+def load_params(workdir: str | Path) -> dict[str, np.ndarray]:
+  """The best parameters of a finished run (numpy), from params.safetensors.
+
+  Sweeps store the same names with a leading member axis.
+  """
+  from safetensors.numpy import load_file
+  path = Path(workdir) / "params.safetensors"
+  if not path.exists():
+    raise data.DataError(f"{workdir}: no params.safetensors; is this a "
+                         "finished training run or sweep workdir?")
+  return load_file(str(path))
+
+
+def load_run_info(workdir: str | Path) -> tuple[dict, dict]:
+  """(config.json, data_info.json) of a run, as dicts."""
+  workdir = Path(workdir)
+  try:
+    config = json.loads((workdir / "config.json").read_text())
+    info = json.loads((workdir / "data_info.json").read_text())
+  except FileNotFoundError as e:
+    raise data.DataError(f"{workdir}: not a run workdir ({e.filename} "
+                         "missing)") from None
+  return config, info
+
+
+def normalizer_of(info: dict) -> data.Normalizer:
+  return data.Normalizer.from_dict(info["normalizer"])

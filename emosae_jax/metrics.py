@@ -1,0 +1,66 @@
+"""SAE quality metrics (definitions in DESIGN.md)."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def mse(x, x_hat):
+  """Mean squared error per element."""
+  return jnp.mean(jnp.square(x - x_hat))
+
+
+def fvu(x, x_hat):
+  """sum((x - x_hat)^2) / sum((x - mean(x))^2); x, x_hat: [N, d]."""
+  resid = jnp.sum(jnp.square(x - x_hat))
+  total = jnp.sum(jnp.square(x - jnp.mean(x, axis=0)))
+  return resid / jnp.maximum(total, 1e-12)
+
+
+def l0(acts):
+  """Mean number of non-zero latents per example; acts: [N, d_sae]."""
+  return jnp.mean(jnp.sum(acts != 0, axis=-1))
+
+
+def firing_rate(acts):
+  """Fraction of examples on which each latent is non-zero: [d_sae]."""
+  return jnp.mean(acts != 0, axis=0)
+
+
+def dead_fraction(acts):
+  """Fraction of latents that never fire on `acts` (the training set)."""
+  return jnp.mean(jnp.all(acts == 0, axis=0))
+
+
+def mean_max_cosine(a, b):
+  """Mean over rows of `a` of the best cosine with any row of `b`."""
+  a = a / jnp.linalg.norm(a, axis=1, keepdims=True)
+  b = b / jnp.linalg.norm(b, axis=1, keepdims=True)
+  return jnp.mean(jnp.max(a @ b.T, axis=1))
+
+
+def dictionary_recovery(true_features, decoder):
+  """Both directions of mean max cosine: true -> learned, learned -> true."""
+  return {"true_to_learned": float(mean_max_cosine(true_features, decoder)),
+          "learned_to_true": float(mean_max_cosine(decoder, true_features))}
+
+
+def density_histogram(rates, bins: int = 40):
+  """Histogram of log10 firing rates of live latents, plus the dead count."""
+  rates = np.asarray(rates)
+  live = rates[rates > 0]
+  counts, edges = np.histogram(np.log10(live), bins=bins) if live.size else (
+      np.zeros(bins, int), np.linspace(-6, 0, bins + 1))
+  return {"log10_rate_edges": edges.tolist(), "counts": counts.tolist(),
+          "dead": int(np.sum(rates == 0))}
+
+
+@jax.jit
+def _reduce(x, x_hat, acts):
+  return {"mse": mse(x, x_hat), "fvu": fvu(x, x_hat), "l0": l0(acts)}
+
+
+def reconstruction_report(x, x_hat, acts) -> dict:
+  return {k: float(v) for k, v in _reduce(x, x_hat, acts).items()}

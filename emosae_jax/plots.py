@@ -1,0 +1,49 @@
+"""Training figures (matplotlib, Agg: no display needed)."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from emosae_jax.data import atomic_write_bytes  # noqa: E402
+
+
+def save_figure(fig, path: str | Path) -> None:
+  buf = io.BytesIO()
+  fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+  plt.close(fig)
+  atomic_write_bytes(path, buf.getvalue())
+
+
+def training_curves(rows: list[dict], path: str | Path) -> None:
+  """Loss, FVU, L0 and dead fraction against epoch, from metrics.jsonl rows."""
+  epochs = [r["epoch"] for r in rows]
+  fig, axes = plt.subplots(1, 4, figsize=(16, 3.5))
+  panels = [("loss", ["train_loss", "val_loss"], True),
+            ("FVU (validation)", ["val_fvu"], True),
+            ("L0", ["train_l0", "val_l0"], False),
+            ("dead fraction", ["dead_fraction"], False)]
+  for ax, (title, keys, log) in zip(axes, panels):
+    for k in keys:
+      ax.plot(epochs, [r[k] for r in rows], label=k)
+    ax.set_title(title)
+    ax.set_xlabel("epoch")
+    if log:
+      ax.set_yscale("log")
+    ax.legend(fontsize=8)
+  save_figure(fig, path)
+
+
+def density_histogram(hist: dict, path: str | Path) -> None:
+  fig, ax = plt.subplots(figsize=(6, 3.5))
+  edges = hist["log10_rate_edges"]
+  ax.stairs(hist["counts"], edges)
+  ax.set_xlabel("log10 firing rate (training set)")
+  ax.set_ylabel("latents")
+  ax.set_title(f"latent density ({hist['dead']} dead)")
+  save_figure(fig, path)

@@ -1,0 +1,55 @@
+"""SAE architectures behind one registry.
+
+Each architecture is a small module with the same four functions:
+  extra_params(spec)                -> ((name, init(key)), ...)
+  activation(spec, params, pre, train) -> acts
+  loss_terms(spec, params, x, x_hat, pre, acts, dead_mask, hp)
+                                    -> {"mse", "sparsity", "aux"}
+  post_update(spec, params, batch_stats) -> params   (after each optimizer step)
+and optionally batch_stats(spec, params, pre) (statistics post_update needs).
+"""
+
+from __future__ import annotations
+
+import types
+
+import jax
+
+from emosae_jax.saes import base, batchtopk, jumprelu, relu_l1, topk
+from emosae_jax.saes.base import Params, SAESpec, decode, pre_activation
+
+ARCHS: dict[str, types.ModuleType] = {
+    "relu_l1": relu_l1,
+    "topk": topk,
+    "batchtopk": batchtopk,
+    "jumprelu": jumprelu,
+}
+
+
+def get_arch(name: str) -> types.ModuleType:
+  if name not in ARCHS:
+    raise ValueError(f"unknown SAE architecture {name!r}; choose one of "
+                     f"{sorted(ARCHS)}")
+  return ARCHS[name]
+
+
+def init_params(spec: SAESpec, rng: jax.Array) -> Params:
+  return base.init_params(spec, get_arch(spec.arch).extra_params(spec), rng)
+
+
+def encode(spec: SAESpec, params: Params, x: jax.Array,
+           train: bool = False) -> jax.Array:
+  """Float[batch d_in] (normalised units) -> Float[batch d_sae] activations."""
+  return get_arch(spec.arch).activation(spec, params,
+                                        pre_activation(params, x), train)
+
+
+def forward(spec: SAESpec, params: Params, x: jax.Array, train: bool):
+  """Returns (x_hat, acts, pre)."""
+  pre = pre_activation(params, x)
+  acts = get_arch(spec.arch).activation(spec, params, pre, train)
+  return decode(params, acts), acts, pre
+
+
+__all__ = ["ARCHS", "SAESpec", "Params", "get_arch", "init_params", "encode",
+           "decode", "forward", "pre_activation"]

@@ -1,0 +1,117 @@
+"""Shared SAE machinery: the Flax module, parameter layout, encode/decode.
+
+Parameters (a plain dict pytree, so sweeps can stack and vmap them):
+  W_enc [d_in, d_sae], b_enc [d_sae], W_dec [d_sae, d_in], b_dec [d_in]
+  plus what an architecture adds (jumprelu: log_threshold [d_sae];
+  batchtopk: threshold [] for inference).
+
+Every architecture shares the affine maps
+  pre = (x - b_dec) @ W_enc + b_enc          (b_dec is the pre-encoder bias)
+  x_hat = acts @ W_dec + b_dec
+and differs only in `activation` (pre -> acts) and its loss terms.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Params = dict[str, jax.Array]
+
+
+@dataclasses.dataclass(frozen=True)
+class SAESpec:
+  """Static (shape-determining) description of one SAE; hashable for jit."""
+
+  arch: str
+  d_in: int
+  d_sae: int
+  k: int = 32  # topk / batchtopk: active latents per example
+  k_aux: int = 256  # topk / batchtopk: latents used by the AuxK loss
+  decoder_norm: str = "unit"  # relu_l1: "unit" rows or "weighted" L1
+  bandwidth: float = 1e-3  # jumprelu: STE kernel width
+  threshold_init: float = 1e-3  # jumprelu: initial threshold
+
+
+class SparseAutoencoder(nn.Module):
+  """Flax module holding the shared parameters; init gives the param dict.
+
+  Decoder rows start at unit norm and the encoder as their transpose (the
+  usual tied initialisation), which puts every latent on a data direction
+  from step 0.
+  """
+
+  spec: SAESpec
+  extra_params: tuple[tuple[str, Callable[..., Any]], ...] = ()
+
+  @nn.compact
+  def __call__(self, x):
+    d, m = self.spec.d_in, self.spec.d_sae
+
+    def init_dec(key, shape):
+      w = jax.random.normal(key, shape)
+      return w / jnp.linalg.norm(w, axis=1, keepdims=True)
+
+    w_dec = self.param("W_dec", init_dec, (m, d))
+    w_enc = self.param("W_enc", lambda key, shape: w_dec.T, (d, m))
+    b_enc = self.param("b_enc", nn.initializers.zeros, (m,))
+    b_dec = self.param("b_dec", nn.initializers.zeros, (d,))
+    for name, init in self.extra_params:
+      self.param(name, init)
+    return (x - b_dec) @ w_enc + b_enc
+
+
+def init_params(spec: SAESpec, extra_params, rng: jax.Array) -> Params:
+  module = SparseAutoencoder(spec, tuple(extra_params))
+  variables = module.init(rng, jnp.zeros((1, spec.d_in)))
+  return dict(variables["params"])
+
+
+def pre_activation(params: Params, x: jax.Array) -> jax.Array:
+  """Float[batch d_in] -> Float[batch d_sae]."""
+  return (x - params["b_dec"]) @ params["W_enc"] + params["b_enc"]
+
+
+def decode(params: Params, acts: jax.Array) -> jax.Array:
+  """Float[batch d_sae] -> Float[batch d_in]."""
+  return acts @ params["W_dec"] + params["b_dec"]
+
+
+def decoder_norms(params: Params) -> jax.Array:
+  return jnp.linalg.norm(params["W_dec"], axis=1)
+
+
+def reconstruction_mse(x: jax.Array, x_hat: jax.Array) -> jax.Array:
+  """Mean over batch and dimensions of the squared error (normalised units)."""
+  return jnp.mean(jnp.square(x - x_hat))
+
+
+def topk_mask_rows(values: jax.Array, k: int) -> jax.Array:
+  """Keeps the k largest entries of each row, zeroes the rest."""
+  top, idx = jax.lax.top_k(values, k)
+  rows = jnp.arange(values.shape[0])[:, None]
+  return jnp.zeros_like(values).at[rows, idx].set(top)
+
+
+def aux_k_loss(spec: SAESpec, params: Params, x, x_hat, pre, dead_mask):
+  """AuxK (Gao et al. 2024): reconstruct the residual from dead latents.
+
+  The top `k_aux` pre-activations among dead latents try to explain
+  x - x_hat; the loss is normalised by the residual's variance so that its
+  scale does not depend on how good the main reconstruction already is.
+  Zero when no latent is dead.
+  """
+  k_aux = min(spec.k_aux, spec.d_sae)
+  masked = jnp.where(dead_mask[None, :], pre, -jnp.inf)
+  aux_acts = jax.nn.relu(topk_mask_rows(masked, k_aux))
+  aux_acts = jnp.where(jnp.isfinite(aux_acts), aux_acts, 0.0)
+  residual = jax.lax.stop_gradient(x - x_hat)
+  residual_hat = aux_acts @ params["W_dec"]
+  err = jnp.sum(jnp.square(residual - residual_hat), axis=-1)
+  var = jnp.sum(jnp.square(residual - residual.mean(0)), axis=-1)
+  loss = jnp.mean(err) / jnp.maximum(jnp.mean(var), 1e-8)
+  return jnp.where(jnp.any(dead_mask), loss, 0.0)

@@ -1,0 +1,39 @@
+"""ReLU + L1 (the reference system's SAE; Bricken et al. 2023).
+
+`decoder_norm="unit"` renormalises decoder rows after every step (see
+`post_update`); `"weighted"` leaves them free and weights each latent's L1
+by its decoder norm, which removes the incentive to shrink activations while
+growing decoder rows.
+"""
+
+import jax
+import jax.numpy as jnp
+
+from emosae_jax.saes import base
+
+
+def extra_params(spec):
+  del spec
+  return ()
+
+
+def activation(spec, params, pre, train: bool):
+  del spec, params, train
+  return jax.nn.relu(pre)
+
+
+def loss_terms(spec, params, x, x_hat, pre, acts, dead_mask, hp):
+  del pre, dead_mask, hp
+  mse = base.reconstruction_mse(x, x_hat)
+  weights = (base.decoder_norms(params) if spec.decoder_norm == "weighted"
+             else jnp.ones((spec.d_sae,)))
+  sparsity = jnp.mean(jnp.sum(jnp.abs(acts) * weights, axis=-1))
+  return {"mse": mse, "sparsity": sparsity, "aux": jnp.zeros(())}
+
+
+def post_update(spec, params, batch_stats):
+  del batch_stats
+  if spec.decoder_norm == "unit":
+    w = params["W_dec"]
+    params = dict(params, W_dec=w / jnp.linalg.norm(w, axis=1, keepdims=True))
+  return params

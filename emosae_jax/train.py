@@ -1,0 +1,286 @@
+"""SAE training: a pure, jitted, vmappable core plus a small driver.
+
+The core works on one SAE; sweeps vmap it over members. The whole training
+set lives on the device, and `train_epochs` runs several epochs inside one
+compiled program (scan over epochs, scan over steps), so there is no Python
+per step. Early stopping, NaN detection and dead-latent bookkeeping are part
+of the state, which is what makes the same code vmappable: a member that
+stopped or failed simply stops changing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import optax
+
+from emosae_jax import saes
+
+Params = saes.Params
+HParams = dict[str, jax.Array]  # float32 scalars; may differ between members
+
+HPARAM_FIELDS = ("lr", "sparsity_coeff", "aux_coeff", "warmup_steps",
+                 "sparsity_warmup_steps")
+
+
+class TrainingError(RuntimeError):
+  """Training cannot go on (e.g. the loss became NaN); the message says why."""
+
+
+@dataclasses.dataclass(frozen=True)
+class StaticSpec:
+  """Everything that fixes shapes or control flow: one compile per StaticSpec."""
+
+  sae: saes.SAESpec
+  batch_size: int
+  steps_per_epoch: int
+  dead_window: int
+  resample_every: int
+  patience: int
+  max_grad_norm: float
+  eval_chunk: int
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array  # int32 []
+  epoch: jax.Array  # int32 []
+  params: Params
+  opt_state: Any
+  rng: jax.Array  # uint32 [2]: the run's base key; folded with epoch/step
+  steps_since_fired: jax.Array  # int32 [d_sae]
+  best_val: jax.Array  # float32 []
+  best_epoch: jax.Array  # int32 []
+  best_params: Params
+  bad_epochs: jax.Array  # int32 []
+  stopped: jax.Array  # bool []: early stopping triggered
+  failed: jax.Array  # bool []: a non-finite loss was seen; state frozen
+
+
+def hparams_from_config(config) -> HParams:
+  t = config.train
+  return {k: jnp.asarray(float(t[k]), jnp.float32) for k in HPARAM_FIELDS}
+
+
+def static_spec_from_config(config, n_train: int) -> StaticSpec:
+  m, t = config.model, config.train
+  sae = saes.SAESpec(arch=m.arch, d_in=m.d_in, d_sae=m.d_sae, k=m.k,
+                     k_aux=m.k_aux, decoder_norm=m.decoder_norm,
+                     bandwidth=m.bandwidth, threshold_init=m.threshold_init)
+  batch = min(t.batch_size, n_train)
+  return StaticSpec(sae=sae, batch_size=batch,
+                    steps_per_epoch=max(1, n_train // batch),
+                    dead_window=t.dead_window,
+                    resample_every=t.resample_every, patience=t.patience,
+                    max_grad_norm=t.max_grad_norm, eval_chunk=2048)
+
+
+def _optimizer(spec: StaticSpec) -> optax.GradientTransformation:
+  # The learning rate (with warm-up) is applied by hand after this chain, so
+  # it can be a traced per-member value in sweeps.
+  parts = [optax.scale_by_adam()]
+  if spec.max_grad_norm > 0:
+    parts.insert(0, optax.clip_by_global_norm(spec.max_grad_norm))
+  return optax.chain(*parts)
+
+
+def init_state(spec: StaticSpec, rng: jax.Array) -> TrainState:
+  """A fresh state; `rng` is a raw uint32[2] key (jax.random.PRNGKey)."""
+  params = saes.init_params(spec.sae, jax.random.fold_in(rng, 0))
+  return TrainState(
+      step=jnp.zeros((), jnp.int32), epoch=jnp.zeros((), jnp.int32),
+      params=params, opt_state=_optimizer(spec).init(params), rng=rng,
+      steps_since_fired=jnp.zeros((spec.sae.d_sae,), jnp.int32),
+      best_val=jnp.asarray(jnp.inf, jnp.float32),
+      best_epoch=jnp.zeros((), jnp.int32),
+      best_params=jax.tree.map(jnp.copy, params),  # distinct buffers: donated
+      bad_epochs=jnp.zeros((), jnp.int32),
+      stopped=jnp.zeros((), bool), failed=jnp.zeros((), bool))
+
+
+def _loss_fn(spec: StaticSpec, hp: HParams, sparsity_scale, dead_mask,
+             params, xb):
+  arch = saes.get_arch(spec.sae.arch)
+  x_hat, acts, pre = saes.forward(spec.sae, params, xb, train=True)
+  terms = arch.loss_terms(spec.sae, params, xb, x_hat, pre, acts, dead_mask,
+                          hp)
+  loss = (terms["mse"] + hp["sparsity_coeff"] * sparsity_scale
+          * terms["sparsity"] + hp["aux_coeff"] * terms["aux"])
+  return loss, (terms, x_hat, acts, pre)
+
+
+def _warmup(step, steps):
+  return jnp.minimum(1.0, (step + 1) / jnp.maximum(steps, 1.0))
+
+
+def train_step(spec: StaticSpec, hp: HParams, state: TrainState, xb):
+  """One optimizer step on batch xb [batch, d_in]; returns (state, metrics).
+
+  A step whose loss is not finite is not applied: the state is frozen with
+  `failed` set, so the driver can stop with the last good parameters.
+  """
+  arch = saes.get_arch(spec.sae.arch)
+  step_f = state.step.astype(jnp.float32)
+  dead_mask = state.steps_since_fired >= spec.dead_window
+  sparsity_scale = _warmup(step_f, hp["sparsity_warmup_steps"])
+  grad_fn = jax.value_and_grad(
+      functools.partial(_loss_fn, spec, hp, sparsity_scale, dead_mask),
+      has_aux=True)
+  (loss, (terms, x_hat, acts, pre)), grads = grad_fn(state.params, xb)
+  finite = jnp.isfinite(loss)
+
+  def apply(state):
+    updates, opt_state = _optimizer(spec).update(grads, state.opt_state,
+                                                 state.params)
+    lr = hp["lr"] * _warmup(step_f, hp["warmup_steps"])
+    params = jax.tree.map(lambda p, u: p - lr * u, state.params, updates)
+    stats = (arch.batch_stats(spec.sae, params, pre)
+             if hasattr(arch, "batch_stats") else None)
+    params = arch.post_update(spec.sae, params, stats)
+    fired = jnp.any(acts != 0, axis=0)
+    since = jnp.where(fired, 0, state.steps_since_fired + 1)
+    state = state.replace(params=params, opt_state=opt_state,
+                          steps_since_fired=since, step=state.step + 1)
+    if spec.resample_every > 0:
+      state = jax.lax.cond(state.step % spec.resample_every == 0,
+                           functools.partial(_resample, spec, xb, x_hat),
+                           lambda s: s, state)
+    return state
+
+  state = jax.lax.cond(finite, apply, lambda s: s.replace(failed=True), state)
+  metrics = dict(terms, loss=loss, l0=jnp.mean(jnp.sum(acts != 0, -1)))
+  return state, metrics
+
+
+def _resample(spec: StaticSpec, xb, x_hat, state: TrainState) -> TrainState:
+  """Re-initialises dead latents on badly reconstructed inputs (Bricken et
+  al. 2023): the decoder row points at a high-loss input, the encoder column
+  is that direction at 0.2x the mean live encoder norm, Adam moments reset."""
+  dead = state.steps_since_fired >= spec.dead_window
+  params = state.params
+  key = jax.random.fold_in(jax.random.fold_in(state.rng, 1 << 20), state.step)
+  err = jnp.sum(jnp.square(xb - x_hat), axis=-1)
+  picks = jax.random.categorical(key, jnp.log(err + 1e-12),
+                                 shape=(spec.sae.d_sae,))
+  directions = xb[picks] - params["b_dec"]
+  directions /= jnp.linalg.norm(directions, axis=1, keepdims=True) + 1e-8
+  enc_norms = jnp.linalg.norm(params["W_enc"], axis=0)
+  live_norm = jnp.sum(jnp.where(dead, 0, enc_norms)) / jnp.maximum(
+      jnp.sum(~dead), 1)
+  new = dict(params)
+  new["W_dec"] = jnp.where(dead[:, None], directions, params["W_dec"])
+  new["W_enc"] = jnp.where(dead[None, :], 0.2 * live_norm * directions.T,
+                           params["W_enc"])
+  new["b_enc"] = jnp.where(dead, 0.0, params["b_enc"])
+
+  def reset(tree):
+    out = dict(tree)
+    out["W_dec"] = jnp.where(dead[:, None], 0.0, tree["W_dec"])
+    out["W_enc"] = jnp.where(dead[None, :], 0.0, tree["W_enc"])
+    out["b_enc"] = jnp.where(dead, 0.0, tree["b_enc"])
+    return out
+
+  opt_state = tuple(
+      s._replace(mu=reset(s.mu), nu=reset(s.nu))
+      if isinstance(s, optax.ScaleByAdamState) else s
+      for s in state.opt_state)
+  return state.replace(params=new, opt_state=opt_state,
+                       steps_since_fired=jnp.where(dead, 0,
+                                                   state.steps_since_fired))
+
+
+def evaluate(spec: StaticSpec, hp: HParams, params: Params, x):
+  """Loss, MSE, FVU and L0 on x [n, d_in], in chunks to bound memory."""
+  n = x.shape[0]
+  chunk = min(spec.eval_chunk, n)
+  n_chunks = -(-n // chunk)
+  pad = n_chunks * chunk - n
+  xs = jnp.pad(x, ((0, pad), (0, 0))).reshape(n_chunks, chunk, -1)
+  valid = (jnp.arange(n_chunks * chunk) < n).reshape(n_chunks, chunk)
+  arch = saes.get_arch(spec.sae.arch)
+
+  def body(carry, inputs):
+    xc, vc = inputs
+    x_hat, acts, pre = saes.forward(spec.sae, params, xc, train=False)
+    terms = arch.loss_terms(spec.sae, params, xc, x_hat, pre, acts,
+                            jnp.zeros((spec.sae.d_sae,), bool), hp)
+    sq = jnp.sum(jnp.square(xc - x_hat), -1) * vc
+    nz = jnp.sum(acts != 0, -1) * vc
+    # loss_terms gives a chunk mean; padded rows of the last chunk (only when
+    # n > eval_chunk) slightly bias this early-stopping signal, not FVU/L0.
+    sparsity = terms["sparsity"] * jnp.sum(vc)
+    return carry, (jnp.sum(sq), jnp.sum(nz), sparsity)
+
+  _, (sq, nz, sparsity) = jax.lax.scan(body, None, (xs, valid))
+  d = x.shape[1]
+  total = jnp.sum(jnp.square(x - x.mean(0)))
+  mse = jnp.sum(sq) / (n * d)
+  loss = mse + hp["sparsity_coeff"] * jnp.sum(sparsity) / n
+  return {"loss": loss, "mse": mse, "fvu": jnp.sum(sq) / total,
+          "l0": jnp.sum(nz) / n}
+
+
+def _epoch(spec: StaticSpec, hp: HParams, x_train, x_val, state: TrainState):
+  n_used = spec.steps_per_epoch * spec.batch_size
+  key = jax.random.fold_in(state.rng, state.epoch)
+  order = jax.random.permutation(key, x_train.shape[0])[:n_used]
+  batches = order.reshape(spec.steps_per_epoch, spec.batch_size)
+
+  def step_body(state, idx):
+    return train_step(spec, hp, state, x_train[idx])
+
+  state, step_metrics = jax.lax.scan(step_body, state, batches)
+  val = evaluate(spec, hp, state.params, x_val)
+  improved = (val["loss"] < state.best_val) & ~state.failed
+  bad = jnp.where(improved, 0, state.bad_epochs + 1)
+  state = state.replace(
+      epoch=state.epoch + 1,
+      best_val=jnp.where(improved, val["loss"], state.best_val),
+      best_epoch=jnp.where(improved, state.epoch + 1, state.best_epoch),
+      best_params=jax.tree.map(lambda b, p: jnp.where(improved, p, b),
+                               state.best_params, state.params),
+      bad_epochs=bad,
+      stopped=state.stopped | (bad >= spec.patience))
+  metrics = {f"train_{k}": jnp.mean(v) for k, v in step_metrics.items()}
+  metrics.update({f"val_{k}": v for k, v in val.items()})
+  metrics["dead_fraction"] = jnp.mean(
+      state.steps_since_fired >= spec.dead_window)
+  metrics["lr"] = hp["lr"] * _warmup(state.step.astype(jnp.float32) - 1,
+                                     hp["warmup_steps"])
+  return state, metrics
+
+
+def train_epochs(spec: StaticSpec, n_epochs: int, state: TrainState,
+                 hp: HParams, x_train, x_val):
+  """Runs up to n_epochs epochs; a stopped or failed state is left as is.
+
+  Returns (state, metrics) with metrics [n_epochs] per key, plus "active"
+  marking the epochs that ran.
+  """
+
+  run_epoch = functools.partial(_epoch, spec, hp, x_train, x_val)
+  metric_shapes = jax.eval_shape(run_epoch, state)[1]
+
+  def epoch_body(state, _):
+    active = ~(state.stopped | state.failed)
+    new_state, metrics = jax.lax.cond(
+        active, run_epoch,
+        lambda s: (s, jax.tree.map(lambda m: jnp.zeros(m.shape, m.dtype),
+                                  metric_shapes)), state)
+    metrics["active"] = active
+    metrics["epoch"] = new_state.epoch
+    return new_state, metrics
+
+  return jax.lax.scan(epoch_body, state, None, length=n_epochs)
+
+
+@functools.lru_cache(maxsize=None)
+def compiled_train_epochs(spec: StaticSpec, n_epochs: int):
+  """The jitted single-SAE epoch runner; donates the state."""
+  return jax.jit(functools.partial(train_epochs, spec, n_epochs),
+                 donate_argnums=0)

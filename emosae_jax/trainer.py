@@ -1,0 +1,211 @@
+"""The training driver: config + workdir in, trained SAE and reports out.
+
+Workdir layout (every file written atomically):
+  config.json         the resolved config
+  data_info.json      data path and hash, split indices, input normaliser
+  metrics.jsonl       one JSON line per epoch
+  ckpt/               orbax checkpoints of the full train state
+  params.safetensors  best parameters (normalised units) for other tools
+  summary.json        final held-out FVU, MSE, L0, dead fraction, ...
+  training_curves.png, density.png
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from safetensors.numpy import save_file
+from tqdm.auto import tqdm
+
+from emosae_jax import checkpoint, data, metrics, plots, saes
+from emosae_jax import train as core
+from emosae_jax.prepare import PreparedData, prepare
+
+# Config fields that may change when a run is resumed.
+RESUMABLE_CHANGES = ("train.epochs",)
+
+
+def validate_config(config) -> None:
+  """Raises ValueError for settings that cannot train, before any work."""
+  m, t = config.model, config.train
+  saes.get_arch(m.arch)
+  checks = [
+      (m.d_in > 0 and m.d_sae > 0, "model.d_in and model.d_sae must be > 0"),
+      (m.arch not in ("topk", "batchtopk") or 0 < m.k <= m.d_sae,
+       f"model.k={m.k} must lie in [1, d_sae={m.d_sae}]"),
+      (m.decoder_norm in ("unit", "weighted"),
+       f"model.decoder_norm={m.decoder_norm!r}: use 'unit' or 'weighted'"),
+      (t.batch_size > 0 and t.epochs > 0 and t.epochs_per_call > 0,
+       "train.batch_size, train.epochs and train.epochs_per_call must be > 0"),
+      (t.lr > 0, f"train.lr={t.lr} must be > 0"),
+      (t.patience > 0, "train.patience must be > 0"),
+  ]
+  for ok, message in checks:
+    if not ok:
+      raise ValueError(message)
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+  out = {}
+  for k, v in d.items():
+    if isinstance(v, dict):
+      out.update(_flatten(v, f"{prefix}{k}."))
+    else:
+      out[f"{prefix}{k}"] = v
+  return out
+
+
+def check_workdir(workdir: Path, config_dict: dict,
+                  allowed_changes=RESUMABLE_CHANGES) -> None:
+  """Fails if the workdir holds a different run or cannot be written."""
+  saved = workdir / "config.json"
+  if saved.exists():
+    old, new = _flatten(json.loads(saved.read_text())), _flatten(config_dict)
+    diff = sorted(k for k in set(old) | set(new)
+                  if old.get(k) != new.get(k) and k not in allowed_changes)
+    if diff:
+      raise ValueError(f"{workdir} holds a different run (config differs in "
+                       f"{', '.join(diff[:5])}); use a new --workdir")
+  workdir.mkdir(parents=True, exist_ok=True)
+  if not os.access(workdir, os.W_OK):
+    raise ValueError(f"{workdir} is not writable")
+
+
+def write_metrics(path: Path, rows: list[dict]) -> None:
+  data.atomic_write_bytes(
+      path, "".join(json.dumps(r) + "\n" for r in rows).encode())
+
+
+def read_metrics(path: Path, up_to_epoch: int | None = None) -> list[dict]:
+  if not path.exists():
+    return []
+  rows = [json.loads(line) for line in path.read_text().splitlines() if line]
+  return [r for r in rows if up_to_epoch is None or r["epoch"] <= up_to_epoch]
+
+
+def epoch_rows(metric_arrays: dict, member: int | None = None) -> list[dict]:
+  """Turns train_epochs' [n_epochs] (or [members, n_epochs]) metrics into
+  JSON rows, keeping only the epochs that actually ran."""
+  host = jax.device_get(metric_arrays)
+  if member is not None:
+    host = {k: v[member] for k, v in host.items()}
+  rows = []
+  for i in range(len(host["epoch"])):
+    if not host["active"][i]:
+      continue
+    row = {k: float(v[i]) for k, v in host.items() if k != "active"}
+    row["epoch"] = int(host["epoch"][i])
+    rows.append(row)
+  return rows
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def firing_counts(spec: core.StaticSpec, params, x):
+  """How many examples of x [n, d] each latent fires on: int32 [d_sae]."""
+  chunk = min(spec.eval_chunk, x.shape[0])
+  n_chunks = -(-x.shape[0] // chunk)
+  pad = n_chunks * chunk - x.shape[0]
+  xs = jnp.pad(x, ((0, pad), (0, 0))).reshape(n_chunks, chunk, -1)
+  valid = (jnp.arange(n_chunks * chunk) < x.shape[0]).reshape(n_chunks, chunk)
+
+  def body(counts, inputs):
+    xc, vc = inputs
+    acts = saes.encode(spec.sae, params, xc)
+    return counts + jnp.sum((acts != 0) & vc[:, None], 0), None
+
+  counts, _ = jax.lax.scan(body, jnp.zeros((spec.sae.d_sae,), jnp.int32),
+                           (xs, valid))
+  return counts
+
+
+def final_report(spec: core.StaticSpec, hp, params, prepared: PreparedData,
+                 ) -> tuple[dict, dict]:
+  """Held-out metrics of `params` and its density histogram (host values)."""
+  val = jax.device_get(jax.jit(core.evaluate, static_argnums=0)(
+      spec, hp, params, prepared.x_val))
+  rates = np.asarray(firing_counts(spec, params, prepared.x_train)) / (
+      prepared.x_train.shape[0])
+  summary = {"val_fvu": float(val["fvu"]), "val_mse": float(val["mse"]),
+             "val_mse_raw_units": float(val["mse"]) / prepared.normalizer.scale
+             ** 2, "val_l0": float(val["l0"]),
+             "dead_fraction": float(np.mean(rates == 0))}
+  if prepared.true_features is not None:
+    summary["recovery"] = metrics.dictionary_recovery(
+        prepared.true_features, np.asarray(params["W_dec"]))
+  return summary, metrics.density_histogram(rates)
+
+
+def save_params(path: Path, params) -> None:
+  tensors = {k: np.ascontiguousarray(np.asarray(v, np.float32))
+             for k, v in jax.device_get(params).items()}
+  tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+  save_file(tensors, str(tmp))
+  os.replace(tmp, path)
+
+
+def train_and_evaluate(config, workdir: str | Path,
+                       progress: bool = True) -> dict:
+  """Trains (or resumes) one SAE in `workdir`; returns the summary dict."""
+  validate_config(config)
+  prepared = prepare(config)  # data errors surface before the workdir is used
+  workdir = Path(workdir)
+  config_dict = config.to_dict()
+  check_workdir(workdir, config_dict)
+  data.atomic_write_json(workdir / "config.json", config_dict)
+  data.atomic_write_json(workdir / "data_info.json", prepared.info())
+
+  spec = core.static_spec_from_config(config, prepared.x_train.shape[0])
+  hp = core.hparams_from_config(config)
+  state = core.init_state(spec, jax.random.PRNGKey(config.seed))
+  mngr = checkpoint.manager(workdir)
+  restored = checkpoint.restore_latest(mngr, state)
+  if restored is not None:
+    state = restored
+  metrics_path = workdir / "metrics.jsonl"
+  rows = read_metrics(metrics_path, up_to_epoch=int(state.epoch))
+
+  total = config.train.epochs
+  bar = tqdm(total=total, initial=int(state.epoch), unit="epoch",
+             desc=f"train {config.model.arch}", disable=not progress)
+  while int(state.epoch) < total and not bool(state.stopped | state.failed):
+    n = min(config.train.epochs_per_call, total - int(state.epoch))
+    state, epoch_metrics = core.compiled_train_epochs(spec, n)(
+        state, hp, prepared.x_train, prepared.x_val)
+    new_rows = epoch_rows(epoch_metrics)
+    if bool(state.failed):
+      raise core.TrainingError(
+          f"loss became NaN/inf near step {int(state.step)} (epoch "
+          f"{int(state.epoch) + 1}); lower train.lr or check the data. The "
+          "last good checkpoint is kept in the workdir")
+    rows += new_rows
+    write_metrics(metrics_path, rows)
+    bar.update(len(new_rows))
+    if rows:
+      bar.set_postfix(loss=f"{rows[-1]['val_loss']:.4g}",
+                      fvu=f"{rows[-1]['val_fvu']:.3f}",
+                      l0=f"{rows[-1]['val_l0']:.1f}")
+    epoch = int(state.epoch)
+    if (epoch % config.train.checkpoint_every_epochs == 0 or epoch >= total
+        or bool(state.stopped)):
+      checkpoint.save(mngr, epoch, state)
+  bar.close()
+  if mngr.latest_step() != int(state.epoch):
+    checkpoint.save(mngr, int(state.epoch), state)
+
+  summary, hist = final_report(spec, hp, state.best_params, prepared)
+  summary.update(epochs_run=int(state.epoch), steps=int(state.step),
+                 best_epoch=int(state.best_epoch),
+                 early_stopped=bool(state.stopped))
+  save_params(workdir / "params.safetensors", state.best_params)
+  data.atomic_write_json(workdir / "summary.json",
+                         dict(summary, density_histogram=hist))
+  if rows:
+    plots.training_curves(rows, workdir / "training_curves.png")
+  plots.density_histogram(hist, workdir / "density.png")
+  return summary
