@@ -1,0 +1,223 @@
+"""Steering directions exported by the JAX side, as torch tensors.
+
+An export is a folder (format_version 1) holding
+  directions.safetensors  tensor "directions", float32 [n, d_model], raw T5
+                          units (the SAE decoder row mapped back through the
+                          input normalisation; NOT unit-normalised)
+  directions.json         {"format_version", "d_model", "feature_ids",
+                          "emotions", "selectivity", "p_values",
+                          "typical_activation", "encoder": {"name",
+                          "revision"}, "source": {"workdir", "member",
+                          "data_hash"}}
+Strength is in units of a feature's typical activation: steering adds
+strength * typical_activation * direction.
+
+This module never imports jax: the bridge runs in environments without it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+import torch
+from safetensors.numpy import save_file
+from safetensors.torch import load_file
+
+FORMAT_VERSION = 1
+TENSORS_FILE = "directions.safetensors"
+META_FILE = "directions.json"
+TENSOR_NAME = "directions"
+# Per-feature lists in directions.json, each of length n.
+_PER_FEATURE = ("feature_ids", "emotions", "selectivity", "p_values",
+                "typical_activation")
+RANDOM_EMOTION_PREFIX = "random:"
+
+
+class DirectionsError(ValueError):
+  """Bad export or bad selection; the message is one line for the user."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Directions:
+  """n steering directions with their per-feature metadata.
+
+  vectors: float [n, d_model], raw T5 units.
+  typical_activation: float [n], same dtype and device as `vectors`.
+  meta: the rest of directions.json (encoder, source, ...).
+  """
+  vectors: torch.Tensor
+  feature_ids: tuple[int, ...]
+  emotions: tuple[str, ...]
+  selectivity: tuple[float, ...]
+  p_values: tuple[float, ...]
+  typical_activation: torch.Tensor
+  meta: dict = dataclasses.field(default_factory=dict)
+
+  def __len__(self) -> int:
+    return self.vectors.shape[0]
+
+  @property
+  def d_model(self) -> int:
+    return self.vectors.shape[1]
+
+  def steering_vectors(self) -> torch.Tensor:
+    """[n, d_model]: the vector added at strength 1 (direction x typical act)."""
+    return self.vectors * self.typical_activation[:, None]
+
+  def to(self, dtype: torch.dtype | None = None,
+         device: torch.device | str | None = None) -> Directions:
+    return dataclasses.replace(
+        self, vectors=self.vectors.to(device=device, dtype=dtype),
+        typical_activation=self.typical_activation.to(device=device,
+                                                      dtype=dtype))
+
+  def take(self, rows: Sequence[int]) -> Directions:
+    """The directions at `rows`, in that order."""
+    rows = list(rows)
+    index = torch.tensor(rows, dtype=torch.long, device=self.vectors.device)
+    pick = lambda xs: tuple(xs[i] for i in rows)
+    return dataclasses.replace(
+        self, vectors=self.vectors[index], feature_ids=pick(self.feature_ids),
+        emotions=pick(self.emotions), selectivity=pick(self.selectivity),
+        p_values=pick(self.p_values),
+        typical_activation=self.typical_activation[index])
+
+  def select(self, features: Iterable[int] | None = None,
+             emotions: Iterable[str] | None = None) -> Directions:
+    """Directions whose feature id is in `features` or emotion in `emotions`.
+
+    Both None selects everything. Export order is kept. Unknown ids or
+    emotions raise DirectionsError listing what the export holds.
+    """
+    features = None if features is None else [int(f) for f in features]
+    emotions = None if emotions is None else [str(e) for e in emotions]
+    if features is None and emotions is None:
+      return self
+    unknown = [f for f in features or () if f not in self.feature_ids]
+    if unknown:
+      raise DirectionsError(
+          f"unknown feature id(s) {unknown}; this export has feature ids "
+          f"{list(self.feature_ids)}")
+    unknown = [e for e in emotions or () if e not in self.emotions]
+    if unknown:
+      raise DirectionsError(
+          f"unknown emotion(s) {unknown}; this export has emotions "
+          f"{sorted(set(self.emotions))}")
+    rows = [i for i, (f, e) in enumerate(zip(self.feature_ids, self.emotions))
+            if f in (features or ()) or e in (emotions or ())]
+    return self.take(rows)
+
+  def check_d_model(self, d_model: int, target: str = "the model") -> None:
+    """Raises DirectionsError unless these directions fit a d_model encoder."""
+    if self.d_model != d_model:
+      raise DirectionsError(
+          f"directions have d_model={self.d_model} but {target}'s T5 encoder "
+          f"has d_model={d_model}; export directions from an SAE trained on "
+          f"this encoder's embeddings")
+
+  def random_like(self, seed: int = 0) -> Directions:
+    """Random Gaussian directions, each with the norm of its counterpart.
+
+    Same feature ids and typical activations, so a strength adds a vector of
+    the same norm as the real feature: the dose-response control. Emotions
+    become "random:<emotion>".
+    """
+    gen = torch.Generator().manual_seed(seed)
+    noise = torch.randn(self.vectors.shape, generator=gen, dtype=torch.float64)
+    norms = self.vectors.double().norm(dim=1, keepdim=True)
+    vectors = noise / noise.norm(dim=1, keepdim=True) * norms
+    return dataclasses.replace(
+        self, vectors=vectors.to(self.vectors),
+        emotions=tuple(RANDOM_EMOTION_PREFIX + e for e in self.emotions))
+
+
+def load_directions(path: str | os.PathLike,
+                    dtype: torch.dtype = torch.float32,
+                    device: torch.device | str = "cpu") -> Directions:
+  """Reads an export folder; DirectionsError on a missing or malformed one."""
+  path = Path(path)
+  tensors_path, meta_path = path / TENSORS_FILE, path / META_FILE
+  if not tensors_path.is_file() or not meta_path.is_file():
+    raise DirectionsError(
+        f"no directions export at {path} (expected {TENSORS_FILE} and "
+        f"{META_FILE}; write one with scripts/export.py)")
+  meta = json.loads(meta_path.read_text())
+  version = meta.get("format_version")
+  if version != FORMAT_VERSION:
+    raise DirectionsError(
+        f"{meta_path} has format_version {version}; this bridge reads "
+        f"version {FORMAT_VERSION}")
+  tensors = load_file(str(tensors_path))
+  if TENSOR_NAME not in tensors:
+    raise DirectionsError(f"{tensors_path} has no tensor {TENSOR_NAME!r}")
+  vectors = tensors[TENSOR_NAME]
+  _check_shapes(vectors.shape, meta, str(path))
+  per = {k: meta.pop(k) for k in _PER_FEATURE}
+  return Directions(
+      vectors=vectors.to(device=device, dtype=dtype),
+      feature_ids=tuple(int(f) for f in per["feature_ids"]),
+      emotions=tuple(str(e) for e in per["emotions"]),
+      selectivity=tuple(float(s) for s in per["selectivity"]),
+      p_values=tuple(float(p) for p in per["p_values"]),
+      typical_activation=torch.tensor(per["typical_activation"], dtype=dtype,
+                                      device=device),
+      meta=meta)
+
+
+def _check_shapes(shape: Sequence[int], meta: dict, where: str) -> None:
+  if len(shape) != 2:
+    raise DirectionsError(f"{where}: directions must be [n, d_model], got "
+                          f"shape {list(shape)}")
+  missing = [k for k in ("d_model",) + _PER_FEATURE if k not in meta]
+  if missing:
+    raise DirectionsError(f"{where}: directions.json lacks {missing}")
+  if meta["d_model"] != shape[1]:
+    raise DirectionsError(
+        f"{where}: directions.json says d_model={meta['d_model']} but the "
+        f"tensor has {shape[1]} columns")
+  for key in _PER_FEATURE:
+    if len(meta[key]) != shape[0]:
+      raise DirectionsError(
+          f"{where}: {key} has {len(meta[key])} entries for {shape[0]} "
+          f"directions")
+
+
+def save_directions(path: str | os.PathLike, directions: np.ndarray,
+                    meta: dict) -> Path:
+  """Writes an export folder from numpy (for tests and baselines).
+
+  directions: float [n, d_model], raw T5 units. meta: the per-feature lists
+  (feature_ids, emotions, selectivity, p_values, typical_activation) plus
+  optional encoder and source dicts; format_version and d_model are filled
+  in. Each file is written atomically.
+  """
+  directions = np.ascontiguousarray(directions, dtype=np.float32)
+  meta = {"format_version": FORMAT_VERSION, "d_model": directions.shape[-1],
+          "encoder": {"name": "", "revision": ""},
+          "source": {"workdir": "", "member": 0, "data_hash": ""}, **meta}
+  _check_shapes(directions.shape, meta, "save_directions")
+  path = Path(path)
+  path.mkdir(parents=True, exist_ok=True)
+  _atomic_write(path / TENSORS_FILE,
+                lambda p: save_file({TENSOR_NAME: directions}, p))
+  _atomic_write(path / META_FILE,
+                lambda p: Path(p).write_text(json.dumps(meta, indent=2)))
+  return path
+
+
+def _atomic_write(dest: Path, write) -> None:
+  """Calls write(tmp_path) then renames tmp onto dest, so no half files."""
+  fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.")
+  os.close(fd)
+  try:
+    write(tmp)
+    os.replace(tmp, dest)
+  except BaseException:
+    Path(tmp).unlink(missing_ok=True)
+    raise
