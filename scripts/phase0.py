@@ -1,0 +1,46 @@
+r"""Phase 0 first look at an embedding set: probes, similarity test, PCA.
+
+  python scripts/phase0.py --data=/tmp/emosae/emb_minilm --out=/tmp/emosae/phase0
+
+Writes phase0.json (held-out-template and k-fold probe accuracy with chance,
+within/between cosine similarity with a permutation p-value) and PNG plots.
+"""
+
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from absl import app, flags  # noqa: E402
+
+from emosae_jax import data, probe  # noqa: E402
+
+_DATA = flags.DEFINE_string("data", None, "Embedding-set folder.",
+                            required=True)
+_OUT = flags.DEFINE_string("out", None, "Output folder.", required=True)
+_FOLDS = flags.DEFINE_integer("folds", 5, "k of the stratified k-fold probe.")
+_PERMS = flags.DEFINE_integer("permutations", 1000, "Label permutations of "
+                              "the similarity test.")
+_SEED = flags.DEFINE_integer("seed", 0, "Seed for folds and permutations.")
+
+
+def main(argv):
+  del argv
+  try:
+    es = data.load_embedding_set(_DATA.value)
+    r = probe.phase0(es, _OUT.value, _FOLDS.value, _PERMS.value, _SEED.value)
+  except data.DataError as e:
+    raise SystemExit(f"error: {e}") from None
+  h, k, c = r["probe_heldout"], r["probe_kfold"], r["cosine"]
+  print(f"held-out {h['split']} probe accuracy {h['accuracy']:.3f} "
+        f"(chance {h['chance']:.3f}, shuffled labels "
+        f"{h['shuffled_label_accuracy']:.3f}; {h['n_test']} test prompts)")
+  print(f"{k['n_folds']}-fold probe accuracy {k['accuracy']:.3f} "
+        f"+- {k['std']:.3f} (chance {k['chance']:.3f})")
+  print(f"cosine within {c['within']:.3f} vs between {c['between']:.3f} "
+        f"(p={c['p_value']:.3g}); wrote {_OUT.value}/phase0.json")
+
+
+if __name__ == "__main__":
+  app.run(main)
