@@ -36,4 +36,15 @@ def run(main) -> None:
       print(f"error: {e}", file=sys.stderr)
       sys.exit(1)
 
-  app.run(guarded)
+  def parse_flags(argv):
+    # Config-file overrides (--config.train.typo=1) fail inside flag parsing
+    # with AttributeError/KeyError, which absl would show as a traceback.
+    try:
+      return app.parse_flags_with_usage(argv)
+    except (AttributeError, KeyError, TypeError, ValueError) as e:
+      message = str(e).strip("\"'")
+      print(f"error: bad flag or config override: {message} (see --helpfull;"
+            " config fields are listed in the config file)", file=sys.stderr)
+      sys.exit(1)
+
+  app.run(guarded, flags_parser=parse_flags)

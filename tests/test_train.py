@@ -1,0 +1,110 @@
+"""End-to-end training on planted-dictionary data (known right answers)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from safetensors.numpy import load_file
+
+from conftest import tiny_config
+from emosae_jax import saes, trainer
+from emosae_jax import train as core
+
+
+def _recovery_config(arch, **overrides):
+  settings = dict(data__n_examples=8192, data__n_features=256,
+                  model__d_in=64, model__d_sae=512, model__k_aux=64,
+                  train__epochs=30, train__epochs_per_call=10)
+  return tiny_config(arch, **(settings | overrides))
+
+
+@pytest.mark.parametrize("arch, overrides", [
+    ("topk", {}),
+    ("relu_l1", {"train__sparsity_coeff": 0.06, "train__epochs": 60}),
+])
+def test_recovers_planted_dictionary(tmp_path, arch, overrides):
+  summary = trainer.train_and_evaluate(
+      _recovery_config(arch, **overrides), tmp_path, progress=False)
+  assert summary["recovery"]["true_to_learned"] >= 0.9, summary
+  assert summary["val_fvu"] < 0.5
+
+
+def test_resumed_run_equals_uninterrupted_and_is_deterministic(tmp_path):
+  config = tiny_config("relu_l1", train__resample_every=20,
+                       train__dead_window=10)
+  trainer.train_and_evaluate(config, tmp_path / "a", progress=False)
+  trainer.train_and_evaluate(config, tmp_path / "b", progress=False)
+  half = tiny_config("relu_l1", train__resample_every=20,
+                     train__dead_window=10, train__epochs=5)
+  trainer.train_and_evaluate(half, tmp_path / "c", progress=False)
+  trainer.train_and_evaluate(config, tmp_path / "c", progress=False)
+  a, b, c = (load_file(str(tmp_path / r / "params.safetensors"))
+             for r in "abc")
+  for name in a:
+    np.testing.assert_array_equal(a[name], b[name])
+    np.testing.assert_allclose(a[name], c[name], rtol=1e-6, atol=1e-6)
+  epochs = [r["epoch"] for r in trainer.read_metrics(tmp_path / "c" /
+                                                     "metrics.jsonl")]
+  assert epochs == list(range(1, 11))
+
+
+def test_workdir_of_other_run_is_refused(tmp_path):
+  trainer.train_and_evaluate(tiny_config(train__epochs=5), tmp_path,
+                             progress=False)
+  with pytest.raises(ValueError, match="different run"):
+    trainer.train_and_evaluate(tiny_config(train__lr=1e-2), tmp_path,
+                               progress=False)
+
+
+def test_nan_loss_stops_with_clear_error(tmp_path):
+  config = tiny_config("relu_l1", train__lr=1e30, train__max_grad_norm=0.0,
+                       train__warmup_steps=0)
+  with pytest.raises(core.TrainingError, match="NaN"):
+    trainer.train_and_evaluate(config, tmp_path, progress=False)
+  assert not list(tmp_path.glob(".*tmp*"))
+
+
+@pytest.mark.parametrize("arch", ["batchtopk", "jumprelu"])
+def test_other_architectures_train(tmp_path, arch):
+  overrides = dict(train__epochs=5)
+  if arch == "jumprelu":
+    overrides.update(model__bandwidth=0.1, model__threshold_init=0.2,
+                     train__sparsity_coeff=3e-2)
+  summary = trainer.train_and_evaluate(tiny_config(arch, **overrides),
+                                       tmp_path, progress=False)
+  assert np.isfinite(summary["val_fvu"]) and summary["val_fvu"] < 1.0
+  params = load_file(str(tmp_path / "params.safetensors"))
+  if arch == "batchtopk":
+    assert params["threshold"] > 0  # inference threshold was learned
+    assert 1 <= summary["val_l0"] <= 3 * 4
+  else:
+    assert not np.allclose(params["log_threshold"], np.log(0.2))
+
+
+def test_jumprelu_threshold_gets_gradient_through_ste():
+  spec = saes.SAESpec("jumprelu", 4, 8, bandwidth=0.5, threshold_init=0.3)
+  params = saes.init_params(spec, jax.random.key(0))
+  x = jax.random.normal(jax.random.key(1), (64, 4))
+  arch = saes.get_arch("jumprelu")
+
+  def l0(p):
+    x_hat, acts, pre = saes.forward(spec, p, x, True)
+    return arch.loss_terms(spec, p, x, x_hat, pre, acts, None, None)[
+        "sparsity"]
+
+  grad = jax.grad(l0)(params)["log_threshold"]
+  assert jnp.all(grad <= 0) and jnp.any(grad < 0)  # higher theta -> lower L0
+
+
+def test_resampling_revives_dead_latents():
+  config = tiny_config("relu_l1", train__resample_every=5,
+                       train__dead_window=5)
+  spec = core.static_spec_from_config(config, 1024)
+  state = core.init_state(spec, jax.random.PRNGKey(0))
+  # Kill half the latents: a large negative bias means they never fire.
+  b_enc = state.params["b_enc"].at[::2].set(-1e3)
+  state = state.replace(params=dict(state.params, b_enc=b_enc))
+  x = jax.random.normal(jax.random.key(2), (1024, 32)) * 2
+  hp = core.hparams_from_config(config)
+  state, _ = core.compiled_train_epochs(spec, 2)(state, hp, x, x)
+  assert float(jnp.mean(state.params["b_enc"][::2] < -100)) == 0.0
