@@ -190,6 +190,8 @@ def generate_prompts(n: int = DEFAULT_N, seed: int = 0,
   """
   tax = taxonomy or load_taxonomy()
   names = check_emotions(emotions, tax) if emotions else tax.emotion_names
+  if "neutral" in names:
+    raise PromptError("'neutral' is not an emotion here; use neutral_prompts")
   if n < len(names):
     raise PromptError(f"n={n} is fewer than the {len(names)} emotions")
   held = heldout_templates(tax.templates, heldout_fraction, seed)
