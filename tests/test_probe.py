@@ -1,0 +1,133 @@
+"""Phase-0 probe, similarity permutation test, plots, scripts/phase0.py."""
+
+import json
+
+import numpy as np
+import pytest
+
+from conftest import last_line, run_script
+from emosae_jax import data, probe
+
+K, PER_CLASS_GROUP, N_GROUPS, D = 4, 6, 8, 16
+
+
+@pytest.fixture(scope="session")
+def synthetic():
+  """Separable blobs: label = class, group = template with its own offset,
+  so a template-held-out test needs the class signal, not the template."""
+  rng = np.random.default_rng(0)
+  class_means = 3.0 * rng.normal(size=(K, D))
+  group_offsets = 2.0 * rng.normal(size=(N_GROUPS, D))
+  rows, labels, groups = [], [], []
+  for g in range(N_GROUPS):
+    for c in range(K):
+      rows.append(class_means[c] + group_offsets[g]
+                  + rng.normal(size=(PER_CLASS_GROUP, D)))
+      labels += [c] * PER_CLASS_GROUP
+      groups += [f"t{g}"] * PER_CLASS_GROUP
+  x = np.concatenate(rows).astype(np.float32)
+  return data.make_embedding_set(
+      x, labels, ["happy", "sad", "calm", "energetic"],
+      [f"prompt {i}" for i in range(len(x))], groups,
+      heldout_groups=["t1", "t6"], encoder="synthetic")
+
+
+def _shuffled(es, seed=1):
+  rng = np.random.default_rng(seed)
+  return data.make_embedding_set(es.embeddings, rng.permutation(es.labels),
+                                 es.label_names, es.texts, es.groups,
+                                 **{k: v for k, v in es.meta.items()
+                                    if k != "content_hash"})
+
+
+def _split(es):
+  return probe.heldout_split(es)[:2]
+
+
+def test_probe_beats_chance_on_separable_data(synthetic):
+  x, y = synthetic.embeddings, synthetic.labels
+  kfold = probe.kfold_accuracy(x, y, n_folds=5)
+  assert kfold["accuracy"] > 0.9 and kfold["chance"] == pytest.approx(0.25)
+  train, test = _split(synthetic)
+  held = probe.heldout_accuracy(x, y, train, test, synthetic.label_names)
+  assert held["accuracy"] > 0.9
+  assert held["shuffled_label_accuracy"] < 0.5
+  assert held["n_test"] == 2 * K * PER_CLASS_GROUP
+  assert np.sum(held["confusion"]) == held["n_test"]
+
+
+def test_probe_on_shuffled_labels_stays_at_chance(synthetic):
+  es = _shuffled(synthetic)
+  x, y = es.embeddings, es.labels
+  assert probe.kfold_accuracy(x, y)["accuracy"] < 0.25 + 0.15
+  train, test = _split(es)
+  held = probe.heldout_accuracy(x, y, train, test)
+  assert held["accuracy"] < held["chance_uniform"] + 0.15
+
+
+def test_heldout_split_uses_sidecar_templates_then_groups_then_random(
+    synthetic):
+  train, test, how = probe.heldout_split(synthetic)
+  assert how == "templates"
+  assert {synthetic.groups[i] for i in test} == {"t1", "t6"}
+  assert not {synthetic.groups[i] for i in train} & {"t1", "t6"}
+  no_meta = data.make_embedding_set(synthetic.embeddings, synthetic.labels,
+                                    synthetic.label_names, groups=synthetic.groups)
+  train, test, how = probe.heldout_split(no_meta)
+  assert how == "groups"
+  assert not {no_meta.groups[i] for i in train} & {no_meta.groups[i]
+                                                   for i in test}
+  no_groups = data.make_embedding_set(synthetic.embeddings, synthetic.labels,
+                                      synthetic.label_names)
+  assert probe.heldout_split(no_groups)[2].startswith("random")
+
+
+def test_within_between_cosine_matches_brute_force(synthetic):
+  x, y = synthetic.embeddings[::3], synthetic.labels[::3]
+  res = probe.cosine_similarity_test(x, y, n_permutations=0)
+  u = x / np.linalg.norm(x, axis=1, keepdims=True)
+  gram = u @ u.T
+  same = y[:, None] == y[None, :]
+  off = ~np.eye(len(y), dtype=bool)
+  assert res["within"] == pytest.approx(gram[same & off].mean(), abs=1e-6)
+  assert res["between"] == pytest.approx(gram[~same].mean(), abs=1e-6)
+  m = np.asarray(res["matrix"])
+  assert m[0, 1] == pytest.approx(gram[np.ix_(y == 0, y == 1)].mean(),
+                                  abs=1e-4)
+
+
+def test_permutation_test_separates_real_from_shuffled(synthetic):
+  real = probe.cosine_similarity_test(synthetic.embeddings, synthetic.labels,
+                                      n_permutations=300, seed=0)
+  assert real["gap"] > 0 and real["p_value"] < 0.01
+  shuffled = _shuffled(synthetic)
+  null = probe.cosine_similarity_test(shuffled.embeddings, shuffled.labels,
+                                      n_permutations=300, seed=0)
+  assert null["p_value"] > 0.05
+
+
+def test_phase0_writes_json_and_plots(synthetic, tmp_path):
+  res = probe.phase0(synthetic, tmp_path, n_permutations=100)
+  on_disk = json.loads((tmp_path / "phase0.json").read_text())
+  assert on_disk["probe_heldout"]["accuracy"] == res["probe_heldout"][
+      "accuracy"]
+  assert on_disk["probe_heldout"]["split"] == "templates"
+  for key in ("probe_kfold", "probe_heldout", "cosine", "cosine_centered",
+              "pca", "counts"):
+    assert key in on_disk
+  for png in ("pca.png", "similarity.png"):
+    assert (tmp_path / png).read_bytes()[:4] == b"\x89PNG"
+  assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_phase0_script(synthetic, tmp_path):
+  data.save_embedding_set(synthetic, tmp_path / "emb")
+  proc = run_script("phase0.py", f"--data={tmp_path / 'emb'}",
+                    f"--out={tmp_path / 'out'}", "--permutations=50")
+  assert proc.returncode == 0, proc.stderr
+  assert "held-out templates probe accuracy" in proc.stdout
+  assert (tmp_path / "out" / "phase0.json").exists()
+  proc = run_script("phase0.py", f"--data={tmp_path / 'nothing'}",
+                    f"--out={tmp_path / 'out2'}")
+  assert proc.returncode != 0 and "Traceback" not in proc.stderr
+  assert last_line(proc.stderr).startswith("error: no embedding set")
