@@ -1,0 +1,60 @@
+r"""Finds emotion-selective SAE features and tests them against chance.
+
+  python scripts/analyze.py --workdir=runs/seed
+  python scripts/analyze.py --workdir=runs/sweep --data=PATH \
+      --permutations=1000 --fdr=0.05 --min_support=5 --out=runs/sweep/analysis
+Works on a training run or a sweep workdir (all members that finished).
+Writes analysis.json, analysis_arrays.safetensors, heatmap.png,
+selectivity_null.png, dose_response.png and report.html into --out.
+"""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from absl import flags  # noqa: E402
+
+from emosae_jax import cli  # noqa: E402
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "Training run or sweep.",
+                               required=True)
+_DATA = flags.DEFINE_string("data", None, "Embedding-set folder (default: the "
+                            "data the run was trained on).")
+_OUT = flags.DEFINE_string("out", None, "Output folder (default: workdir).")
+_PERMUTATIONS = flags.DEFINE_integer("permutations", 1000,
+                                     "Label shuffles in the permutation test.")
+_FDR = flags.DEFINE_float("fdr", 0.05, "Benjamini-Hochberg level.")
+_MIN_SUPPORT = flags.DEFINE_integer(
+    "min_support", 5, "A feature must fire on this many prompts of its "
+    "emotion to count as significant.")
+_WITHIN_GROUPS = flags.DEFINE_boolean(
+    "within_groups", True, "Shuffle labels within template groups.")
+_SEED = flags.DEFINE_integer("seed", 0, "Seed of the shuffles.")
+_STABILITY = flags.DEFINE_float("stability_threshold", 0.7,
+                                "Decoder cosine at which a feature reappears.")
+_MEMBER_BATCH = flags.DEFINE_integer(
+    "member_batch", 0, "Sweep members computed at once (0: by memory).")
+
+
+def main(argv):
+  del argv
+  from emosae_jax import analysis
+  settings = analysis.Settings(
+      permutations=_PERMUTATIONS.value, fdr=_FDR.value,
+      min_support=_MIN_SUPPORT.value, within_groups=_WITHIN_GROUPS.value,
+      seed=_SEED.value, stability_threshold=_STABILITY.value,
+      member_batch=_MEMBER_BATCH.value)
+  result = analysis.analyze(_WORKDIR.value, _DATA.value, settings)
+  path = analysis.write(result, _OUT.value or _WORKDIR.value)
+  for member in result.summary["members"]:
+    counts = "; ".join(
+        f"{c['name']}={c['real']} (shuffled {c['shuffled']['mean']:.1f}, "
+        f"{c['shuffled']['min']}-{c['shuffled']['max']})"
+        for c in member["counts"] if "/" not in c["name"])
+    print(f"member {member['index']}: {counts}")
+  print(f"wrote {path} and {path.parent / 'report.html'}")
+
+
+if __name__ == "__main__":
+  cli.run(main)

@@ -1,0 +1,54 @@
+r"""Exports SAE feature directions (raw T5 units) for steering MusicGen.
+
+  python scripts/export.py --workdir=runs/seed --out=runs/seed/directions
+  python scripts/export.py --workdir=runs/sweep --member=3 \
+      --emotions=happy,sad --top_per_emotion=2 --out=DIR
+  python scripts/export.py --workdir=runs/seed --features=12,873 --out=DIR
+Features come from the analysis (run scripts/analyze.py first): the best
+significant features per emotion, or exactly --features. Writes
+directions.safetensors and directions.json (read by bridge/directions.py).
+"""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from absl import flags  # noqa: E402
+
+from emosae_jax import cli  # noqa: E402
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "Training run or sweep.",
+                               required=True)
+_OUT = flags.DEFINE_string("out", None, "Export folder.", required=True)
+_ANALYSIS = flags.DEFINE_string("analysis", None, "Folder with analysis.json "
+                                "(default: the workdir).")
+_FEATURES = flags.DEFINE_list("features", None, "Feature ids to export.")
+_MEMBER = flags.DEFINE_integer("member", None, "Sweep member index "
+                               "(default: the first analysed member).")
+_EMOTIONS = flags.DEFINE_list("emotions", None, "Only these emotions.")
+_TOP = flags.DEFINE_integer("top_per_emotion", 1,
+                            "Significant features exported per emotion.")
+
+
+def main(argv):
+  del argv
+  from emosae_jax import export
+  try:
+    features = (None if _FEATURES.value is None
+                else [int(f) for f in _FEATURES.value])
+  except ValueError:
+    raise ValueError(f"--features must be integers, got "
+                     f"{','.join(_FEATURES.value)}") from None
+  out = export.export_directions(
+      _WORKDIR.value, _OUT.value, features=features, member=_MEMBER.value,
+      emotions=_EMOTIONS.value, top_per_emotion=_TOP.value,
+      analysis_dir=_ANALYSIS.value)
+  meta = export.load_meta(out)
+  rows = ", ".join(f"{f} ({e})" for f, e in zip(meta["feature_ids"],
+                                                  meta["emotions"]))
+  print(f"wrote {len(meta['feature_ids'])} directions to {out}: {rows}")
+
+
+if __name__ == "__main__":
+  cli.run(main)
