@@ -228,8 +228,8 @@ def _max_length(tokenizer, max_length: int | None) -> int | None:
 
 def encode(encoder: Encoder, texts: Sequence[str], batch_size: int = 32,
            pooling: str = "mean", token_states: bool = False,
-           max_length: int | None = None,
-           progress: bool = True) -> dict[str, np.ndarray]:
+           max_length: int | None = None, progress: bool = True,
+           sort_by_length: bool = True) -> dict[str, np.ndarray]:
   """Encodes texts in length-sorted batches; results in input order.
 
   Returns {"embeddings": float32 [N, d]} and, with token_states, also
@@ -245,7 +245,10 @@ def encode(encoder: Encoder, texts: Sequence[str], batch_size: int = 32,
   max_len = _max_length(tok, max_length)
   trunc = dict(truncation=max_len is not None, max_length=max_len)
   lengths = [len(ids) for ids in tok(texts, **trunc)["input_ids"]]
-  order = np.argsort(-np.asarray(lengths), kind="stable")  # longest first
+  # Longest first: similar lengths share a batch (little padding), and an
+  # out-of-memory batch size fails at once rather than at the end.
+  order = (np.argsort(-np.asarray(lengths), kind="stable") if sort_by_length
+           else np.arange(len(texts)))
   n, d = len(texts), encoder.dim
   pooled = np.zeros((n, d), np.float32)
   states = np.zeros((n, max(lengths, default=0), d), np.float32) \
