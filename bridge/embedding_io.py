@@ -102,6 +102,22 @@ def _check(x, labels, label_names, texts, groups, extra) -> None:
                        f"leading dimension {n}")
 
 
+def update_sidecar(path: str | os.PathLike, **meta: Any) -> dict:
+  """Rewrites the sidecar's provenance keys (not the data-bearing ones)."""
+  fixed = {"format_version", "n", "d", "content_hash", "label_names",
+           "labels", "texts", "groups", "extra_tensors"}
+  if fixed & set(meta):
+    raise ValueError(f"cannot update {sorted(fixed & set(meta))}; rewrite "
+                     "the set instead")
+  sidecar = read_sidecar(path)
+  if sidecar is None:
+    raise ValueError(f"no embedding set at {path}")
+  sidecar.update(meta)
+  _atomic_write(Path(path) / SIDECAR_FILE,
+                (json.dumps(sidecar, indent=2) + "\n").encode())
+  return sidecar
+
+
 def read_sidecar(path: str | os.PathLike) -> dict | None:
   """The sidecar of the set at `path`, or None if there is no complete set."""
   path = Path(path)

@@ -323,6 +323,8 @@ def extract(out: str | os.PathLike, texts: Sequence[str], labels: Sequence[int],
   if not force and old and old.get("cache_key") == key:
     print(f"reusing cached embeddings in {out} (cache key {key}, "
           f"encoder {old.get('encoder')} @ {old.get('encoder_revision')})")
+    if meta and any(old.get(k) != v for k, v in meta.items()):
+      embedding_io.update_sidecar(out, **meta)  # keep provenance current
     return Path(out), True
   enc = load_encoder(model, revision, device, dtype)
   result = encode(enc, texts, batch_size, pooling, token_states, max_length,

@@ -259,6 +259,31 @@ def heldout_split(es: data.EmbeddingSet, seed: int = 0,
   return train, test, "groups" if has_groups else "random (no template ids)"
 
 
+def heldout_words_split(words: list[list[str]], labels: np.ndarray,
+                        fraction: float = 0.3, seed: int = 0
+                        ) -> tuple[np.ndarray, np.ndarray, list[str]]:
+  """(train rows, test rows, held-out words) holding out emotion *words*.
+
+  Held-out templates still share their emotion words with training, so a
+  probe may just recognise the words. Here `fraction` of each emotion's
+  words is held out: test rows use only held-out words, train rows none
+  (rows mixing both are left out). words: per-row emotion words.
+  """
+  rng = np.random.default_rng(seed)
+  held: set[str] = set()
+  for c in np.unique(labels[labels >= 0]):
+    vocab = sorted({w for i in np.flatnonzero(labels == c) for w in words[i]})
+    k = int(round(fraction * len(vocab)))
+    if 0 < k < len(vocab):
+      held.update(rng.permutation(vocab)[:k].tolist())
+  has = np.array([bool(w) for w in words])
+  n_held = np.array([sum(x in held for x in w) for w in words])
+  n_all = np.array([len(w) for w in words])
+  test = np.flatnonzero(has & (n_held == n_all) & (labels >= 0))
+  train = np.flatnonzero(has & (n_held == 0) & (labels >= 0))
+  return train, test, sorted(held)
+
+
 def phase0(es: data.EmbeddingSet, out_dir: str | Path, n_folds: int = 5,
            n_permutations: int = 1000, seed: int = 0) -> dict:
   """Probe, similarity test and plots for the labelled rows of `es`.
@@ -277,6 +302,16 @@ def phase0(es: data.EmbeddingSet, out_dir: str | Path, n_folds: int = 5,
   heldout = heldout_accuracy(x, y, train, test, names, seed)
   heldout["split"] = how
   heldout["test_groups"] = sorted(set(labelled.groups[i] for i in test))
+  by_words = None
+  words = es.meta.get("emotion_words")
+  if words and len(words) == len(es):
+    wtrain, wtest, held_words = heldout_words_split(words, es.labels,
+                                                    seed=seed)
+    if len(wtest) and len(np.unique(es.labels[wtest])) >= 2:
+      # Indices into the full set, same label space as the labelled subset.
+      by_words = heldout_accuracy(es.embeddings, es.labels, wtrain, wtest,
+                                  names, seed)
+      by_words["heldout_words"] = held_words
   cosine = cosine_similarity_test(x, y, names, n_permutations, seed)
   cosine_c = cosine_similarity_test(x, y, names, n_permutations, seed,
                                     center=True)
@@ -290,6 +325,7 @@ def phase0(es: data.EmbeddingSet, out_dir: str | Path, n_folds: int = 5,
       counts=counts, encoder=es.meta.get("encoder"),
       content_hash=es.meta.get("content_hash"),
       probe_kfold=kfold, probe_heldout=heldout,
+      probe_heldout_words=by_words,
       cosine=cosine, cosine_centered=cosine_c, pca=pca,
       plots=["pca.png", "similarity.png"], seed=seed)
   data.atomic_write_json(out_dir / "phase0.json", result)

@@ -387,6 +387,17 @@ def load_prompt_file(path: str | os.PathLike, text_column: str | None = None,
   return records, counts
 
 
+def emotion_words(record: dict) -> list[str]:
+  """The emotion words a prompt was written with (lower case, sorted).
+
+  Generated prompts: their adj/adj2/noun slots; captions: the words matched.
+  """
+  slots = record.get("slots") or {}
+  words = [slots[k] for k in ("adj", "adj2", "noun") if k in slots]
+  words += list(slots.get("matched", []))
+  return sorted({str(w).lower() for w in words})
+
+
 def label_arrays(records: list[dict], taxonomy: Taxonomy | None = None
                  ) -> tuple[list[str], list[int], list[str], list[str]]:
   """(label_names, labels, groups, heldout_groups) for an embedding set.

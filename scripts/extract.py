@@ -62,7 +62,8 @@ def main(argv):
         pooling=_POOLING.value, token_states=_TOKENS.value,
         max_length=_MAX_LEN.value, force=_FORCE.value,
         meta=dict(prompts_file=os.path.abspath(_PROMPTS.value),
-                  heldout_groups=heldout, import_counts=counts))
+                  heldout_groups=heldout, import_counts=counts,
+                  emotion_words=[prompts.emotion_words(r) for r in records]))
   except (prompts.PromptError, ValueError, OSError, RuntimeError) as e:
     raise SystemExit(f"error: {e}") from None
   print(f"embedding set in {path}")

@@ -2,8 +2,9 @@ r"""Phase 0 first look at an embedding set: probes, similarity test, PCA.
 
   python scripts/phase0.py --data=/tmp/emosae/emb_minilm --out=/tmp/emosae/phase0
 
-Writes phase0.json (held-out-template and k-fold probe accuracy with chance,
-within/between cosine similarity with a permutation p-value) and PNG plots.
+Writes phase0.json (probe accuracy on held-out templates, on held-out emotion
+words and by k-fold, each beside chance; within- vs between-emotion cosine
+similarity with a permutation p-value) and PNG plots.
 """
 
 import os
@@ -36,6 +37,10 @@ def main(argv):
   print(f"held-out {h['split']} probe accuracy {h['accuracy']:.3f} "
         f"(chance {h['chance']:.3f}, shuffled labels "
         f"{h['shuffled_label_accuracy']:.3f}; {h['n_test']} test prompts)")
+  w = r["probe_heldout_words"]
+  if w:
+    print(f"held-out emotion words probe accuracy {w['accuracy']:.3f} "
+          f"(chance {w['chance']:.3f}; {w['n_test']} test prompts)")
   print(f"{k['n_folds']}-fold probe accuracy {k['accuracy']:.3f} "
         f"+- {k['std']:.3f} (chance {k['chance']:.3f})")
   print(f"cosine within {c['within']:.3f} vs between {c['between']:.3f} "

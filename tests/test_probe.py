@@ -106,12 +106,24 @@ def test_permutation_test_separates_real_from_shuffled(synthetic):
   assert null["p_value"] > 0.05
 
 
+def test_heldout_words_split_keeps_words_apart():
+  words = [["sad"], ["sorrow", "sad"], ["gloomy"], ["grief"], ["happy"],
+           ["joy"], ["cheerful", "joy"], ["merry"], []] * 3
+  labels = np.array([0, 0, 0, 0, 1, 1, 1, 1, -1] * 3)
+  train, test, held = probe.heldout_words_split(words, labels, 0.5, seed=0)
+  assert len(held) == 4 and len(test) and len(train)
+  assert all(set(words[i]) <= set(held) for i in test)
+  assert not any(set(words[i]) & set(held) for i in train)
+  assert not set(train) & set(test) and np.all(labels[train] >= 0)
+
+
 def test_phase0_writes_json_and_plots(synthetic, tmp_path):
   res = probe.phase0(synthetic, tmp_path, n_permutations=100)
   on_disk = json.loads((tmp_path / "phase0.json").read_text())
   assert on_disk["probe_heldout"]["accuracy"] == res["probe_heldout"][
       "accuracy"]
   assert on_disk["probe_heldout"]["split"] == "templates"
+  assert on_disk["probe_heldout_words"] is None  # no emotion_words in meta
   for key in ("probe_kfold", "probe_heldout", "cosine", "cosine_centered",
               "pca", "counts"):
     assert key in on_disk
@@ -121,11 +133,19 @@ def test_phase0_writes_json_and_plots(synthetic, tmp_path):
 
 
 def test_phase0_script(synthetic, tmp_path):
-  data.save_embedding_set(synthetic, tmp_path / "emb")
+  # Two words per class: a probe must carry the class from one to the other.
+  words = [[f"w{c}{i % 2}"] for i, c in enumerate(synthetic.labels)]
+  es = data.make_embedding_set(synthetic.embeddings, synthetic.labels,
+                               synthetic.label_names, synthetic.texts,
+                               synthetic.groups, emotion_words=words,
+                               **{k: v for k, v in synthetic.meta.items()
+                                  if k != "content_hash"})
+  data.save_embedding_set(es, tmp_path / "emb")
   proc = run_script("phase0.py", f"--data={tmp_path / 'emb'}",
                     f"--out={tmp_path / 'out'}", "--permutations=50")
   assert proc.returncode == 0, proc.stderr
   assert "held-out templates probe accuracy" in proc.stdout
+  assert "held-out emotion words" in proc.stdout
   assert (tmp_path / "out" / "phase0.json").exists()
   proc = run_script("phase0.py", f"--data={tmp_path / 'nothing'}",
                     f"--out={tmp_path / 'out2'}")

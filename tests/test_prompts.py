@@ -159,6 +159,13 @@ def test_caption_and_prompt_file_errors(tmp_path, tax):
                              taxonomy=tax)
 
 
+def test_emotion_words(corpus, tax):
+  for r in corpus[:200]:
+    words = prompts.emotion_words(r)
+    assert words and set(words) <= set(tax.words(r["emotion"]))
+    assert all(w in r["text"].lower() for w in words)
+
+
 def test_label_arrays(tax):
   records = (prompts.generate_prompts(90, taxonomy=tax)
              + prompts.neutral_prompts(10, taxonomy=tax))

@@ -123,9 +123,11 @@ def test_extract_writes_loadable_set_and_reuses_cache(tiny_dir, records,
   assert es.meta["encoder_revision"].startswith("local:")
   stamp = (path / embedding_io.TENSOR_FILE).stat().st_mtime_ns
   capsys.readouterr()
-  _, reused = t5.extract(path, texts, labels, names, groups, **kw)
+  _, reused = t5.extract(path, texts, labels, names, groups, **dict(
+      kw, meta=dict(heldout_groups=heldout, note="second run")))
   assert reused and "reusing cached embeddings" in capsys.readouterr().out
   assert (path / embedding_io.TENSOR_FILE).stat().st_mtime_ns == stamp
+  assert data.load_embedding_set(path).meta["note"] == "second run"
   _, reused = t5.extract(path, texts, labels, names, groups, pooling="max",
                          **kw)
   assert not reused  # another pooling is another set
@@ -250,5 +252,6 @@ def test_extract_script_by_hub_name_offline(tmp_path, prompt_file,
   assert es.meta["encoder_revision"] == "hub:" + "0" * 40
   assert es.extra["token_states"].shape[:2] == es.extra["token_mask"].shape
   assert set(es.meta["heldout_groups"]) <= set(es.groups)
+  assert len(es.meta["emotion_words"]) == len(es)
   assert json.loads((tmp_path / "emb" / "embeddings.json").read_text())[
       "cache_key"]
