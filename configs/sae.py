@@ -33,6 +33,7 @@ def get_config(arg=None):
   config.data.avg_active = 4.0
   config.data.noise = 0.01
   config.data.n_labels = 0
+  config.data.synthetic_seed = 0  # the data's seed; `seed` is the SAE's
 
   config.model = ml_collections.ConfigDict()
   config.model.arch = arg.arch

@@ -42,7 +42,7 @@ def load_config_data(config) -> tuple[data.EmbeddingSet, np.ndarray | None,
     syn = synthetic.make_synthetic(
         n_examples=dc.n_examples, d=config.model.d_in,
         n_features=dc.n_features, avg_active=dc.avg_active, noise=dc.noise,
-        n_labels=dc.n_labels, seed=config.seed)
+        n_labels=dc.n_labels, seed=dc.synthetic_seed)
     return syn.embedding_set, syn.features, syn.label_features
   if not dc.path:
     raise data.DataError("no data: pass --data=PATH (an embedding-set "

@@ -152,7 +152,11 @@ def train_step(spec: StaticSpec, hp: HParams, state: TrainState, xb):
                            lambda s: s, state)
     return state
 
-  state = jax.lax.cond(finite, apply, lambda s: s.replace(failed=True), state)
+  # A select rather than lax.cond: XLA fuses it into the update loops, while
+  # a cond would copy the whole state (params + Adam moments) every step.
+  new_state = apply(state)
+  state = jax.tree.map(lambda new, old: jnp.where(finite, new, old),
+                       new_state, state.replace(failed=jnp.ones((), bool)))
   metrics = dict(terms, loss=loss, l0=jnp.mean(jnp.sum(acts != 0, -1)))
   return state, metrics
 

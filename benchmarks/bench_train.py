@@ -1,0 +1,168 @@
+r"""SAE training speed, side by side in one process.
+
+  python benchmarks/bench_train.py [--quick]
+
+Prints:
+ 1. steps/s of the jitted 768 -> 6144 ReLU+L1 train step at batch 4096,
+    against the same SAE in eager torch (target: JAX >= 1.8x);
+ 2. achieved GFLOP/s of that step against the measured rate of the same
+    matmul shapes (target: >= 80%);
+ 3. the `seed` preset (768 -> 6144, batch 16, 500 epochs) on a 100 x 768
+    set: wall time with compile, ms/step, and the step time beside its
+    memory-traffic bound (Adam state bytes per step / measured bandwidth).
+    The reference system took about 107 s here (target: >= 3x faster).
+"""
+
+import argparse
+import functools
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+from configs.sae import get_config  # noqa: E402
+from emosae_jax import data, trainer  # noqa: E402
+from emosae_jax import train as core  # noqa: E402
+
+D, M, B = 768, 6144, 4096
+REFERENCE_SEED_SECONDS = 107.0
+
+
+def timeit(fn, repeats):
+  fn()  # warm-up / compile
+  start = time.perf_counter()
+  for _ in range(repeats):
+    fn()
+  return (time.perf_counter() - start) / repeats
+
+
+def jax_step_time(repeats):
+  config = get_config("arch=relu_l1")
+  config.model.d_in, config.model.d_sae = D, M
+  spec = core.static_spec_from_config(config, B)
+  hp = core.hparams_from_config(config)
+  step = jax.jit(functools.partial(core.train_step, spec), donate_argnums=1)
+  x = jax.random.normal(jax.random.key(0), (B, D))
+  holder = {"state": core.init_state(spec, jax.random.PRNGKey(0))}
+
+  def run():
+    holder["state"], metrics = step(hp, holder["state"], x)
+    metrics["loss"].block_until_ready()
+
+  return timeit(run, repeats)
+
+
+def torch_step_time(repeats):
+  import torch
+  torch.manual_seed(0)
+  w_dec = torch.nn.functional.normalize(torch.randn(M, D), dim=1)
+  params = [w_dec.T.clone().requires_grad_(), torch.zeros(M,
+                                                          requires_grad=True),
+            w_dec.clone().requires_grad_(), torch.zeros(D,
+                                                        requires_grad=True)]
+  opt = torch.optim.Adam(params, lr=3e-4)
+  x = torch.randn(B, D)
+
+  def run():
+    w_enc, b_enc, w_dec, b_dec = params
+    acts = torch.relu((x - b_dec) @ w_enc + b_enc)
+    x_hat = acts @ w_dec + b_dec
+    loss = ((x - x_hat) ** 2).mean() + 3e-3 * acts.abs().sum(-1).mean()
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    opt.step()
+    with torch.no_grad():
+      w_dec /= w_dec.norm(dim=1, keepdim=True)
+
+  return timeit(run, repeats), torch.get_num_threads()
+
+
+def matmul_rate(repeats):
+  """FLOP/s of the step's five matmuls, alone, jitted."""
+  k = jax.random.split(jax.random.key(1), 4)
+  x = jax.random.normal(k[0], (B, D))
+  w_enc = jax.random.normal(k[1], (D, M))
+  w_dec = jax.random.normal(k[2], (M, D))
+  g = jax.random.normal(k[3], (B, D))
+
+  @jax.jit
+  def five(x, w_enc, w_dec, g):
+    acts = x @ w_enc  # encoder forward
+    x_hat = acts @ w_dec  # decoder forward
+    d_w_dec = acts.T @ g  # decoder weight gradient
+    d_acts = g @ w_dec.T  # gradient into the latents
+    d_w_enc = x.T @ d_acts  # encoder weight gradient
+    return x_hat.sum() + d_w_dec.sum() + d_w_enc.sum()
+
+  seconds = timeit(lambda: five(x, w_enc, w_dec, g).block_until_ready(),
+                   repeats)
+  return 10 * B * D * M / seconds
+
+
+def memory_bandwidth():
+  """Bytes/s of a large streaming read+write (a scaled copy), jitted."""
+  a = jnp.ones((64 * 1024 * 1024,), jnp.float32)  # 256 MiB
+  f = jax.jit(lambda a: a * 1.0001)
+  seconds = timeit(lambda: f(a).block_until_ready(), 5)
+  return 2 * a.nbytes / seconds
+
+
+def seed_preset(n=100):
+  rng = np.random.default_rng(0)
+  es = data.make_embedding_set(rng.normal(size=(n, D)), np.arange(n) % 4,
+                               ["happy", "sad", "calm", "energetic"])
+  with tempfile.TemporaryDirectory() as tmp:
+    data.save_embedding_set(es, f"{tmp}/set")
+    config = get_config("seed")
+    config.data.path = f"{tmp}/set"
+    config.train.patience = 10_000  # time all 500 epochs
+    start = time.perf_counter()
+    summary = trainer.train_and_evaluate(config, f"{tmp}/work",
+                                         progress=False)
+    return time.perf_counter() - start, summary["steps"]
+
+
+def main():
+  parser = argparse.ArgumentParser()
+  parser.add_argument("--quick", action="store_true",
+                      help="fewer repeats; skip the 500-epoch seed run")
+  args = parser.parse_args()
+  repeats = 3 if args.quick else 10
+  print(f"devices: {jax.devices()}")
+  t_jax = jax_step_time(repeats)
+  t_torch, threads = torch_step_time(repeats)
+  print(f"[1] train step 768->6144, batch 4096: jax {1 / t_jax:.2f} steps/s"
+        f", torch eager ({threads} threads) {1 / t_torch:.2f} steps/s, "
+        f"ratio {t_torch / t_jax:.2f}x (target >= 1.8x)")
+  rate = matmul_rate(repeats)
+  achieved = 10 * B * D * M / t_jax
+  print(f"[2] achieved {achieved / 1e9:.1f} GFLOP/s vs matmul rate "
+        f"{rate / 1e9:.1f} GFLOP/s of the same shapes: "
+        f"{100 * achieved / rate:.0f}% (target >= 80%)")
+  bandwidth = memory_bandwidth()
+  n_params = 2 * D * M + M + D
+  # Adam step: read params, grads, mu, nu; write params, mu, nu (float32).
+  adam_bytes = 7 * 4 * n_params
+  bound = adam_bytes / bandwidth
+  print(f"    memory bandwidth {bandwidth / 1e9:.1f} GB/s; Adam traffic "
+        f"{adam_bytes / 1e6:.0f} MB/step -> bound {1e3 * bound:.2f} ms/step")
+  if args.quick:
+    return
+  seconds, steps = seed_preset()
+  print(f"[3] seed preset (100 x 768, batch 16, 500 epochs): {seconds:.1f} s"
+        f" wall incl. compile, {steps} steps, {1e3 * seconds / steps:.2f} "
+        f"ms/step (bound {1e3 * bound:.2f} ms/step, "
+        f"{seconds / steps / bound:.1f}x the bound); reference "
+        f"{REFERENCE_SEED_SECONDS:.0f} s -> {REFERENCE_SEED_SECONDS / seconds:.1f}x"
+        " faster (target >= 3x)")
+
+
+if __name__ == "__main__":
+  main()

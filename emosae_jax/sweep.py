@@ -1,0 +1,346 @@
+"""Sweeps: many SAEs trained as one compiled program per shape group.
+
+A sweep is a base config plus a list of override dicts (built with `axis`,
+`product` and `zip_axes`). Members that share every static field (those
+fixing shapes or control flow: architecture, width, batch size, ...) form a
+group; a group stacks its members' train states and hyperparameters along a
+leading member axis and runs `jit(vmap(train_epochs))`, with the member axis
+sharded over all local devices (a NamedSharding on a 1-D mesh), so 8 devices
+train 8x the members in about the same time. Hyperparameters in
+`train.HPARAM_FIELDS` and the seed may differ within a group.
+
+With several hosts (`jax.distributed.initialize`), members are dealt out
+round-robin to processes; each process trains and saves its own members
+under `g<group>/proc<p>/`, and process 0 writes the merged results.
+
+Workdir layout:
+  sweep.json         every member: overrides, config, status, final metrics
+  pareto.png         L0 against FVU, the Pareto front marked
+  config.json        the base config
+  g<j>/              one folder per group, readable like a training run with
+                     a leading member axis: config.json, data_info.json,
+                     params.safetensors [M, ...], sweep.json (its members);
+                     proc<p>/ holds each process's ckpt/, metrics.jsonl
+                     (rows carry "member"), params and result.json
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import functools
+import itertools
+import json
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from tqdm.auto import tqdm
+
+from emosae_jax import checkpoint, data, plots, trainer
+from emosae_jax import train as core
+from emosae_jax.prepare import prepare
+
+PER_MEMBER_FIELDS = tuple(f"train.{f}" for f in core.HPARAM_FIELDS) + (
+    "seed",)
+
+
+# --------------------------------------------------------------------------
+# Defining sweeps
+
+
+def axis(field: str, values) -> list[dict]:
+  """One swept field: [{field: v} for v in values]."""
+  return [{field: v} for v in values]
+
+
+def product(*axes: list[dict]) -> list[dict]:
+  """Every combination of the axes (later axes vary fastest)."""
+  return [dict(itertools.chain.from_iterable(d.items() for d in combo))
+          for combo in itertools.product(*axes)]
+
+
+def zip_axes(*axes: list[dict]) -> list[dict]:
+  """Axes of equal length, walked together."""
+  lengths = {len(a) for a in axes}
+  if len(lengths) > 1:
+    raise ValueError(f"zip_axes needs equal lengths, got {sorted(lengths)}")
+  return [dict(itertools.chain.from_iterable(d.items() for d in combo))
+          for combo in zip(*axes)]
+
+
+def expand(base: ml_collections.ConfigDict,
+           overrides: list[dict]) -> list[ml_collections.ConfigDict]:
+  """One full config per member; an unknown field fails here, before any
+  training, naming the field."""
+  if not overrides:
+    raise ValueError("the sweep has no members")
+  members = []
+  for over in overrides:
+    config = copy.deepcopy(base)
+    for field, value in over.items():
+      *path, leaf = field.split(".")
+      node = config
+      for part in path:
+        if part not in node or not isinstance(node[part],
+                                              ml_collections.ConfigDict):
+          raise ValueError(f"sweep field {field!r} does not exist in the "
+                           "config")
+        node = node[part]
+      if leaf not in node:
+        raise ValueError(f"sweep field {field!r} does not exist in the config")
+      node[leaf] = type(node[leaf])(value) if isinstance(
+          node[leaf], (int, float)) and not isinstance(node[leaf],
+                                                       bool) else value
+    trainer.validate_config(config)
+    members.append(config)
+  return members
+
+
+def static_key(config: ml_collections.ConfigDict) -> str:
+  """Members with equal keys can share one compiled program."""
+  flat = trainer._flatten(config.to_dict())  # pylint: disable=protected-access
+  return json.dumps({k: v for k, v in sorted(flat.items())
+                     if k not in PER_MEMBER_FIELDS}, sort_keys=True)
+
+
+def group_members(configs) -> list[list[int]]:
+  groups: dict[str, list[int]] = {}
+  for i, config in enumerate(configs):
+    groups.setdefault(static_key(config), []).append(i)
+  return list(groups.values())
+
+
+# --------------------------------------------------------------------------
+# Training a group
+
+
+def stack(trees):
+  return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
+
+
+def unstack(tree, i):
+  return jax.tree.map(lambda x: x[i], tree)
+
+
+@functools.lru_cache(maxsize=None)
+def compiled_group_epochs(spec: core.StaticSpec, n_epochs: int):
+  """jit(vmap(train_epochs)) over the member axis of state and hparams."""
+  run = jax.vmap(functools.partial(core.train_epochs, spec, n_epochs),
+                 in_axes=(0, 0, None, None))
+  return jax.jit(run, donate_argnums=0)
+
+
+def member_mesh() -> Mesh:
+  return Mesh(np.array(jax.local_devices()), ("members",))
+
+
+def shard_members(tree, mesh: Mesh):
+  sharding = NamedSharding(mesh, PartitionSpec("members"))
+  return jax.device_put(tree, sharding)
+
+
+def replicate(x, mesh: Mesh):
+  return jax.device_put(x, NamedSharding(mesh, PartitionSpec()))
+
+
+@dataclasses.dataclass
+class GroupResult:
+  members: list[int]  # global member indices
+  summaries: list[dict]
+  params: dict  # numpy, leading member axis
+
+
+def _padded(members: list[int], n_devices: int) -> list[int]:
+  """Pads the member list to a multiple of the device count by repeating
+  the last member; the copies are trained and then dropped."""
+  pad = (-len(members)) % n_devices
+  return members + [members[-1]] * pad
+
+
+def train_group(configs, members: list[int], workdir: Path,
+                progress: bool = True) -> GroupResult:
+  """Trains the given members (one static group) together; resumable."""
+  base = configs[members[0]]
+  prepared = prepare(base)
+  mesh = member_mesh()
+  slots = _padded(members, mesh.size)
+  spec = core.static_spec_from_config(base, prepared.x_train.shape[0])
+  hp = shard_members(stack([core.hparams_from_config(configs[m])
+                            for m in slots]), mesh)
+  state = shard_members(stack([
+      core.init_state(spec, jax.random.PRNGKey(configs[m].seed))
+      for m in slots]), mesh)
+  x_train, x_val = (replicate(prepared.x_train, mesh),
+                    replicate(prepared.x_val, mesh))
+  workdir.mkdir(parents=True, exist_ok=True)
+  mngr = checkpoint.manager(workdir / "ckpt")
+  restored = checkpoint.restore_latest(mngr, state)
+  if restored is not None:
+    state = shard_members(restored, mesh)
+  metrics_path = workdir / "metrics.jsonl"
+  # Epochs processed so far (stopped members stop counting their own).
+  done = mngr.latest_step() or 0
+  rows = trainer.read_metrics(metrics_path, up_to_epoch=done)
+
+  total, per_call = base.train.epochs, base.train.epochs_per_call
+  bar = tqdm(total=total, initial=done, unit="epoch", disable=not progress,
+             desc=f"sweep {base.model.arch} x{len(members)}")
+  while done < total and not bool(jnp.all(state.stopped | state.failed)):
+    n = min(per_call, total - done)
+    state, metrics = compiled_group_epochs(spec, n)(state, hp, x_train,
+                                                    x_val)
+    for slot, member in enumerate(members):
+      rows += [dict(r, member=member)
+               for r in trainer.epoch_rows(metrics, member=slot)]
+    trainer.write_metrics(metrics_path, rows)
+    done += n
+    bar.update(n)
+    if done % base.train.checkpoint_every_epochs == 0 or done >= total:
+      checkpoint.save(mngr, done, state)
+  bar.close()
+  if mngr.latest_step() != done:
+    checkpoint.save(mngr, done, state)
+  return _group_result(configs, members, spec, hp, state, prepared)
+
+
+def _group_result(configs, members, spec, hp, state, prepared) -> GroupResult:
+  state = jax.device_get(state)
+  hp = jax.device_get(hp)
+  failed = np.asarray(state.failed)
+  summaries = []
+  for slot, member in enumerate(members):
+    params = unstack(state.best_params, slot)
+    if failed[slot]:
+      summaries.append({"status": "failed", "error": "loss became NaN/inf "
+                        f"near step {int(state.step[slot])}"})
+      continue
+    summary, _ = trainer.final_report(spec, unstack(hp, slot), params,
+                                      prepared)
+    summary.update(status="ok", epochs_run=int(state.epoch[slot]),
+                   best_epoch=int(state.best_epoch[slot]),
+                   early_stopped=bool(state.stopped[slot]))
+    summaries.append(summary)
+  params = {k: np.asarray(v[:len(members)], np.float32)
+            for k, v in state.best_params.items()}
+  return GroupResult(list(members), summaries, params)
+
+
+# --------------------------------------------------------------------------
+# The whole sweep
+
+
+def run_sweep(base: ml_collections.ConfigDict, overrides: list[dict],
+              workdir: str | Path, progress: bool = True) -> dict:
+  """Trains every member; writes sweep.json and pareto.png; returns the
+  sweep.json content. Rerunning on the same workdir resumes."""
+  configs = expand(base, overrides)  # unknown fields fail before training
+  groups = group_members(configs)
+  for members in groups:  # data problems surface before anything is written
+    prepare(configs[members[0]])
+  workdir = Path(workdir)
+  trainer.check_workdir(workdir, {"base": base.to_dict(),
+                                  "overrides": overrides},
+                        allowed_changes=("base.train.epochs",))
+  data.atomic_write_json(workdir / "config.json",
+                         {"base": base.to_dict(), "overrides": overrides})
+  proc, n_proc = jax.process_index(), jax.process_count()
+  entries = []
+  for g, members in enumerate(groups):
+    mine = members[proc::n_proc]
+    gdir = workdir / f"g{g}"
+    if mine:
+      result = train_group(configs, mine, gdir / f"proc{proc}", progress)
+      _write_process_result(gdir / f"proc{proc}", result)
+    entries.append((g, members))
+  if n_proc > 1:
+    from jax.experimental import multihost_utils
+    multihost_utils.sync_global_devices("emosae sweep trained")
+  if proc != 0:
+    return {}
+  return _write_summary(workdir, configs, overrides, entries, n_proc)
+
+
+def _write_process_result(pdir: Path, result: GroupResult) -> None:
+  trainer.save_params(pdir / "params.safetensors", result.params)
+  data.atomic_write_json(pdir / "result.json",
+                         {"members": result.members,
+                          "summaries": result.summaries})
+
+
+def _merge_group(gdir: Path, members: list[int], n_proc: int):
+  """Collects the processes' results of one group, in member order."""
+  from safetensors.numpy import load_file
+  by_member, params = {}, {}
+  for p in range(n_proc):
+    pdir = gdir / f"proc{p}"
+    if not (pdir / "result.json").exists():
+      continue
+    result = json.loads((pdir / "result.json").read_text())
+    p_params = load_file(str(pdir / "params.safetensors"))
+    for slot, (m, s) in enumerate(zip(result["members"],
+                                      result["summaries"])):
+      by_member[m] = s
+      params[m] = {k: v[slot] for k, v in p_params.items()}
+  stacked = {k: np.stack([params[m][k] for m in members])
+             for k in params[members[0]]}
+  return [by_member[m] for m in members], stacked
+
+
+def _write_summary(workdir, configs, overrides, entries, n_proc) -> dict:
+  all_members = []
+  for g, members in entries:
+    gdir = workdir / f"g{g}"
+    summaries, params = _merge_group(gdir, members, n_proc)
+    group_members_json = []
+    for m, summary in zip(members, summaries):
+      entry = {"index": m, "group": g, "overrides": overrides[m],
+               "seed": int(configs[m].seed), "config": configs[m].to_dict(),
+               **summary}
+      group_members_json.append(entry)
+    trainer.save_params(gdir / "params.safetensors", params)
+    data.atomic_write_json(gdir / "config.json", configs[members[0]].to_dict())
+    data.atomic_write_json(gdir / "data_info.json",
+                           prepare(configs[members[0]]).info())
+    data.atomic_write_json(gdir / "sweep.json",
+                           {"members": group_members_json})
+    all_members += group_members_json
+  all_members.sort(key=lambda e: e["index"])
+  result = {"members": all_members, "groups": [f"g{g}" for g, _ in entries]}
+  data.atomic_write_json(workdir / "sweep.json", result)
+  pareto_plot(all_members, workdir / "pareto.png")
+  return result
+
+
+def pareto_front(points: list[tuple[float, float]]) -> list[int]:
+  """Indices of points not dominated in (lower L0, lower FVU)."""
+  front = []
+  for i, (l0, fvu) in enumerate(points):
+    if not any((l2 <= l0 and f2 <= fvu) and (l2 < l0 or f2 < fvu)
+               for j, (l2, f2) in enumerate(points) if j != i):
+      front.append(i)
+  return front
+
+
+def pareto_plot(members: list[dict], path: Path) -> None:
+  ok = [m for m in members if m.get("status") == "ok"]
+  if not ok:
+    return
+  import matplotlib.pyplot as plt
+  points = [(m["val_l0"], m["val_fvu"]) for m in ok]
+  front = sorted(pareto_front(points), key=lambda i: points[i][0])
+  fig, ax = plt.subplots(figsize=(6, 4.5))
+  ax.scatter(*zip(*points), c="tab:blue", label="member")
+  ax.plot([points[i][0] for i in front], [points[i][1] for i in front],
+          "o-", c="tab:red", label="Pareto front")
+  for m, (x, y) in zip(ok, points):
+    ax.annotate(str(m["index"]), (x, y), fontsize=7, alpha=0.7)
+  ax.set_xlabel("L0 (mean active latents)")
+  ax.set_ylabel("FVU (held out)")
+  ax.set_xscale("log")
+  ax.legend()
+  ax.set_title(f"{len(ok)} members")
+  plots.save_figure(fig, path)
