@@ -39,8 +39,11 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".model", ".json")
 
 
-class ModelUnavailable(RuntimeError):
-  """The encoder cannot be loaded; the one-line message says how to fix it."""
+class ModelUnavailable(OSError):
+  """The encoder cannot be loaded; the one-line message says how to fix it.
+
+  An OSError, like transformers' own "model not found" errors.
+  """
 
 
 @dataclasses.dataclass
@@ -158,16 +161,44 @@ def _quiet():
       hf_logging.enable_progress_bar()
 
 
+def _musicgen_text_encoder(folder: str, config) -> Any | None:
+  """MusicGen's T5 read alone from a local safetensors checkpoint.
+
+  Reads only the "text_encoder." tensors, so musicgen-large (13 GB) costs
+  the T5's 0.4 GB. Returns None when the folder holds no safetensors.
+  """
+  from safetensors import safe_open
+  from transformers import T5EncoderModel
+  files = sorted(Path(folder).glob("*.safetensors"))
+  if not files or config.text_encoder.model_type != "t5":
+    return None
+  prefix, state = "text_encoder.", {}
+  for f in files:
+    with safe_open(str(f), framework="pt") as st:
+      for k in st.keys():
+        if k.startswith(prefix):
+          state[k[len(prefix):]] = st.get_tensor(k)
+  model = T5EncoderModel(config.text_encoder)
+  missing, unexpected = model.load_state_dict(state, strict=False)
+  # The token embedding is stored once ("shared") and tied into the encoder.
+  if unexpected or set(missing) - {"encoder.embed_tokens.weight"}:
+    return None
+  model.tie_weights()
+  return model.eval()
+
+
 def _load_model(source: str, revision: str | None) -> tuple[Any, str]:
   """(text encoder module, kind) for a T5, MusicGen or generic checkpoint."""
   import transformers as tf
   config = tf.AutoConfig.from_pretrained(source, revision=revision)
   kind = config.model_type
   if kind in ("musicgen", "musicgen_melody"):
-    cls = (tf.MusicgenForConditionalGeneration if kind == "musicgen"
-           else tf.MusicgenMelodyForConditionalGeneration)
-    full = cls.from_pretrained(source, revision=revision)
-    return full.text_encoder, "musicgen"
+    encoder = _musicgen_text_encoder(source, config)
+    if encoder is None:  # not a local safetensors folder: load it all
+      cls = (tf.MusicgenForConditionalGeneration if kind == "musicgen"
+             else tf.MusicgenMelodyForConditionalGeneration)
+      encoder = cls.from_pretrained(source, revision=revision).text_encoder
+    return encoder, "musicgen"
   if kind in ("t5", "mt5", "umt5"):
     return tf.T5EncoderModel.from_pretrained(source, revision=revision), "t5"
   model = tf.AutoModel.from_pretrained(source, revision=revision)

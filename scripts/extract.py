@@ -64,8 +64,8 @@ def main(argv):
         meta=dict(prompts_file=os.path.abspath(_PROMPTS.value),
                   heldout_groups=heldout, import_counts=counts,
                   emotion_words=[prompts.emotion_words(r) for r in records]))
-  except (prompts.PromptError, ValueError, OSError, RuntimeError) as e:
-    raise SystemExit(f"error: {e}") from None
+  except (prompts.PromptError, ValueError, OSError) as e:  # not bugs
+    raise SystemExit("error: " + " ".join(str(e).split())) from None
   print(f"embedding set in {path}")
 
 

@@ -41,7 +41,7 @@ def main(argv):
       records = prompts.generate_prompts(_N.value, _SEED.value,
                                          _EMOTIONS.value, _HELDOUT.value, tax)
   except (prompts.PromptError, OSError) as e:
-    raise SystemExit(f"error: {e}") from None
+    raise SystemExit("error: " + " ".join(str(e).split())) from None
   prompts.write_prompts(records, _OUT.value)
   splits = {}
   for r in records:

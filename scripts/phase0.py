@@ -32,7 +32,7 @@ def main(argv):
     es = data.load_embedding_set(_DATA.value)
     r = probe.phase0(es, _OUT.value, _FOLDS.value, _PERMS.value, _SEED.value)
   except data.DataError as e:
-    raise SystemExit(f"error: {e}") from None
+    raise SystemExit("error: " + " ".join(str(e).split())) from None
   h, k, c = r["probe_heldout"], r["probe_kfold"], r["cosine"]
   print(f"held-out {h['split']} probe accuracy {h['accuracy']:.3f} "
         f"(chance {h['chance']:.3f}, shuffled labels "
