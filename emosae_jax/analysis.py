@@ -32,10 +32,12 @@ embeddings: ablating a feature (x - a_f W_dec[f]) and steering with it
 (x + s * typical_f * W_dec[f], against random directions of the same norm).
 Because the probe is linear in x, both reduce to shifts of the probe's logits.
 
-The device work is one jitted function: `jax.lax.map` over members (vmapped
-in batches), inside it `jax.lax.map` over label permutations (vmapped in
-batches) and over features for the causal checks, so memory stays bounded at
-6,144 features x 1,000 permutations x 16 members.
+The device work is one jitted function, `analyze_members`: `jax.vmap` over a
+batch of members, inside it `jax.lax.map` over label permutations and over
+features for the causal checks (each vmapped in fixed-size batches), so
+memory stays bounded at 6,144 features x 1,000 permutations x 16 members. A
+host loop feeds member batches of one size (the last padded), so a sweep of
+any size compiles once.
 """
 
 from __future__ import annotations
@@ -59,7 +61,9 @@ ARRAYS_FILE = "analysis_arrays.safetensors"
 # AUROC values this close count as ties in the permutation test (conservative;
 # rank sums are exact in float32 up to a few thousand examples anyway).
 _TIE_TOL = 1e-6
-_STAT_RANGE = (0.5, 1.0)  # histogram range of the max-AUROC statistic
+_SEL_TOL = 1e-6  # relative, for selectivity-threshold ties
+_STAT_RANGE = (0.5, 1.0)
+_CAUSAL_BATCH = 64  # features per vmapped batch in the causal checks  # histogram range of the max-AUROC statistic
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,7 +101,6 @@ class DeviceSpec:
   n_causal: int
   hist_bins: int
   perm_batch: int
-  member_batch: int
 
 
 # --------------------------------------------------------------------------
@@ -105,11 +108,23 @@ class DeviceSpec:
 
 
 def average_ranks(values: jax.Array) -> jax.Array:
-  """Float[N] -> Float[N]: 1-based ranks, tied values get their mean rank."""
-  s = jnp.sort(values)
-  lo = jnp.searchsorted(s, values, side="left", method="sort")
-  hi = jnp.searchsorted(s, values, side="right", method="sort")
-  return (lo + hi + 1).astype(jnp.float32) / 2
+  """Float[N] -> Float[N]: 1-based ranks, tied values get their mean rank.
+
+  One sort; each run of equal values finds its first and last position with
+  a cumulative max / min, so ties (the many zeros of a sparse feature) cost
+  nothing extra.
+  """
+  n = values.shape[0]
+  order = jnp.argsort(values)
+  s = values[order]
+  pos = jnp.arange(n)
+  differs = s[1:] != s[:-1]
+  starts = jnp.concatenate([jnp.ones(1, bool), differs])
+  ends = jnp.concatenate([differs, jnp.ones(1, bool)])
+  first = jax.lax.cummax(jnp.where(starts, pos, 0))
+  last = jax.lax.cummin(jnp.where(ends, pos, n), reverse=True)
+  mean_rank = (first + last).astype(jnp.float32) / 2 + 1
+  return jnp.zeros(n, jnp.float32).at[order].set(mean_rank)
 
 
 # Float[N, m] -> Float[N, m]: ranks of each feature's activations.
@@ -166,8 +181,11 @@ def _label_stats(spec: DeviceSpec, stacked, labels, n_pos, live, perm):
   support = jnp.take_along_axis(counts, emotion[None], 0)[0]
   return {
       "statistic": auroc.max(0), "emotion": emotion, "support": support,
-      "selective_counts": jnp.stack([jnp.sum(live & (selectivity >= t))
-                                     for t in spec.thresholds]),
+      # The tolerance makes "selectivity >= 2" exact-ratio ties (common:
+      # rates are small fractions) independent of float rounding.
+      "selective_counts": jnp.stack([
+          jnp.sum(live & (selectivity >= t * (1 - _SEL_TOL)))
+          for t in spec.thresholds]),
       "selectivity_hist": _histogram(selectivity, live, 1.0, float(k),
                                      spec.hist_bins),
       "statistic_hist": _histogram(auroc.max(0), live, *_STAT_RANGE,
@@ -247,8 +265,8 @@ def _causal_one(spec: DeviceSpec, base_logits, labels, rand_u, a, u, e,
 # One member, then all members
 
 
-def _member(spec: DeviceSpec, x, labels, perms, probe_w, probe_b,
-            random_dirs, params):
+def _member(spec: DeviceSpec, n_perm_real, x, labels, perms, probe_w,
+            probe_b, random_dirs, params):
   """Everything for one SAE. x: Float[N, d] normalised, labels: Int[N] in
   [0, K), perms: Int[P, N]. Returns a dict of arrays (see module doc)."""
   k = spec.n_labels
@@ -272,8 +290,11 @@ def _member(spec: DeviceSpec, x, labels, perms, probe_w, probe_b,
       del out[key]  # [K, m] per shuffle would not fit; not needed
     return out
 
+  # perms arrive padded to a multiple of perm_batch (one compiled body, no
+  # remainder); n_perm counts the real ones.
+  n_perm = n_perm_real
   null = jax.lax.map(null_stats, perms, batch_size=spec.perm_batch)
-  n_perm = perms.shape[0]
+  null = jax.tree.map(lambda v: v[:n_perm], null)
   exceed = jnp.sum(null["statistic"] >= real["statistic"] - _TIE_TOL, 0)
   p_value = (1.0 + exceed) / (n_perm + 1.0)
   q_value, significant = _significance(spec, p_value, real["support"], tested)
@@ -289,7 +310,7 @@ def _member(spec: DeviceSpec, x, labels, perms, probe_w, probe_b,
   top_values, top_index = jax.lax.top_k(acts.T, min(spec.n_top, n))
 
   # Causal checks on the strongest candidates: lowest p, then highest AUROC.
-  n_causal = min(spec.n_causal, m)
+  n_causal = _n_causal(spec.n_causal, m)
   candidates = jnp.lexsort((-real["statistic"], p_value))[:n_causal]
   w_dec = params["W_dec"][candidates]
   base_logits = x @ probe_w + probe_b
@@ -299,7 +320,7 @@ def _member(spec: DeviceSpec, x, labels, perms, probe_w, probe_b,
       (acts[:, candidates].T, w_dec @ probe_w, emotion[candidates],
        typical[candidates],
        typical[candidates] * jnp.linalg.norm(w_dec, axis=1)),
-      batch_size=64)
+      batch_size=min(n_causal, _CAUSAL_BATCH))
 
   return {
       "rate": real["rate"], "mean_activation": mean_activation,
@@ -324,19 +345,49 @@ def _member(spec: DeviceSpec, x, labels, perms, probe_w, probe_b,
   }
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def analyze_members(spec: DeviceSpec, params, x, labels, perms, probe_w,
-                    probe_b, random_dirs):
-  """All members: params have a leading member axis [M, ...].
+def _n_causal(requested: int, m: int) -> int:
+  # A multiple of the batch when above it, so lax.map needs no remainder.
+  n = min(requested, m)
+  return n if n <= _CAUSAL_BATCH else n // _CAUSAL_BATCH * _CAUSAL_BATCH
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def analyze_members(spec: DeviceSpec, n_perm: int, params, x, labels, perms,
+                    probe_w, probe_b, random_dirs):
+  """A batch of members, vmapped: params have a leading member axis [B, ...].
 
   x: Float[N, d] normalised embeddings of the labelled rows; labels: Int[N];
-  perms: Int[P, N] (labels[perms[i]] is shuffle i); probe_w: Float[d, K],
-  probe_b: Float[K]; random_dirs: Float[R, d] unit rows. Returns the
-  `_member` dict with a leading [M] axis on every array.
+  perms: Int[P', N], P' >= n_perm a multiple of spec.perm_batch
+  (labels[perms[i]] is shuffle i; rows past n_perm are padding);
+  probe_w: Float[d, K], probe_b: Float[K]; random_dirs: Float[R, d] unit
+  rows. Returns the `_member` dict with a leading [B] axis on every array.
   """
-  fn = functools.partial(_member, spec, x, labels, perms, probe_w, probe_b,
-                         random_dirs)
-  return jax.lax.map(fn, params, batch_size=spec.member_batch)
+  fn = functools.partial(_member, spec, n_perm, x, labels, perms, probe_w,
+                         probe_b, random_dirs)
+  return jax.vmap(fn)(params)
+
+
+def run_members(spec: DeviceSpec, member_batch: int, params: dict, x,
+                labels, perms, probe_w, probe_b, random_dirs,
+                progress: bool = False) -> dict[str, np.ndarray]:
+  """All members [M, ...], `member_batch` at a time (the last batch padded
+  with copies, so every call reuses one compiled program)."""
+  n_members = int(params["W_dec"].shape[0])
+  n_perm = int(perms.shape[0])
+  pad = -n_perm % spec.perm_batch
+  perms = np.concatenate([perms, perms[:pad]]) if pad else perms
+  args = [jnp.asarray(a) for a in (x, labels, perms, probe_w, probe_b,
+                                   random_dirs)]
+  chunks = []
+  for start in range(0, n_members, member_batch):
+    index = np.minimum(np.arange(start, start + member_batch), n_members - 1)
+    batch = {k: jnp.asarray(v[index]) for k, v in params.items()}
+    out = jax.device_get(analyze_members(spec, n_perm, batch, *args))
+    keep = min(member_batch, n_members - start)
+    chunks.append({k: np.asarray(v)[:keep] for k, v in out.items()})
+    if progress:
+      print(f"analysed members {start + keep}/{n_members}", flush=True)
+  return {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]}
 
 
 # --------------------------------------------------------------------------
@@ -350,25 +401,21 @@ def group_ids(groups: list[str]) -> np.ndarray:
   return inverse.astype(np.int32)
 
 
-@functools.partial(jax.jit, static_argnums=2)
-def _permutations(key, groups, n_perm):
-  """Int[P, N]: each row a permutation that maps rows within their group."""
-  by_group = jnp.argsort(groups, stable=True)
-
-  def one(k):
-    order = jnp.lexsort((jax.random.uniform(k, groups.shape), groups))
-    return jnp.zeros_like(order).at[by_group].set(order)
-
-  return jax.vmap(one)(jax.random.split(key, n_perm))
-
-
 def label_permutations(seed: int, n_perm: int, groups: np.ndarray | None,
                        n: int) -> np.ndarray:
-  """P label shuffles of n rows, within groups when `groups` is given."""
+  """Int[P, N]: P label shuffles of n rows (labels[perm] is a shuffle), each
+  mapping rows only within their group when `groups` is given."""
   g = np.zeros(n, np.int32) if groups is None else np.asarray(groups,
                                                                np.int32)
-  return np.asarray(_permutations(jax.random.PRNGKey(seed), jnp.asarray(g),
-                                  n_perm))
+  by_group = np.argsort(g, kind="stable")
+  rng = np.random.default_rng(seed)
+  perms = np.empty((n_perm, n), np.int32)
+  for i in range(n_perm):
+    # Rows sorted by (group, random key): position j of `order` is a random
+    # row of the same group as position j of `by_group`.
+    order = np.lexsort((rng.random(n), g))
+    perms[i, by_group] = order
+  return perms
 
 
 def fit_probe(x: np.ndarray, labels: np.ndarray, n_labels: int,
@@ -412,11 +459,8 @@ def default_member_batch(n_members, n, m, n_perm, budget_gb) -> int:
   return int(max(1, min(n_members, budget_gb * 2**30 // per_member)))
 
 
-def device_spec(sae: saes.SAESpec, n_labels: int, settings: Settings,
-                n_members: int, n: int) -> DeviceSpec:
-  member_batch = settings.member_batch or default_member_batch(
-      n_members, n, sae.d_sae, settings.permutations,
-      settings.memory_budget_gb)
+def device_spec(sae: saes.SAESpec, n_labels: int,
+                settings: Settings) -> DeviceSpec:
   return DeviceSpec(
       sae=sae, n_labels=n_labels, fdr=float(settings.fdr),
       min_support=int(settings.min_support),
@@ -424,13 +468,12 @@ def device_spec(sae: saes.SAESpec, n_labels: int, settings: Settings,
       n_top=settings.n_top,
       strengths=tuple(float(s) for s in settings.strengths),
       n_causal=settings.n_causal, hist_bins=settings.hist_bins,
-      perm_batch=min(settings.perm_batch, settings.permutations),
-      member_batch=min(member_batch, n_members))
+      perm_batch=min(settings.perm_batch, settings.permutations))
 
 
 def compute(sae: saes.SAESpec, params: dict, x_norm: np.ndarray,
             labels: np.ndarray, n_labels: int, groups: np.ndarray | None,
-            settings: Settings) -> tuple[dict, dict]:
+            settings: Settings, progress: bool = False) -> tuple[dict, dict]:
   """Runs the device analysis on labelled rows; returns (arrays, extras).
 
   params: numpy dict with a leading member axis; x_norm: Float[N, d]
@@ -450,12 +493,13 @@ def compute(sae: saes.SAESpec, params: dict, x_norm: np.ndarray,
         " group holds one emotion); pass --within_groups=false")
   probe = fit_probe(x_norm, labels, n_labels, groups)
   dirs = random_directions(settings.seed, settings.n_random, x_norm.shape[1])
-  spec = device_spec(sae, n_labels, settings, n_members, n)
-  out = analyze_members(spec, {k: jnp.asarray(v) for k, v in params.items()},
-                        jnp.asarray(x_norm), jnp.asarray(labels, jnp.int32),
-                        jnp.asarray(perms), jnp.asarray(probe["w"]),
-                        jnp.asarray(probe["b"]), jnp.asarray(dirs))
-  arrays = {k: np.asarray(v) for k, v in jax.device_get(out).items()}
+  spec = device_spec(sae, n_labels, settings)
+  member_batch = min(n_members, settings.member_batch or default_member_batch(
+      n_members, n, sae.d_sae, settings.permutations,
+      settings.memory_budget_gb))
+  arrays = run_members(spec, member_batch, params, x_norm,
+                       np.asarray(labels, np.int32), perms, probe["w"],
+                       probe["b"], dirs, progress=progress)
   extras = {
       "probe": {k: v for k, v in probe.items() if k not in ("w", "b")},
       "permutation": {
@@ -464,7 +508,8 @@ def compute(sae: saes.SAESpec, params: dict, x_norm: np.ndarray,
           "n_groups": int(len(np.unique(use_groups))) if use_groups
           is not None else 1,
           "labels_moved_fraction": moved},
-      "member_batch": spec.member_batch,
+      "member_batch": member_batch,
+      "probe_weights": (probe["w"], probe["b"]), "random_dirs": dirs,
   }
   return arrays, extras
 
@@ -804,7 +849,8 @@ def summarize(members: Members, es: data.EmbeddingSet, arrays: dict,
 
 
 def analyze(workdir: str | Path, data_path: str | None = None,
-            settings: Settings = Settings()) -> Result:
+            settings: Settings = Settings(), progress: bool = False
+            ) -> Result:
   """The whole analysis of a training run or sweep workdir."""
   members = load_members(workdir)
   es = load_data(members, data_path)
@@ -820,7 +866,7 @@ def analyze(workdir: str | Path, data_path: str | None = None,
   groups = group_ids([es.groups[r] for r in labelled])
   arrays, extras = compute(members.sae, members.params, x,
                            es.labels[labelled], len(es.label_names), groups,
-                           settings)
+                           settings, progress)
   summary = summarize(members, es, arrays, extras, settings, labelled)
   return Result(summary, arrays, members.params["W_dec"])
 

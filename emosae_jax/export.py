@@ -62,11 +62,18 @@ def select_features(summary: dict, arrays: dict, position: int,
   emo = arrays["emotion"][position]
   p = arrays["p_value"][position]
   stat = arrays["statistic"][position]
-  chosen = []
+  chosen, missing = [], []
   for name in wanted:
     feats = np.flatnonzero(sig & (emo == names.index(name)))
     order = np.lexsort((-stat[feats], p[feats]))
     chosen += [int(f) for f in feats[order][:top_per_emotion]]
+    if not len(feats):
+      missing.append(name)
+  if emotions and missing:
+    raise data.DataError(
+        f"no significant features for emotion(s) {missing} in member "
+        f"{summary['members'][position]['index']}; pass --features=ID,... "
+        "to export chosen features anyway")
   if not chosen:
     raise data.DataError(
         f"no significant features for {wanted} in member "

@@ -45,7 +45,8 @@ def main(argv):
       min_support=_MIN_SUPPORT.value, within_groups=_WITHIN_GROUPS.value,
       seed=_SEED.value, stability_threshold=_STABILITY.value,
       member_batch=_MEMBER_BATCH.value)
-  result = analysis.analyze(_WORKDIR.value, _DATA.value, settings)
+  result = analysis.analyze(_WORKDIR.value, _DATA.value, settings,
+                            progress=True)
   path = analysis.write(result, _OUT.value or _WORKDIR.value)
   for member in result.summary["members"]:
     counts = "; ".join(

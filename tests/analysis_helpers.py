@@ -1,0 +1,139 @@
+"""Builders shared by the analysis and export tests (cached per process).
+
+`random_run()`   a run workdir written by hand: a randomly initialised topk
+                 SAE on small labelled data with template groups (no
+                 training; for exact comparisons and error cases).
+`planted_run()`  a topk SAE trained on planted-dictionary data whose labels
+                 own features (for the recall / false-discovery tests).
+Both are built once per test process into a temporary folder.
+"""
+
+from __future__ import annotations
+
+import atexit
+import functools
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from conftest import tiny_config
+from emosae_jax import data, saes
+from emosae_jax.trainer import save_params
+
+_ROOT = Path(tempfile.mkdtemp(prefix="emosae_analysis_tests_"))
+atexit.register(shutil.rmtree, _ROOT, ignore_errors=True)
+
+# Settings small enough for tests; the same DeviceSpec is reused across tests
+# so the jitted analysis compiles once per shape.
+RANDOM_SETTINGS = dict(permutations=60, fdr=0.1, min_support=3,
+                       perm_batch=16, n_causal=32, n_random=4, n_top=5)
+
+
+def labelled_set(n_per=50, k=3, d=16, n_groups=10, shift=1.5, seed=0,
+                 **meta) -> data.EmbeddingSet:
+  """Gaussian embeddings with an emotion-dependent mean; every template
+  group holds every emotion; texts carry HTML to check escaping."""
+  rng = np.random.default_rng(seed)
+  labels = np.repeat(np.arange(k), n_per)
+  mu = rng.normal(size=(k, d))
+  x = rng.normal(size=(len(labels), d)) + shift * mu[labels] + 3.0
+  groups = [f"t{i % n_groups}" for i in range(len(labels))]
+  texts = [f"<b>prompt</b> {i} & co" for i in range(len(labels))]
+  names = [f"emo{e}" for e in range(k)]
+  return data.make_embedding_set(
+      x, labels, names, texts, groups,
+      encoder={"name": "test-encoder", "revision": "r1"}, **meta)
+
+
+def write_run(workdir: Path, es_path: Path, es: data.EmbeddingSet,
+              params: dict, d_sae: int, k: int) -> Path:
+  """A run workdir (config.json, data_info.json, params.safetensors)."""
+  workdir.mkdir(parents=True, exist_ok=True)
+  config = tiny_config("topk", model__d_in=es.dim, model__d_sae=d_sae,
+                       model__k=k, data__synthetic=False,
+                       data__path=str(es_path))
+  normalizer = data.fit_normalizer(es.embeddings)
+  data.atomic_write_json(workdir / "config.json", config.to_dict())
+  data.atomic_write_json(workdir / "data_info.json", {
+      "path": str(es_path), "content_hash": es.meta["content_hash"],
+      "n": len(es), "d": es.dim, "label_names": es.label_names,
+      "encoder": es.meta.get("encoder"), "train_index": [], "val_index": [],
+      "normalizer": normalizer.to_dict(), "synthetic": False})
+  save_params(workdir / "params.safetensors", params)
+  return workdir
+
+
+def random_params(d: int, m: int, seed: int) -> dict:
+  spec = saes.SAESpec(arch="topk", d_in=d, d_sae=m, k=4)
+  params = saes.init_params(spec, jax.random.PRNGKey(seed))
+  # Unequal decoder norms and a non-zero bias exercise the raw-unit mapping.
+  rng = np.random.default_rng(seed)
+  params = {k: np.asarray(v) for k, v in params.items()}
+  params["W_dec"] = params["W_dec"] * rng.uniform(0.5, 2.0, (m, 1))
+  params["b_dec"] = rng.normal(size=d).astype(np.float32) * 0.1
+  return {k: v.astype(np.float32) for k, v in params.items()}
+
+
+@functools.lru_cache(maxsize=None)
+def random_run() -> Path:
+  es = labelled_set()
+  es_path = data.save_embedding_set(es, _ROOT / "random_data")
+  return write_run(_ROOT / "random_run", es_path, es,
+                   random_params(es.dim, 32, 0), 32, 4)
+
+
+PLANTED = dict(n_examples=2048, n_features=48, n_labels=4, d=48)
+
+
+@functools.lru_cache(maxsize=None)
+def planted_run() -> Path:
+  """topk SAE (d_sae 64, k 8, 40 epochs: ~8 s) on planted label features."""
+  from emosae_jax import trainer
+  config = tiny_config(
+      "topk", data__n_examples=PLANTED["n_examples"],
+      data__n_features=PLANTED["n_features"],
+      data__n_labels=PLANTED["n_labels"], model__d_in=PLANTED["d"],
+      model__d_sae=64, model__k=8, train__batch_size=64, train__epochs=40,
+      train__epochs_per_call=40, train__checkpoint_every_epochs=40)
+  workdir = _ROOT / "planted_run"
+  trainer.train_and_evaluate(config, workdir, progress=False)
+  return workdir
+
+
+def planted_data():
+  from emosae_jax import synthetic
+  return synthetic.make_synthetic(
+      n_examples=PLANTED["n_examples"], d=PLANTED["d"],
+      n_features=PLANTED["n_features"], avg_active=4.0, noise=0.01,
+      n_labels=PLANTED["n_labels"], seed=0)
+
+
+def scratch(name: str) -> Path:
+  path = _ROOT / name
+  path.mkdir(parents=True, exist_ok=True)
+  return path
+
+
+def fake_sweep(tmp_path: Path) -> tuple[Path, np.ndarray]:
+  """Members: 0 = the random run, 1 = failed, 2 = member 0 with its
+  features permuted (so every feature reappears, at cosine 1)."""
+  from emosae_jax import checkpoint
+  run = random_run()
+  sweep = tmp_path / "sweep"
+  shutil.copytree(run, sweep)
+  params = checkpoint.load_params(run)
+  perm = np.random.default_rng(3).permutation(params["W_dec"].shape[0])
+  permuted = dict(params, W_dec=params["W_dec"][perm],
+                  W_enc=params["W_enc"][:, perm], b_enc=params["b_enc"][perm])
+  broken = {k: np.full_like(v, np.nan) for k, v in params.items()}
+  stacked = {k: np.stack([params[k], broken[k], permuted[k]]) for k in params}
+  save_params(sweep / "params.safetensors", stacked)
+  config = json.loads((sweep / "config.json").read_text())
+  data.atomic_write_json(sweep / "sweep.json", {"members": [
+      {"index": i, "overrides": {"seed": i}, "config": config, "seed": i,
+       "status": status} for i, status in enumerate(["ok", "failed", "ok"])]})
+  return sweep, perm
