@@ -121,8 +121,8 @@ def _warmup(step, steps):
 def train_step(spec: StaticSpec, hp: HParams, state: TrainState, xb):
   """One optimizer step on batch xb [batch, d_in]; returns (state, metrics).
 
-  A step whose loss is not finite is not applied: the state is frozen with
-  `failed` set, so the driver can stop with the last good parameters.
+  A step whose loss is not finite does not move the parameters and sets
+  `failed`, so the driver can stop with the last good parameters.
   """
   arch = saes.get_arch(spec.sae.arch)
   step_f = state.step.astype(jnp.float32)
@@ -133,30 +133,28 @@ def train_step(spec: StaticSpec, hp: HParams, state: TrainState, xb):
       has_aux=True)
   (loss, (terms, x_hat, acts, pre)), grads = grad_fn(state.params, xb)
   finite = jnp.isfinite(loss)
-
-  def apply(state):
-    updates, opt_state = _optimizer(spec).update(grads, state.opt_state,
-                                                 state.params)
-    lr = hp["lr"] * _warmup(step_f, hp["warmup_steps"])
-    params = jax.tree.map(lambda p, u: p - lr * u, state.params, updates)
-    stats = (arch.batch_stats(spec.sae, params, pre)
-             if hasattr(arch, "batch_stats") else None)
-    params = arch.post_update(spec.sae, params, stats)
-    fired = jnp.any(acts != 0, axis=0)
-    since = jnp.where(fired, 0, state.steps_since_fired + 1)
-    state = state.replace(params=params, opt_state=opt_state,
-                          steps_since_fired=since, step=state.step + 1)
-    if spec.resample_every > 0:
-      state = jax.lax.cond(state.step % spec.resample_every == 0,
-                           functools.partial(_resample, spec, xb, x_hat),
-                           lambda s: s, state)
-    return state
-
-  # A select rather than lax.cond: XLA fuses it into the update loops, while
-  # a cond would copy the whole state (params + Adam moments) every step.
-  new_state = apply(state)
-  state = jax.tree.map(lambda new, old: jnp.where(finite, new, old),
-                       new_state, state.replace(failed=jnp.ones((), bool)))
+  failed = state.failed | ~finite
+  # A failed step must not move the parameters. Zeroing the gradient and
+  # the learning rate fuses into the update loops; a lax.cond or a select
+  # between old and new state would cost extra passes over params and Adam
+  # moments, which bound the step time at small batch sizes.
+  grads = jax.tree.map(lambda g: jnp.where(failed, 0.0, g), grads)
+  updates, opt_state = _optimizer(spec).update(grads, state.opt_state,
+                                               state.params)
+  lr = jnp.where(failed, 0.0, hp["lr"] * _warmup(step_f, hp["warmup_steps"]))
+  params = jax.tree.map(lambda p, u: p - lr * u, state.params, updates)
+  stats = (arch.batch_stats(spec.sae, params, pre)
+           if hasattr(arch, "batch_stats") else None)
+  params = arch.post_update(spec.sae, params, stats)
+  fired = jnp.any(acts != 0, axis=0)
+  since = jnp.where(fired, 0, state.steps_since_fired + 1)
+  state = state.replace(params=params, opt_state=opt_state,
+                        steps_since_fired=since, failed=failed,
+                        step=state.step + jnp.where(failed, 0, 1))
+  if spec.resample_every > 0:
+    state = jax.lax.cond(
+        (state.step % spec.resample_every == 0) & ~failed,
+        functools.partial(_resample, spec, xb, x_hat), lambda s: s, state)
   metrics = dict(terms, loss=loss, l0=jnp.mean(jnp.sum(acts != 0, -1)))
   return state, metrics
 
