@@ -23,8 +23,7 @@ import numpy as np
 import torch
 
 from bridge.directions import DirectionsError
-from bridge.generate import (STEERING_FILE, ModelNotAvailableError,
-                             _loading, write_json)
+from bridge.generate import STEERING_FILE, loading, write_json
 
 DEFAULT_CLAP = "laion/clap-htsat-unfused"
 EMOTION_TEXT = "{emotion} music"
@@ -36,12 +35,7 @@ PLOT_FILE = "dose_response.png"
 def load_clap(name: str = DEFAULT_CLAP, device: str = "cpu"):
   """(ClapModel, ClapProcessor); ModelNotAvailableError if not offline."""
   from transformers import ClapModel, ClapProcessor
-  if name.startswith((".", "/", "~")) and not Path(name).expanduser().is_dir():
-    raise ModelNotAvailableError(
-        f"CLAP weights for {name!r} are not available offline (no such "
-        f"folder); download them once into the Hugging Face cache (HF_HOME) "
-        f"or pass --clap=/path/to/a/local/folder with the weights")
-  with _loading(name):
+  with loading(name, "--clap"):
     processor = ClapProcessor.from_pretrained(name)
     model = ClapModel.from_pretrained(name).to(device).eval()
   return model, processor
@@ -154,12 +148,14 @@ def evaluate_run(steering_dir: str | os.PathLike, clap: str = DEFAULT_CLAP,
       list(VALENCE_PAIR) + list(emotions or []) +
       [c["emotion"] for c in clips if c["emotion"]]))
   texts = [EMOTION_TEXT.format(emotion=e) for e in emotions]
+  missing = [c["path"] for c in clips
+             if not (steering_dir / c["path"]).is_file()]
+  if not clips or missing:
+    raise DirectionsError(
+        f"{len(missing)} clip(s) missing in {steering_dir}, e.g. {missing[0]}"
+        if missing else f"{meta_path} lists no clips")
   model, processor = loaded_clap or load_clap(clap, device)
   fe = processor.feature_extractor
-  missing = [c["path"] for c in clips if not (steering_dir / c["path"]).is_file()]
-  if missing:
-    raise DirectionsError(f"{len(missing)} clip(s) missing in {steering_dir}, "
-                          f"e.g. {missing[0]}")
   audios = [read_audio(steering_dir / c["path"], fe.sampling_rate,
                        fe.nb_max_samples / fe.sampling_rate) for c in clips]
   probs = clap_probabilities(model, processor, audios, texts, batch_size)

@@ -73,23 +73,27 @@ class Settings:
 # Backends: load a MusicGen, generate waveforms from prompts.
 
 
-def _not_available(name: str, err: Exception) -> ModelNotAvailableError:
+def _not_available(name: str, err: Exception,
+                   flag: str = "--model") -> ModelNotAvailableError:
   why = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
   home = os.environ.get("HF_HOME", "~/.cache/huggingface")
   return ModelNotAvailableError(
       f"model weights for {name!r} are not available offline ({why}); "
       f"download them once into the Hugging Face cache (HF_HOME, now "
-      f"{home}) or pass --model=/path/to/a/local/folder with the weights")
+      f"{home}) or pass {flag}=/path/to/a/local/folder with the weights")
 
 
 @contextlib.contextmanager
-def _loading(name: str):
+def loading(name: str, flag: str = "--model"):
   """Turns hub/file errors while loading into ModelNotAvailableError."""
   from huggingface_hub.errors import HFValidationError
+  if name.startswith((".", "/", "~")) and not Path(name).expanduser(
+  ).is_dir():
+    raise _not_available(name, FileNotFoundError("no such folder"), flag)
   try:
     yield
   except (OSError, HFValidationError) as err:
-    raise _not_available(name, err) from None
+    raise _not_available(name, err, flag) from None
 
 
 class TransformersBackend:
@@ -99,7 +103,7 @@ class TransformersBackend:
   def __init__(self, model_id: str, device: str = "cpu",
                dtype: torch.dtype = torch.float32):
     from transformers import AutoProcessor, MusicgenForConditionalGeneration
-    with _loading(model_id):
+    with loading(model_id):
       self.processor = AutoProcessor.from_pretrained(model_id)
       self.model = MusicgenForConditionalGeneration.from_pretrained(
           model_id, dtype=dtype).to(device).eval()
@@ -143,7 +147,7 @@ class AudiocraftBackend:
       raise ModelNotAvailableError(
           f"audiocraft is not importable ({err}); install it with "
           f"bash scripts/install_audiocraft.sh <venv>/bin/python") from None
-    with _loading(model_id):
+    with loading(model_id):
       self.model = MusicGen.get_pretrained(model_id, device=device)
     if dtype != torch.float32:
       self.model.lm.to(dtype)
@@ -173,9 +177,6 @@ def load_backend(backend: str = "transformers", model: str = DEFAULT_MODEL,
   if backend not in classes:
     raise DirectionsError(f"unknown backend {backend!r}; use one of "
                           f"{list(classes)}")
-  if model.startswith((".", "/", "~")) and not Path(model).expanduser(
-  ).is_dir():
-    raise _not_available(model, FileNotFoundError("no such folder"))
   return classes[backend](model, device=device, dtype=dtype)
 
 
