@@ -45,6 +45,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -454,9 +455,12 @@ def random_directions(seed: int, n: int, d: int) -> np.ndarray:
 
 
 def default_member_batch(n_members, n, m, n_perm, budget_gb) -> int:
-  """Members per vmapped batch so the working set stays near the budget."""
+  """Members per vmapped batch so the working set stays near the budget;
+  batches are made even so the padded last batch wastes little."""
   per_member = 4 * (6 * n * m + 8 * n_perm * m)  # bytes, rough
-  return int(max(1, min(n_members, budget_gb * 2**30 // per_member)))
+  most = int(max(1, min(n_members, budget_gb * 2**30 // per_member)))
+  n_batches = -(-n_members // most)
+  return -(-n_members // n_batches)
 
 
 def device_spec(sae: saes.SAESpec, n_labels: int,
@@ -882,7 +886,7 @@ def write(result: Result, out: str | Path, report: bool = True) -> Path:
              if v.dtype != bool}
   tensors.update({k: v.astype(np.uint8) for k, v in result.arrays.items()
                   if v.dtype == bool})
-  tmp = out / f".{ARRAYS_FILE}.tmp"
+  tmp = out / f".{ARRAYS_FILE}.tmp{os.getpid()}"
   save_file(tensors, str(tmp))
   tmp.replace(out / ARRAYS_FILE)
   figures = analysis_figures.write_all(result, out)

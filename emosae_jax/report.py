@@ -118,7 +118,7 @@ th,td{border:1px solid #ddd;padding:3px 6px;vertical-align:top;text-align:left}
 th{background:#f3f3f3}table.sortable th{cursor:pointer}
 table.sortable th.asc:after{content:" \\25B2"}
 table.sortable th.desc:after{content:" \\25BC"}
-.baseline{color:#666;font-size:.9em}.count{font-weight:bold}
+.baseline,.meta{color:#666;font-size:.9em}.count{font-weight:bold}
 img{max-width:100%;border:1px solid #eee;margin:.5em 0}
 .prompts{max-width:40em;font-size:.9em}.note{color:#555;font-size:.9em}
 nav a{margin-right:1em}
@@ -231,7 +231,7 @@ def figures_section(figures: dict[str, Any]) -> Section:
 
 
 def _prompts_html(prompts: list[dict], n: int = 5) -> str:
-  items = "".join(f"<li>{esc(p['text'])} <span class=\"baseline\">"
+  items = "".join(f"<li>{esc(p['text'])} <span class=\"meta\">"
                   f"[{esc(p['emotion'])}, {p['activation']:.2f}]</span></li>"
                   for p in prompts[:n])
   return f'<ol class="prompts">{items}</ol>'

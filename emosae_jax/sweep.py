@@ -130,7 +130,7 @@ def unstack(tree, i):
 def compiled_group_epochs(spec: core.StaticSpec, n_epochs: int):
   """jit(vmap(train_epochs)) over the member axis of state and hparams."""
   run = jax.vmap(functools.partial(core.train_epochs, spec, n_epochs),
-                 in_axes=(0, 0, None, None))
+                 in_axes=(0, 0, None, None, None))
   return jax.jit(run, donate_argnums=0)
 
 
@@ -192,7 +192,7 @@ def train_group(configs, members: list[int], workdir: Path,
   while done < total and not bool(jnp.all(state.stopped | state.failed)):
     n = min(per_call, total - done)
     state, metrics = compiled_group_epochs(spec, n)(state, hp, x_train,
-                                                    x_val)
+                                                    x_val, done)
     for slot, member in enumerate(members):
       rows += [dict(r, member=member)
                for r in trainer.epoch_rows(metrics, member=slot)]

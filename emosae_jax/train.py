@@ -134,14 +134,15 @@ def train_step(spec: StaticSpec, hp: HParams, state: TrainState, xb):
   (loss, (terms, x_hat, acts, pre)), grads = grad_fn(state.params, xb)
   finite = jnp.isfinite(loss)
   failed = state.failed | ~finite
-  # A failed step must not move the parameters. Zeroing the gradient and
-  # the learning rate fuses into the update loops; a lax.cond or a select
-  # between old and new state would cost extra passes over params and Adam
-  # moments, which bound the step time at small batch sizes.
-  grads = jax.tree.map(lambda g: jnp.where(failed, 0.0, g), grads)
+  # A failed or early-stopped member must not move. Zeroing its gradient and
+  # learning rate fuses into the update loops; a lax.cond (a select under
+  # vmap) between old and new state would cost extra passes over params and
+  # Adam moments, which bound the step time at small batch sizes.
+  frozen = failed | state.stopped
+  grads = jax.tree.map(lambda g: jnp.where(frozen, 0.0, g), grads)
   updates, opt_state = _optimizer(spec).update(grads, state.opt_state,
                                                state.params)
-  lr = jnp.where(failed, 0.0, hp["lr"] * _warmup(step_f, hp["warmup_steps"]))
+  lr = jnp.where(frozen, 0.0, hp["lr"] * _warmup(step_f, hp["warmup_steps"]))
   params = jax.tree.map(lambda p, u: p - lr * u, state.params, updates)
   stats = (arch.batch_stats(spec.sae, params, pre)
            if hasattr(arch, "batch_stats") else None)
@@ -150,22 +151,23 @@ def train_step(spec: StaticSpec, hp: HParams, state: TrainState, xb):
   since = jnp.where(fired, 0, state.steps_since_fired + 1)
   state = state.replace(params=params, opt_state=opt_state,
                         steps_since_fired=since, failed=failed,
-                        step=state.step + jnp.where(failed, 0, 1))
-  if spec.resample_every > 0:
-    state = jax.lax.cond(
-        (state.step % spec.resample_every == 0) & ~failed,
-        functools.partial(_resample, spec, xb, x_hat), lambda s: s, state)
+                        step=state.step + jnp.where(frozen, 0, 1))
   metrics = dict(terms, loss=loss, l0=jnp.mean(jnp.sum(acts != 0, -1)))
   return state, metrics
 
 
-def _resample(spec: StaticSpec, xb, x_hat, state: TrainState) -> TrainState:
+def _resample(spec: StaticSpec, x_train, state: TrainState) -> TrainState:
   """Re-initialises dead latents on badly reconstructed inputs (Bricken et
   al. 2023): the decoder row points at a high-loss input, the encoder column
   is that direction at 0.2x the mean live encoder norm, Adam moments reset."""
   dead = state.steps_since_fired >= spec.dead_window
   params = state.params
   key = jax.random.fold_in(jax.random.fold_in(state.rng, 1 << 20), state.step)
+  sample_key, key = jax.random.split(key)
+  n_sample = min(x_train.shape[0], 1024)
+  xb = x_train[jax.random.choice(sample_key, x_train.shape[0], (n_sample,),
+                                 replace=False)]
+  x_hat = saes.forward(spec.sae, params, xb, train=False)[0]
   err = jnp.sum(jnp.square(xb - x_hat), axis=-1)
   picks = jax.random.categorical(key, jnp.log(err + 1e-12),
                                  shape=(spec.sae.d_sae,))
@@ -227,7 +229,21 @@ def evaluate(spec: StaticSpec, hp: HParams, params: Params, x):
           "l0": jnp.sum(nz) / n}
 
 
-def _epoch(spec: StaticSpec, hp: HParams, x_train, x_val, state: TrainState):
+def _resample_due(spec: StaticSpec, epoch) -> jax.Array:
+  """Whether a multiple of resample_every steps falls inside this epoch."""
+  if spec.resample_every <= 0:
+    return jnp.zeros((), bool)
+  start = epoch * spec.steps_per_epoch
+  end = start + spec.steps_per_epoch
+  return end // spec.resample_every > start // spec.resample_every
+
+
+def _epoch(spec: StaticSpec, hp: HParams, x_train, x_val, state: TrainState,
+           global_epoch):
+  """One epoch; `global_epoch` is the same for every sweep member (members
+  run in lockstep), so the resampling branch below stays a real branch under
+  vmap instead of a select that would run for every member every epoch."""
+  active = ~(state.stopped | state.failed)
   n_used = spec.steps_per_epoch * spec.batch_size
   key = jax.random.fold_in(state.rng, state.epoch)
   order = jax.random.permutation(key, x_train.shape[0])[:n_used]
@@ -237,11 +253,14 @@ def _epoch(spec: StaticSpec, hp: HParams, x_train, x_val, state: TrainState):
     return train_step(spec, hp, state, x_train[idx])
 
   state, step_metrics = jax.lax.scan(step_body, state, batches)
+  state = jax.lax.cond(_resample_due(spec, global_epoch),
+                       functools.partial(_resample, spec, x_train),
+                       lambda s: s, state)
   val = evaluate(spec, hp, state.params, x_val)
-  improved = (val["loss"] < state.best_val) & ~state.failed
-  bad = jnp.where(improved, 0, state.bad_epochs + 1)
+  improved = (val["loss"] < state.best_val) & active & ~state.failed
+  bad = jnp.where(improved, 0, state.bad_epochs + active)
   state = state.replace(
-      epoch=state.epoch + 1,
+      epoch=state.epoch + active,
       best_val=jnp.where(improved, val["loss"], state.best_val),
       best_epoch=jnp.where(improved, state.epoch + 1, state.best_epoch),
       best_params=jax.tree.map(lambda b, p: jnp.where(improved, p, b),
@@ -254,31 +273,24 @@ def _epoch(spec: StaticSpec, hp: HParams, x_train, x_val, state: TrainState):
       state.steps_since_fired >= spec.dead_window)
   metrics["lr"] = hp["lr"] * _warmup(state.step.astype(jnp.float32) - 1,
                                      hp["warmup_steps"])
+  metrics["active"] = active
+  metrics["epoch"] = state.epoch
   return state, metrics
 
 
 def train_epochs(spec: StaticSpec, n_epochs: int, state: TrainState,
-                 hp: HParams, x_train, x_val):
-  """Runs up to n_epochs epochs; a stopped or failed state is left as is.
+                 hp: HParams, x_train, x_val, first_epoch):
+  """Runs n_epochs epochs starting at epoch index `first_epoch` (the number
+  of epochs done so far). A stopped or failed state stops changing.
 
   Returns (state, metrics) with metrics [n_epochs] per key, plus "active"
   marking the epochs that ran.
   """
 
-  run_epoch = functools.partial(_epoch, spec, hp, x_train, x_val)
-  metric_shapes = jax.eval_shape(run_epoch, state)[1]
+  def epoch_body(state, i):
+    return _epoch(spec, hp, x_train, x_val, state, first_epoch + i)
 
-  def epoch_body(state, _):
-    active = ~(state.stopped | state.failed)
-    new_state, metrics = jax.lax.cond(
-        active, run_epoch,
-        lambda s: (s, jax.tree.map(lambda m: jnp.zeros(m.shape, m.dtype),
-                                  metric_shapes)), state)
-    metrics["active"] = active
-    metrics["epoch"] = new_state.epoch
-    return new_state, metrics
-
-  return jax.lax.scan(epoch_body, state, None, length=n_epochs)
+  return jax.lax.scan(epoch_body, state, jnp.arange(n_epochs))
 
 
 @functools.lru_cache(maxsize=None)

@@ -176,7 +176,7 @@ def train_and_evaluate(config, workdir: str | Path,
   while int(state.epoch) < total and not bool(state.stopped | state.failed):
     n = min(config.train.epochs_per_call, total - int(state.epoch))
     state, epoch_metrics = core.compiled_train_epochs(spec, n)(
-        state, hp, prepared.x_train, prepared.x_val)
+        state, hp, prepared.x_train, prepared.x_val, int(state.epoch))
     new_rows = epoch_rows(epoch_metrics)
     if bool(state.failed):
       raise core.TrainingError(

@@ -106,5 +106,5 @@ def test_resampling_revives_dead_latents():
   state = state.replace(params=dict(state.params, b_enc=b_enc))
   x = jax.random.normal(jax.random.key(2), (1024, 32)) * 2
   hp = core.hparams_from_config(config)
-  state, _ = core.compiled_train_epochs(spec, 2)(state, hp, x, x)
+  state, _ = core.compiled_train_epochs(spec, 2)(state, hp, x, x, 0)
   assert float(jnp.mean(state.params["b_enc"][::2] < -100)) == 0.0

@@ -1,0 +1,112 @@
+r"""One vmapped sweep against the same members trained one after another.
+
+  python benchmarks/bench_sweep.py [--members=16] [--epochs=500]
+
+Workload: the `seed` preset (768 -> 6144 ReLU+L1, batch 16) on 70 training
+embeddings, members differing in seed and L1 coefficient. Both sides run in
+this process with the same compiled-chunk structure the trainers use, so the
+ratio is training time only (data preparation and file writing excluded);
+compile time is reported apart. On an accelerator the sweep should be many
+times faster; on these CPUs the step is bound by optimizer-state memory
+traffic, so the target there is only "never slower".
+"""
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+
+from configs.sae import get_config  # noqa: E402
+from emosae_jax import sweep  # noqa: E402
+from emosae_jax import train as core  # noqa: E402
+
+
+def member_configs(n_members, epochs):
+  base = get_config("seed")
+  base.train.epochs = epochs
+  base.train.patience = 10 ** 6  # every member runs every epoch
+  coeffs = [1e-3, 3e-3, 1e-2, 3e-2]
+  overrides = [{"train.sparsity_coeff": coeffs[i % 4], "seed": i}
+               for i in range(n_members)]
+  return sweep.expand(base, overrides)
+
+
+def timed(fn):
+  start = time.perf_counter()
+  out = fn()
+  jax.block_until_ready(out)
+  return time.perf_counter() - start, out
+
+
+def run_sequential(configs, spec, x, chunk, epochs):
+  fn = core.compiled_train_epochs(spec, chunk)
+  state0 = core.init_state(spec, jax.random.PRNGKey(0))
+  compile_s, _ = timed(lambda: fn.lower(state0, core.hparams_from_config(
+      configs[0]), x, x, 0).compile())
+  start = time.perf_counter()
+  for config in configs:
+    state = core.init_state(spec, jax.random.PRNGKey(config.seed))
+    hp = core.hparams_from_config(config)
+    for c in range(epochs // chunk):
+      state, _ = fn(state, hp, x, x, c * chunk)
+    jax.block_until_ready(state)
+  return time.perf_counter() - start, compile_s
+
+
+def run_sweep(configs, spec, x, chunk, epochs):
+  mesh = sweep.member_mesh()
+  slots = sweep._padded(list(range(len(configs))), mesh.size)  # pylint: disable=protected-access
+  fn = sweep.compiled_group_epochs(spec, chunk)
+
+  def fresh():
+    hp = sweep.shard_members(sweep.stack(
+        [core.hparams_from_config(configs[m]) for m in slots]), mesh)
+    state = sweep.shard_members(sweep.stack(
+        [core.init_state(spec, jax.random.PRNGKey(configs[m].seed))
+         for m in slots]), mesh)
+    return state, hp
+
+  state, hp = fresh()
+  xs = sweep.replicate(x, mesh)
+  compile_s, _ = timed(lambda: fn.lower(state, hp, xs, xs, 0).compile())
+  start = time.perf_counter()
+  state, hp = fresh()
+  for c in range(epochs // chunk):
+    state, _ = fn(state, hp, xs, xs, c * chunk)
+  jax.block_until_ready(state)
+  return time.perf_counter() - start, compile_s
+
+
+def main():
+  parser = argparse.ArgumentParser()
+  parser.add_argument("--members", type=int, default=16)
+  parser.add_argument("--epochs", type=int, default=500)
+  parser.add_argument("--chunk", type=int, default=50,
+                      help="epochs per compiled call (the preset's 50)")
+  args = parser.parse_args()
+  chunk = min(args.chunk, args.epochs)
+  configs = member_configs(args.members, args.epochs)
+  x = jax.numpy.asarray(np.random.default_rng(0).normal(
+      size=(70, 768)).astype(np.float32))
+  spec = core.static_spec_from_config(configs[0], 70)
+  print(f"devices: {jax.devices()}; {args.members} members x "
+        f"{args.epochs} epochs x {spec.steps_per_epoch} steps of batch "
+        f"{spec.batch_size}, 768 -> 6144")
+  seq_s, seq_compile = run_sequential(configs, spec, x, chunk, args.epochs)
+  sw_s, sw_compile = run_sweep(configs, spec, x, chunk, args.epochs)
+  steps = args.members * args.epochs * spec.steps_per_epoch
+  print(f"sequential: {seq_s:.2f} s train + {seq_compile:.2f} s compile "
+        f"({1e3 * seq_s / steps:.3f} ms per member-step)")
+  print(f"sweep:      {sw_s:.2f} s train + {sw_compile:.2f} s compile "
+        f"({1e3 * sw_s / steps:.3f} ms per member-step)")
+  print(f"ratio (sequential / sweep, training): {seq_s / sw_s:.2f}x; "
+        f"with compile: {(seq_s + seq_compile) / (sw_s + sw_compile):.2f}x")
+
+
+if __name__ == "__main__":
+  main()
