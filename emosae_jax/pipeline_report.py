@@ -1,0 +1,154 @@
+"""The pipeline's report.html: run summary, phase 0, sweep, analysis and
+steering on one self-contained page (sections from emosae_jax.report)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from emosae_jax import report as r
+
+_MAX_AUDIO_CLIPS = 40  # keeps the page a reasonable size
+
+
+def _json(path: Path) -> dict | None:
+  return json.loads(path.read_text()) if path.exists() else None
+
+
+def run_section(ctx) -> r.Section:
+  m = ctx.models
+  rows = [("preset", m.preset), ("text model", m.text),
+          ("MusicGen", m.music or "none"), ("CLAP", m.clap or "none")]
+  body = "".join(f'<p class="note"><b>Note:</b> {r.esc(n)}</p>'
+                 for n in m.notes)
+  body += r.table(["setting", "value"], [[r.cell(k), r.cell(v)]
+                                         for k, v in rows], sortable=False)
+  stages = [[r.cell(name), r.cell(rec.get("record", {}).get("skipped", "ok")),
+             r.cell(rec.get("seconds"))]
+            for name, rec in ctx.state["stages"].items()]
+  body += r.table(["stage", "status", "seconds"], stages, sortable=False)
+  return r.Section("Run", body, id="run")
+
+
+def phase0_section(ctx) -> r.Section | None:
+  result = _json(ctx.path("phase0", "phase0.json"))
+  if result is None:
+    return None
+  held, kfold = result["probe_heldout"], result["probe_kfold"]
+  cos = result["cosine"]
+  rows = [("probe accuracy, held-out templates", held["accuracy"],
+           held["chance"]),
+          ("probe accuracy, k-fold (folds share templates)",
+           kfold.get("mean"), kfold.get("chance"))]
+  words = result.get("probe_heldout_words")
+  if words:
+    rows.append(("probe accuracy, held-out emotion words",
+                 words["accuracy"], words["chance"]))
+  body = r.table(["measure", "value", "chance"],
+                 [[r.cell(a), r.cell(b), r.cell(c)] for a, b, c in rows],
+                 sortable=False)
+  body += (f'<p>Cosine similarity within emotions {r.fmt(cos.get("within"))}'
+           f' vs between {r.fmt(cos.get("between"))} (permutation p = '
+           f'{r.fmt(cos.get("p_value"))}).</p>')
+  for name in result.get("plots", []):
+    png = ctx.path("phase0", name)
+    if png.exists():
+      body += r.img_tag(png, name)
+  return r.Section("Phase 0: are emotions in the embeddings?", body,
+                   id="phase0")
+
+
+def sweep_section(ctx) -> r.Section | None:
+  result = _json(ctx.path("sweep", "sweep.json"))
+  if result is None:
+    return None
+  rows = [[r.cell(m["index"]), r.cell(json.dumps(m["overrides"])),
+           r.cell(m["status"]), r.cell(m.get("val_fvu")),
+           r.cell(m.get("val_l0")), r.cell(m.get("dead_fraction"))]
+          for m in result["members"]]
+  body = r.table(["member", "overrides", "status", "FVU (held out)", "L0",
+                  "dead fraction"], rows)
+  if ctx.path("sweep", "pareto.png").exists():
+    body += r.img_tag(ctx.path("sweep", "pareto.png"), "L0 vs FVU")
+  return r.Section("SAE sweep", body, id="sweep")
+
+
+def analysis_sections(ctx) -> list[r.Section]:
+  summary = _json(ctx.path("analysis", "analysis.json"))
+  if summary is None:
+    return []
+  figures = {k: ctx.path("analysis", v)
+             for k, v in summary.get("figures", {}).items()}
+  return r.analysis_sections(summary, figures)
+
+
+def steering_section(ctx) -> r.Section:
+  record = ctx.state["stages"].get("steer", {}).get("record", {})
+  run = _json(ctx.path("steering", "steering.json"))
+  if run is None:
+    reason = record.get("skipped", "the steer stage has not run")
+    return r.Section("Steering", f"<p><b>Skipped:</b> {r.esc(reason)}</p>",
+                     id="steering")
+  evaluation = _json(ctx.path("steering", "evaluation.json"))
+  body = ""
+  if evaluation:
+    body += _effects_table(evaluation)
+    plot = ctx.path("steering", "dose_response.png")
+    if plot.exists():
+      body += r.img_tag(plot, "dose-response")
+  else:
+    reason = ctx.state["stages"].get("evaluate", {}).get("record", {}).get(
+        "skipped", "not evaluated")
+    body += f"<p><b>Evaluation skipped:</b> {r.esc(reason)}</p>"
+  body += _clips_table(ctx, run["clips"])
+  return r.Section("Steering", body, id="steering")
+
+
+def _slope(entry: dict) -> str:
+  slope, err = entry.get("slope"), entry.get("stderr")
+  return "n/a" if slope is None else (
+      f"{slope:+.4f}" + (f" ± {err:.4f}" if err is not None else ""))
+
+
+def _effects_table(evaluation: dict) -> str:
+  rows = []
+  for f in evaluation["features"]:
+    rows.append([r.cell(f["feature"]), r.cell(f["emotion"]),
+                 r.cell(_slope(f["steer"]["valence"])),
+                 r.cell(_slope(f["random"]["valence"])),
+                 r.cell(f["prompt_edit"]["valence"]["effect"]),
+                 r.cell(_slope(f["steer"]["target"])),
+                 r.cell(_slope(f["random"]["target"])),
+                 r.cell(f["prompt_edit"]["target"]["effect"])])
+  return ("<p>Dose-response slopes per unit strength (CLAP zero-shot), "
+          "each beside a random direction of the same norm and the plain "
+          "prompt edit.</p>" + r.table(
+              ["feature", "emotion", "valence slope", "random valence slope",
+               "prompt-edit valence", "P(emotion) slope",
+               "random P(emotion) slope", "prompt-edit P(emotion)"], rows))
+
+
+def _clips_table(ctx, clips: list[dict]) -> str:
+  rows = []
+  for clip in clips[:_MAX_AUDIO_CLIPS]:
+    wav = ctx.path("steering", clip["path"])
+    player = r.audio_tag(wav, clip["path"]) if wav.exists() else "missing"
+    rows.append([r.cell(clip.get("kind")), r.cell(clip.get("feature")),
+                 r.cell(clip.get("emotion")), r.cell(clip.get("strength")),
+                 r.cell(clip.get("prompt")), r.Cell(player)])
+  more = len(clips) - len(rows)
+  note = f"<p class='note'>{more} more clips in steering/clips.</p>" if (
+      more > 0) else ""
+  return r.table(["kind", "feature", "emotion", "strength", "prompt",
+                  "audio"], rows) + note
+
+
+def write(ctx) -> Path:
+  sections = [run_section(ctx)]
+  for extra in (phase0_section(ctx), sweep_section(ctx)):
+    if extra is not None:
+      sections.append(extra)
+  sections += analysis_sections(ctx)
+  sections.append(steering_section(ctx))
+  title = f"emosae: emotion features in {ctx.models.text} ({ctx.models.preset})"
+  return r.write_report(ctx.path("report.html"), title, sections)
