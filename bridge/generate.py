@@ -147,10 +147,9 @@ class AudiocraftBackend:
       raise ModelNotAvailableError(
           f"audiocraft is not importable ({err}); install it with "
           f"bash scripts/install_audiocraft.sh <venv>/bin/python") from None
+    del dtype  # audiocraft keeps float32 weights (autocast on GPU)
     with loading(model_id):
       self.model = MusicGen.get_pretrained(model_id, device=device)
-    if dtype != torch.float32:
-      self.model.lm.to(dtype)
     self.model_id, self.device = model_id, device
 
   @property
