@@ -61,6 +61,9 @@ def get_config(arg=None):
   config.steer.duration = 5.0
   config.steer.n_prompts = 3
   config.steer.top_per_emotion = 1
+  # With no significant feature, steer with this many lowest-p features
+  # anyway (flagged as not significant); 0 skips steering instead.
+  config.steer.fallback_features = 0
 
   if preset == "tiny":
     config.prompts.n = 360
@@ -73,4 +76,5 @@ def get_config(arg=None):
     config.steer.strengths = "0,4"
     config.steer.duration = 0.1
     config.steer.n_prompts = 1
+    config.steer.fallback_features = 2
   return config

@@ -74,6 +74,7 @@ def get_config(arg=None):
     config.train.patience = 50
     config.train.warmup_steps = 0
     config.train.resample_every = 100
+    config.train.max_grad_norm = 0.0  # the reference clips nothing
     config.train.epochs_per_call = 50
 
   if arg.runlocal:

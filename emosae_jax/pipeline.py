@@ -304,16 +304,29 @@ def stage_analysis(ctx: Context) -> dict:
 
 
 def stage_export(ctx: Context) -> dict:
-  from emosae_jax import export
+  from emosae_jax import analysis, export
+  n_fallback = ctx.config.steer.fallback_features
   try:
     export.export_directions(
         ctx.path("sweep", "g0"), ctx.path("directions"),
         top_per_emotion=ctx.config.steer.top_per_emotion,
         analysis_dir=ctx.path("analysis"))
+    note = None
   except (ValueError, data.DataError) as e:
-    return {"skipped": f"no directions exported: {e}"}
+    if not n_fallback:
+      return {"skipped": f"no directions exported: {e}"}
+    # Demonstration runs (tiny models) steer with the lowest-p features even
+    # when none is significant; the record and report say so.
+    p = analysis.load_arrays(ctx.path("analysis"))["p_value"][0]
+    chosen = [int(i) for i in p.argsort()[:n_fallback]]
+    export.export_directions(ctx.path("sweep", "g0"), ctx.path("directions"),
+                             features=chosen,
+                             analysis_dir=ctx.path("analysis"))
+    note = (f"no significant features ({e}); exported the {n_fallback} "
+            "lowest-p features instead, which are NOT significant")
   meta = export.load_meta(ctx.path("directions"))
-  return {"features": meta["feature_ids"], "emotions": meta["emotions"]}
+  record = {"features": meta["feature_ids"], "emotions": meta["emotions"]}
+  return record | ({"note": note} if note else {})
 
 
 def _skip_reason(ctx: Context, needs: str) -> str | None:

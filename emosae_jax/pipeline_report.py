@@ -23,11 +23,17 @@ def run_section(ctx) -> r.Section:
                  for n in m.notes)
   body += r.table(["setting", "value"], [[r.cell(k), r.cell(v)]
                                          for k, v in rows], sortable=False)
-  stages = [[r.cell(name), r.cell(rec.get("record", {}).get("skipped", "ok")),
+  stages = [[r.cell(name), r.cell(_status(rec.get("record", {}))),
              r.cell(rec.get("seconds"))]
             for name, rec in ctx.state["stages"].items()]
   body += r.table(["stage", "status", "seconds"], stages, sortable=False)
   return r.Section("Run", body, id="run")
+
+
+def _status(record: dict) -> str:
+  if "skipped" in record:
+    return "skipped: " + record["skipped"]
+  return "ok" + (f" ({record['note']})" if "note" in record else "")
 
 
 def phase0_section(ctx) -> r.Section | None:
