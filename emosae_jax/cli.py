@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from absl import app
+from absl import app, flags
 
 
 def format_summary(summary: dict) -> str:
@@ -16,6 +16,11 @@ def format_summary(summary: dict) -> str:
     parts.append(f"recovery true->learned={r['true_to_learned']:.3f} "
                  f"learned->true={r['learned_to_true']:.3f}")
   return " ".join(parts)
+
+
+def _last_line(text: str) -> str:
+  lines = [l.strip() for l in text.strip().splitlines() if l.strip()]
+  return lines[-1] if lines else text
 
 
 def run(main) -> None:
@@ -39,14 +44,17 @@ def run(main) -> None:
       sys.exit(1)
 
   def parse_flags(argv):
-    # Config-file overrides (--config.train.typo=1) fail inside flag parsing
-    # with AttributeError/KeyError, which absl would show as a traceback.
+    # absl would print config-file errors with the config's traceback
+    # inside, or (for --config.typo=1) raise an AttributeError traceback;
+    # print the one line that says what is wrong instead.
     try:
-      return app.parse_flags_with_usage(argv)
+      return flags.FLAGS(argv)
+    except flags.Error as e:
+      print(f"error: {_last_line(str(e))} (see --helpfull)", file=sys.stderr)
     except (AttributeError, KeyError, TypeError, ValueError) as e:
-      message = str(e).strip("\"'")
-      print(f"error: bad flag or config override: {message} (see --helpfull;"
-            " config fields are listed in the config file)", file=sys.stderr)
-      sys.exit(1)
+      print(f"error: bad flag or config override: {str(e).strip(chr(34))}"
+            " (config fields are listed in the config file)",
+            file=sys.stderr)
+    sys.exit(1)
 
   app.run(guarded, flags_parser=parse_flags)

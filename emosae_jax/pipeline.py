@@ -151,12 +151,13 @@ def _tiny_models(config, workdir: Path) -> Models:
 def check_workdir(workdir: Path, config) -> dict:
   """Loads pipeline.json, or starts one; refuses another run's workdir or
   an unwritable one."""
-  probe = workdir if workdir.exists() else workdir.parent
-  while not probe.exists():
-    probe = probe.parent
-  if not os.access(probe, os.W_OK):
-    raise PipelineError(f"{workdir} is not writable; choose another "
-                        "--workdir")
+  try:  # root passes os.access checks, so really try to write
+    workdir.mkdir(parents=True, exist_ok=True)
+    data.atomic_write_bytes(workdir / ".write_test", b"")
+    (workdir / ".write_test").unlink()
+  except OSError as e:
+    raise PipelineError(f"{workdir} is not writable ({e.strerror}); choose "
+                        "another --workdir") from None
   state_path = workdir / STATE_FILE
   settings = _settings(config)
   if state_path.exists():
@@ -389,7 +390,6 @@ def run(config, workdir: str | Path, stages: str | None = None,
   chosen = parse_stages(stages if stages is not None else config.stages)
   workdir = Path(workdir)
   state = check_workdir(workdir, config)
-  workdir.mkdir(parents=True, exist_ok=True)
   models = resolve_models(config, workdir)
   log(f"emosae pipeline: preset {models.preset!r}; text model "
       f"{models.text!r}; MusicGen {models.music!r}; CLAP {models.clap!r}")
