@@ -142,6 +142,8 @@ def test_weights_not_available_offline(work, backend):
   last = _one_line_error(r, "'facebook/musicgen-small' are not available "
                          "offline")
   assert "HF_HOME" in last and "--model=" in last
+  if backend == "audiocraft":
+    return  # CLAP loading does not depend on the backend
   run = work / "unscored"
   run.mkdir(exist_ok=True)
   soundfile.write(run / "a.wav", np.zeros(800), 8000)
