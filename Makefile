@@ -15,8 +15,9 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# The whole pipeline: real models when cached/reachable, else offline.
 demo: $(STAMP)
-	$(PY) scripts/train.py --config=configs/sae.py:runlocal --workdir=runs/demo --config.data.synthetic=True
+	$(PY) scripts/pipeline.py --config=configs/pipeline.py --workdir=runs/demo
 
 test: $(STAMP)
 	$(PY) -m pytest tests
