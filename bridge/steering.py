@@ -165,10 +165,3 @@ def active_hooks(model) -> int:
   encoder, _ = find_t5_encoder(model)
   return len(encoder._forward_hooks)
 
-
-def row_strengths(strengths: Sequence[float], column: int,
-                  n_directions: int) -> torch.Tensor:
-  """[len(strengths), n]: strengths in one direction's column, 0 elsewhere."""
-  matrix = torch.zeros(len(strengths), n_directions, dtype=torch.float64)
-  matrix[:, column] = torch.as_tensor(strengths, dtype=torch.float64)
-  return matrix
