@@ -30,7 +30,7 @@ atexit.register(shutil.rmtree, _ROOT, ignore_errors=True)
 # Settings small enough for tests; the same DeviceSpec is reused across tests
 # so the jitted analysis compiles once per shape.
 RANDOM_SETTINGS = dict(permutations=60, fdr=0.1, min_support=3,
-                       perm_batch=16, n_causal=32, n_random=4, n_top=5)
+                       n_causal=32, n_random=4, n_top=5)
 
 
 def labelled_set(n_per=50, k=3, d=16, n_groups=10, shift=1.5, seed=0,

@@ -165,6 +165,21 @@ def test_average_ranks_and_bh_match_references():
       roc_auc_score(y, a))
 
 
+def test_sparse_entry_ranks_match_dense_ranks():
+  """Ranks from the non-zero entries alone, with ties and negative values."""
+  import jax.numpy as jnp
+  rng = np.random.default_rng(1)
+  acts = rng.integers(-2, 4, (30, 6)) * (rng.uniform(size=(30, 6)) < 0.4)
+  acts = acts.astype(np.float32)
+  acts[:, 5] = 0  # a dead feature
+  entries = analysis.sparse_entries(jnp.asarray(acts), 128)
+  rows, cols, offset, valid, zero_rank = map(np.asarray, (
+      analysis.entry_rank_offsets(*entries, 30, 6)))
+  ranks = np.tile(zero_rank, (30, 1))
+  ranks[rows[valid], cols[valid]] += offset[valid]
+  np.testing.assert_allclose(ranks, np.apply_along_axis(rankdata, 0, acts))
+
+
 def test_permutations_stay_within_groups():
   groups = np.random.default_rng(0).permutation(np.repeat(np.arange(5), 7))
   labels = np.tile(np.arange(7), 5)
@@ -341,6 +356,7 @@ def test_script_writes_json_figures_and_report(tmp_path):
                       r"\d+–\d+, 60 shuffles\)</span>)?", page)
   assert len(counts) == n_counts and all(counts)  # a baseline beside each
   assert page.count('class="count"') == n_counts
+  assert page.count('class="baseline"') == n_counts
   assert "data:image/png;base64," in page and "<script>" in page
   assert not re.search(r'(src|href)="(https?:)?//', page)  # offline
   if summary["members"][0]["features"]:
