@@ -55,3 +55,15 @@ def last_line(text):
 @pytest.fixture
 def root():
   return ROOT
+
+
+@pytest.fixture(scope="module")
+def torch_one_thread():
+  """Tiny torch models run far faster on one thread: on 2 shared cores the
+  thread hand-off made single-prompt passes 20x slower. Use with
+  `pytestmark = pytest.mark.usefixtures("torch_one_thread")`."""
+  import torch
+  old = torch.get_num_threads()
+  torch.set_num_threads(1)
+  yield
+  torch.set_num_threads(old)

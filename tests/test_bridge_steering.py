@@ -13,13 +13,7 @@ from bridge.generate import Settings, TransformersBackend, generate
 PROMPTS = ["a piano piece", "a slow violin melody with soft strings"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-  # Tiny models run far faster on one thread (no sync overhead on 2 cores).
-  old = torch.get_num_threads()
-  torch.set_num_threads(1)
-  yield
-  torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 @pytest.fixture(scope="module")

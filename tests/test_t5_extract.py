@@ -13,15 +13,7 @@ from conftest import ROOT, last_line, run_script
 from emosae_jax import data, prompts
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-  # Tiny models gain nothing from threads, and on shared CPUs the thread
-  # hand-off made single-prompt passes 20x slower.
-  import torch
-  n = torch.get_num_threads()
-  torch.set_num_threads(1)
-  yield
-  torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 @pytest.fixture(scope="session")
