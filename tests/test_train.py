@@ -108,3 +108,17 @@ def test_resampling_revives_dead_latents():
   hp = core.hparams_from_config(config)
   state, _ = core.compiled_train_epochs(spec, 2)(state, hp, x, x, 0)
   assert float(jnp.mean(state.params["b_enc"][::2] < -100)) == 0.0
+
+
+
+def test_chunks_reuse_one_compiled_program():
+  """Later chunks (another first_epoch) must not retrace the epoch runner."""
+  config = tiny_config(train__epochs=6)
+  spec = core.static_spec_from_config(config, 512)
+  hp = core.hparams_from_config(config)
+  run = core.compiled_train_epochs(spec, 1)
+  x = jax.random.normal(jax.random.key(3), (512, 32))
+  state = core.init_state(spec, jax.random.PRNGKey(0))
+  for first_epoch in range(3):
+    state, _ = run(state, hp, x, x, first_epoch)
+  assert run._cache_size() == 1  # pylint: disable=protected-access

@@ -9,11 +9,15 @@ from conftest import last_line, run_script
 from emosae_jax import data
 
 
-def _write_set(path, n=40, d=32, nan=False):
+def _write_set(path, n=40, d=32, nan=False, short_labels=False):
   x = np.random.default_rng(0).normal(size=(n, d)).astype(np.float32)
   es = data.make_embedding_set(x, np.arange(n) % 4, list("abcd"))
-  if nan:
-    es.embeddings[1, 1] = np.nan  # bypasses validation, as a bad file would
+  if nan or short_labels:
+    # Bypasses validation, as a hand-made or damaged file would.
+    if nan:
+      es.embeddings[1, 1] = np.nan
+    if short_labels:
+      es.labels = es.labels[:-3]
     from safetensors.numpy import save_file
     path.mkdir()
     save_file({"embeddings": es.embeddings}, str(path /
@@ -34,6 +38,7 @@ def _train(tmp_path, *extra):
 @pytest.mark.parametrize("setup, args, message", [
     (None, ["--data=/nonexistent/set"], "no embedding set"),
     ("nan", [], "NaN"),
+    ("short_labels", [], "37 labels for 40 embeddings"),
     ("dim", ["--config.model.d_in=16"], "dimension 32"),
     (None, ["--config.data.synthetic=True", "--config.model.arch=conv"],
      "unknown SAE architecture"),
@@ -43,7 +48,8 @@ def _train(tmp_path, *extra):
 def test_bad_input_one_line_error_nothing_written(tmp_path, setup, args,
                                                   message):
   if setup:
-    path = _write_set(tmp_path / "set", nan=setup == "nan")
+    path = _write_set(tmp_path / "set", nan=setup == "nan",
+                      short_labels=setup == "short_labels")
     args = [f"--data={path}", *args]
   result = _train(tmp_path, *args)
   assert result.returncode != 0
