@@ -193,6 +193,14 @@ def summary_section(summary: dict) -> Section:
        f"{fmt(probe['accuracy_cv'])} ({probe['cv']}), "
        f"{fmt(probe['accuracy_train'])} on its training data"),
   ]
+  stable = [(m["index"], m["fraction_reappearing"])
+            for m in summary["members"]
+            if m.get("fraction_reappearing") is not None]
+  if stable:
+    rows.append(("stability across members", "; ".join(
+        f"member {i}: {f:.0%}" for i, f in stable) + " of significant "
+        "features reappear (one-to-one decoder cosine >= "
+        f"{s['stability_threshold']}) in at least half of the other members"))
   body = table(["", ""], [[Cell(esc(k)), Cell(esc(fmt(v)))] for k, v in rows],
                sortable=False)
   return Section("Run summary", body, "summary")
