@@ -56,7 +56,8 @@ def bench(n, args):
   analysis.analyze_members.lower(
       dspec, batch, jnp.asarray(x), jnp.asarray(labels, jnp.int32),
       jnp.asarray(perms), jnp.zeros((args.d, args.labels)),
-      jnp.zeros(args.labels), jnp.zeros((settings.n_random, args.d))
+      jnp.zeros(args.labels), jnp.zeros((settings.n_random, args.d)),
+      jnp.asarray(analysis.steering_rows(0, n, settings.steer_rows))
   ).compile()
   compile_s = time.perf_counter() - start
   start = time.perf_counter()

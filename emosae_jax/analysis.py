@@ -88,6 +88,7 @@ class Settings:
   strengths: tuple[float, ...] = (0.0, 0.5, 1.0, 2.0, 4.0)
   n_random: int = 8  # random directions per feature in the steering check
   n_causal: int = 512  # causal checks on this many top features per member
+  steer_rows: int = 512  # prompts (at most) the steering check runs on
   hist_bins: int = 40
   member_batch: int = 0  # members vmapped at once; 0 = from memory_budget
   memory_budget_gb: float = 4.0
@@ -326,14 +327,17 @@ def _slope(s, y):
   return jnp.sum(s * (y - y.mean(-1, keepdims=True)), -1) / jnp.sum(s * s)
 
 
-def _causal_one(spec: DeviceSpec, base_logits, labels, rand_u, a, u, e,
-                typical, norm):
+def _causal_one(spec: DeviceSpec, base_logits, labels, steer_logits,
+                steer_labels, rand_u, a, u, e, typical, norm):
   """Ablation and steering effects of one feature on the probe.
 
-  a: Float[N] activations; u: Float[K] probe-logit change per unit
-  activation (W_dec[f] @ W_probe); e: the feature's emotion; typical: its
-  typical activation; norm: |typical * W_dec[f]|; rand_u: Float[R, K] probe
-  logits of unit random directions.
+  base_logits: Float[N, K] probe logits of the prompts, labels: Int[N];
+  steer_logits, steer_labels: the same for the rows the steering check uses
+  (a fixed subset when N is large); a: Float[N] activations; u: Float[K]
+  probe-logit change per unit activation (W_dec[f] @ W_probe); e: the
+  feature's emotion; typical: its typical activation; norm:
+  |typical * W_dec[f]|; rand_u: Float[R, K] probe logits of unit random
+  directions.
   """
   own = (labels == e).astype(jnp.float32)
   other = 1.0 - own
@@ -342,9 +346,10 @@ def _causal_one(spec: DeviceSpec, base_logits, labels, rand_u, a, u, e,
   own_drop = jnp.sum(drop * own) / jnp.sum(own)
   other_drop = jnp.sum(drop * other) / jnp.sum(other)
   s = jnp.asarray(spec.strengths, jnp.float32)
-  steered = base_logits[None] + (s * typical)[:, None, None] * u  # [S, N, K]
+  other = (steer_labels != e).astype(jnp.float32)
+  steered = steer_logits[None] + (s * typical)[:, None, None] * u  # [S,N,K]
   dose = jnp.sum(_softmax_at(steered, e) * other, -1) / jnp.sum(other)
-  rand = (base_logits[None, None] + (s * norm)[:, None, None, None]
+  rand = (steer_logits[None, None] + (s * norm)[:, None, None, None]
           * rand_u[None, :, None, :])  # [S, R, N, K]
   dose_random = jnp.sum(_softmax_at(rand, e).mean(1) * other, -1) / jnp.sum(
       other)
@@ -380,7 +385,7 @@ def _prepare(spec: DeviceSpec, x, labels, n_pos, params):
 
 
 def _finish(spec: DeviceSpec, n_perm, x, labels, n_pos, probe_w, probe_b,
-            random_dirs, params, prep, real, null):
+            random_dirs, steer_rows, params, prep, real, null):
   """Per member: p-values, BH, null counts, typical activation, top
   prompts and causal checks. null: [P, ...] arrays of this member."""
   k = spec.n_labels
@@ -410,7 +415,9 @@ def _finish(spec: DeviceSpec, n_perm, x, labels, n_pos, probe_w, probe_b,
   base_logits = x @ probe_w + probe_b
   rand_u = random_dirs @ probe_w
   causal = jax.lax.map(
-      lambda args: _causal_one(spec, base_logits, labels, rand_u, *args),
+      lambda args: _causal_one(spec, base_logits, labels,
+                               base_logits[steer_rows], labels[steer_rows],
+                               rand_u, *args),
       (acts[:, candidates].T, w_dec @ probe_w, emotion[candidates],
        typical[candidates],
        typical[candidates] * jnp.linalg.norm(w_dec, axis=1)),
@@ -441,12 +448,13 @@ def _finish(spec: DeviceSpec, n_perm, x, labels, n_pos, probe_w, probe_b,
 
 @functools.partial(jax.jit, static_argnums=0)
 def analyze_members(spec: DeviceSpec, params, x, labels, perms, probe_w,
-                    probe_b, random_dirs):
+                    probe_b, random_dirs, steer_rows):
   """A batch of members: params have a leading member axis [B, ...].
 
   x: Float[N, d] normalised embeddings of the labelled rows; labels: Int[N]
   in [0, K); perms: Int[P, N] (labels[perms[i]] is shuffle i); probe_w:
-  Float[d, K], probe_b: Float[K]; random_dirs: Float[R, d] unit rows.
+  Float[d, K], probe_b: Float[K]; random_dirs: Float[R, d] unit rows;
+  steer_rows: Int[S] the rows the steering check runs on.
   Returns a dict of arrays with a leading [B] axis (see the module doc).
   """
   n, n_perm = x.shape[0], perms.shape[0]
@@ -471,7 +479,7 @@ def analyze_members(spec: DeviceSpec, params, x, labels, perms, probe_w,
   _, null = jax.lax.scan(shuffle, None, perms)  # [P, B, ...]
   null = jax.tree.map(lambda v: jnp.moveaxis(v, 0, 1), null)
   finish = functools.partial(_finish, spec, n_perm, x, labels, n_pos,
-                             probe_w, probe_b, random_dirs)
+                             probe_w, probe_b, random_dirs, steer_rows)
   return jax.vmap(finish)(params, prep, real, null)
 
 
@@ -482,13 +490,13 @@ def _nonzero_counts(sae: saes.SAESpec, params, x):
 
 
 def run_members(spec: DeviceSpec, member_batch: int, params: dict, x,
-                labels, perms, probe_w, probe_b, random_dirs,
+                labels, perms, probe_w, probe_b, random_dirs, steer_rows,
                 progress: bool = False) -> dict[str, np.ndarray]:
   """All members [M, ...], `member_batch` at a time (the last batch padded
   with copies, so every call reuses one compiled program)."""
   n_members = int(params["W_dec"].shape[0])
   args = [jnp.asarray(a) for a in (x, labels, perms, probe_w, probe_b,
-                                   random_dirs)]
+                                   random_dirs, steer_rows)]
   batches = []
   for start in range(0, n_members, member_batch):
     index = np.minimum(np.arange(start, start + member_batch), n_members - 1)
@@ -571,6 +579,15 @@ def fit_probe(x: np.ndarray, labels: np.ndarray, n_labels: int,
           "cv": how}
 
 
+def steering_rows(seed: int, n: int, most: int) -> np.ndarray:
+  """Int[min(n, most)]: the rows of the steering check, a fixed random
+  subset when n is large (its cost is strengths x directions x rows)."""
+  if n <= most:
+    return np.arange(n, dtype=np.int32)
+  rng = np.random.default_rng(seed + 2)
+  return np.sort(rng.choice(n, most, replace=False)).astype(np.int32)
+
+
 def random_directions(seed: int, n: int, d: int) -> np.ndarray:
   g = jax.random.normal(jax.random.PRNGKey(seed + 1), (n, d))
   return np.asarray(g / jnp.linalg.norm(g, axis=1, keepdims=True))
@@ -624,9 +641,10 @@ def compute(sae: saes.SAESpec, params: dict, x_norm: np.ndarray,
   member_batch = min(n_members, settings.member_batch or default_member_batch(
       n_members, n, sae.d_sae, settings.permutations,
       settings.memory_budget_gb))
+  steer_rows = steering_rows(settings.seed, n, settings.steer_rows)
   arrays = run_members(spec, member_batch, params, x_norm,
                        np.asarray(labels, np.int32), perms, probe["w"],
-                       probe["b"], dirs, progress=progress)
+                       probe["b"], dirs, steer_rows, progress=progress)
   extras = {
       "probe": {k: v for k, v in probe.items() if k not in ("w", "b")},
       "permutation": {
@@ -637,6 +655,7 @@ def compute(sae: saes.SAESpec, params: dict, x_norm: np.ndarray,
           "labels_moved_fraction": moved},
       "member_batch": member_batch,
       "probe_weights": (probe["w"], probe["b"]), "random_dirs": dirs,
+      "steer_rows": steer_rows,
   }
   return arrays, extras
 
