@@ -245,10 +245,13 @@ def _prompts_html(prompts: list[dict], n: int = 5) -> str:
   return f'<ol class="prompts">{items}</ol>'
 
 
-def features_section(summary: dict) -> Section:
-  rows = []
+def features_section(summary: dict, max_per_member: int = 300) -> Section:
+  """The sortable table; at most max_per_member rows per member (lowest p
+  first) keep the page light for wide sweeps; analysis.json has them all."""
+  rows, cut = [], False
   for m in summary["members"]:
-    for r in m["features"]:
+    cut |= len(m["features"]) > max_per_member
+    for r in m["features"][:max_per_member]:
       c = r["causal"] or {}
       rows.append([
           cell(m["index"]), cell(r["feature"]), Cell(esc(r["emotion"])),
@@ -267,7 +270,10 @@ def features_section(summary: dict) -> Section:
           "drop in the probe's P(emotion) on the emotion's prompts minus the "
           "drop on other prompts. Slopes: P(emotion) per unit strength on "
           "other emotions' prompts, feature direction vs random directions of"
-          " the same norm.</p>")
+          " the same norm."
+          + (f" Showing at most {max_per_member} features per member, lowest"
+             " p-value first; analysis.json lists every one." if cut else "")
+          + "</p>")
   if not rows:
     return Section("Significant features",
                    note + "<p>No feature is significant.</p>", "features")
