@@ -360,9 +360,8 @@ def stage_steer(ctx: Context) -> dict:
 
 
 def stage_evaluate(ctx: Context) -> dict:
-  reason = _skip_reason(ctx, "clap") or (
-      None if ctx.path("steering", "steering.json").exists()
-      else "no steering clips")
+  reason = (None if ctx.path("steering", "steering.json").exists()
+            else "no steering clips to score") or _skip_reason(ctx, "clap")
   if reason:
     return {"skipped": reason}
   _run_bridge(ctx.config, [

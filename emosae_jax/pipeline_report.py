@@ -45,7 +45,7 @@ def phase0_section(ctx) -> r.Section | None:
   rows = [("probe accuracy, held-out templates", held["accuracy"],
            held["chance"]),
           ("probe accuracy, k-fold (folds share templates)",
-           kfold.get("mean"), kfold.get("chance"))]
+           kfold["accuracy"], kfold["chance"])]
   words = result.get("probe_heldout_words")
   if words:
     rows.append(("probe accuracy, held-out emotion words",
