@@ -18,15 +18,32 @@ import orbax.checkpoint as ocp
 from emosae_jax import data
 
 
-def manager(workdir: str | Path, max_to_keep: int = 2) -> ocp.CheckpointManager:
+def manager(workdir: str | Path, max_to_keep: int = 2,
+            process_local: bool = False) -> ocp.CheckpointManager:
+  """A manager for workdir/ckpt.
+
+  process_local: this process alone writes it (each host of a multi-host
+  sweep saves its own members), so orbax must not wait for the others.
+  """
+  extra = {}
+  if process_local and jax.process_count() > 1:
+    me = jax.process_index()
+    extra["multiprocessing_options"] = ocp.options.MultiprocessingOptions(
+        primary_host=me, active_processes={me},
+        barrier_sync_key_prefix=f"proc{me}")
+  directory = Path(workdir).absolute() / "ckpt"
+  directory.mkdir(parents=True, exist_ok=True)  # orbax won't with extra
   options = ocp.CheckpointManagerOptions(
       max_to_keep=max_to_keep, enable_async_checkpointing=False,
-      create=True)
-  return ocp.CheckpointManager(Path(workdir).absolute() / "ckpt",
-                               options=options)
+      create=not extra, **extra)
+  return ocp.CheckpointManager(directory, options=options)
 
 
 def save(mngr: ocp.CheckpointManager, epoch: int, state) -> None:
+  if jax.process_count() > 1:
+    # Host-local device arrays cannot be saved by orbax on several hosts;
+    # this process's own members go to disk as numpy.
+    state = jax.device_get(state)
   mngr.save(int(epoch), args=ocp.args.StandardSave(state), force=True)
   mngr.wait_until_finished()
 

@@ -177,7 +177,7 @@ def train_group(configs, members: list[int], workdir: Path,
   x_train, x_val = (replicate(prepared.x_train, mesh),
                     replicate(prepared.x_val, mesh))
   workdir.mkdir(parents=True, exist_ok=True)
-  mngr = checkpoint.manager(workdir / "ckpt")
+  mngr = checkpoint.manager(workdir, process_local=True)
   restored = checkpoint.restore_latest(mngr, state)
   if restored is not None:
     state = shard_members(restored, mesh)

@@ -42,6 +42,8 @@ def main(argv):
   del argv
   import jax
   if _DISTRIBUTED.value:
+    # CPU processes need gloo for their barrier; accelerators ignore this.
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize()
   from emosae_jax import sweep
   config = _CONFIG.value

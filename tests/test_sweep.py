@@ -122,3 +122,40 @@ def test_groups_split_by_static_fields():
   assert sweep.group_members(configs) == [[0, 1], [2, 3]]
   front = sweep.pareto_front([(1, 0.5), (2, 0.4), (2, 0.6), (3, 0.1)])
   assert front == [0, 1, 3]
+
+
+_TWO_PROCESSES = """
+import sys, json
+sys.path.insert(0, {root!r}); sys.path.insert(0, {tests!r})
+import jax
+jax.config.update("jax_cpu_collectives_implementation", "gloo")
+jax.distributed.initialize("localhost:{port}", num_processes=2,
+                           process_id=int(sys.argv[1]))
+from test_sweep import OVERRIDES, _base
+from emosae_jax import sweep
+sweep.run_sweep(_base(), OVERRIDES, {workdir!r}, progress=False)
+"""
+
+
+def test_two_processes_match_one(swept, tmp_path):
+  """Multi-host: each process trains its own members, process 0 merges."""
+  import socket
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    port = s.getsockname()[1]
+  code = _TWO_PROCESSES.format(root=str(ROOT), tests=str(ROOT / "tests"),
+                               port=port, workdir=str(tmp_path / "two"))
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  procs = [subprocess.Popen([sys.executable, "-c", code, str(i)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True) for i in range(2)]
+  for p in procs:
+    _, err = p.communicate(timeout=600)
+    assert p.returncode == 0, err[-3000:]
+  workdir, _ = swept
+  two = load_file(str(tmp_path / "two" / "g0" / "params.safetensors"))
+  one = load_file(str(workdir / "g0" / "params.safetensors"))
+  assert sorted((tmp_path / "two" / "g0").glob("proc*")) == [
+      tmp_path / "two" / "g0" / "proc0", tmp_path / "two" / "g0" / "proc1"]
+  for name, value in one.items():  # 2 members per process vs 4 batched
+    np.testing.assert_allclose(two[name], value, rtol=1e-4, atol=1e-4)
