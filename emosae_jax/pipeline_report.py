@@ -32,7 +32,8 @@ def run_section(ctx) -> r.Section:
 
 def _status(record: dict) -> str:
   if "skipped" in record:
-    return "skipped: " + record["skipped"]
+    reason = record["skipped"]
+    return reason if "skipped" in reason else "skipped: " + reason
   return "ok" + (f" ({record['note']})" if "note" in record else "")
 
 
