@@ -73,6 +73,12 @@ def load_params(workdir: str | Path) -> dict[str, np.ndarray]:
 def load_run_info(workdir: str | Path) -> tuple[dict, dict]:
   """(config.json, data_info.json) of a run, as dicts."""
   workdir = Path(workdir)
+  sweep_file = workdir / "sweep.json"
+  if sweep_file.exists() and "groups" in json.loads(sweep_file.read_text()):
+    groups = json.loads(sweep_file.read_text())["groups"]
+    raise data.DataError(f"{workdir} is a sweep's top folder; pass one of "
+                         f"its groups, e.g. {workdir / groups[0]} (groups: "
+                         f"{', '.join(groups)})")
   try:
     config = json.loads((workdir / "config.json").read_text())
     info = json.loads((workdir / "data_info.json").read_text())

@@ -159,3 +159,12 @@ def test_two_processes_match_one(swept, tmp_path):
       tmp_path / "two" / "g0" / "proc0", tmp_path / "two" / "g0" / "proc1"]
   for name, value in one.items():  # 2 members per process vs 4 batched
     np.testing.assert_allclose(two[name], value, rtol=1e-4, atol=1e-4)
+
+
+def test_sweep_top_folder_points_to_its_groups(swept):
+  from emosae_jax import checkpoint, data
+  workdir, _ = swept
+  with pytest.raises(data.DataError, match="pass one of its groups"):
+    checkpoint.load_run_info(workdir)
+  config, info = checkpoint.load_run_info(workdir / "g0")
+  assert config["model"]["arch"] == "relu_l1" and "normalizer" in info
