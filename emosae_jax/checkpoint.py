@@ -74,8 +74,9 @@ def load_run_info(workdir: str | Path) -> tuple[dict, dict]:
   """(config.json, data_info.json) of a run, as dicts."""
   workdir = Path(workdir)
   sweep_file = workdir / "sweep.json"
-  if sweep_file.exists() and "groups" in json.loads(sweep_file.read_text()):
-    groups = json.loads(sweep_file.read_text())["groups"]
+  groups = (json.loads(sweep_file.read_text()).get("groups")
+            if sweep_file.exists() else None)
+  if groups:
     raise data.DataError(f"{workdir} is a sweep's top folder; pass one of "
                          f"its groups, e.g. {workdir / groups[0]} (groups: "
                          f"{', '.join(groups)})")

@@ -10,7 +10,9 @@ An embedding set is a folder holding
                            extra provenance.
 
 It is the only data format that crosses from the torch side (`bridge`, which
-writes it) to the JAX side (which reads it). Label -1 means "unlabelled"
+writes it) to the JAX side (which reads it). This module imports only numpy
+and safetensors, never jax, so the bridge uses it in environments without
+jax. Label -1 means "unlabelled"
 (e.g. neutral prompts); every other label indexes `label_names`.
 """
 

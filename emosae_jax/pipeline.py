@@ -19,6 +19,7 @@ audiocraft one), so this module never imports torch.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib.util
 import json
 import os
@@ -58,6 +59,7 @@ class Models:
 # Models
 
 
+@functools.lru_cache(maxsize=1)  # asked once per kind of model otherwise
 def hub_reachable(timeout: float = 2.0) -> bool:
   if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", ""):
     return False
@@ -84,9 +86,8 @@ def model_available(name: str) -> bool:
 def _missing_message(kind: str, name: str) -> str:
   return (f"{kind} model {name!r} is not available offline. Provide weights "
           "in the Hugging Face cache (set HF_HOME to a cache holding it), or "
-          "pass a local folder (--config.{0}_model=DIR), or run without it "
-          "with --config=configs/pipeline.py:offline").format(
-              {"text": "text", "music": "music", "clap": "clap"}[kind])
+          f"pass a local folder (--config.{kind}_model=DIR), or run without "
+          "it with --config=configs/pipeline.py:offline")
 
 
 def resolve_models(config, workdir: Path) -> Models:

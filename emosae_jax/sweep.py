@@ -42,7 +42,7 @@ from tqdm.auto import tqdm
 
 from emosae_jax import checkpoint, data, plots, trainer
 from emosae_jax import train as core
-from emosae_jax.prepare import prepare
+from emosae_jax.prepare import PreparedData, prepare
 
 PER_MEMBER_FIELDS = tuple(f"train.{f}" for f in core.HPARAM_FIELDS) + (
     "seed",)
@@ -82,27 +82,30 @@ def expand(base: ml_collections.ConfigDict,
   for over in overrides:
     config = copy.deepcopy(base)
     for field, value in over.items():
-      *path, leaf = field.split(".")
-      node = config
-      for part in path:
-        if part not in node or not isinstance(node[part],
-                                              ml_collections.ConfigDict):
-          raise ValueError(f"sweep field {field!r} does not exist in the "
-                           "config")
-        node = node[part]
-      if leaf not in node:
-        raise ValueError(f"sweep field {field!r} does not exist in the config")
-      node[leaf] = type(node[leaf])(value) if isinstance(
-          node[leaf], (int, float)) and not isinstance(node[leaf],
-                                                       bool) else value
+      _set_field(config, field, value)
     trainer.validate_config(config)
     members.append(config)
   return members
 
 
+def _set_field(config: ml_collections.ConfigDict, field: str, value) -> None:
+  """config[a][b] = value for field "a.b", keeping the field's number type."""
+  *path, leaf = field.split(".")
+  node = config
+  for part in path:
+    node = node.get(part)
+    if not isinstance(node, ml_collections.ConfigDict):
+      break
+  if not isinstance(node, ml_collections.ConfigDict) or leaf not in node:
+    raise ValueError(f"sweep field {field!r} does not exist in the config")
+  old = node[leaf]
+  numeric = isinstance(old, (int, float)) and not isinstance(old, bool)
+  node[leaf] = type(old)(value) if numeric else value
+
+
 def static_key(config: ml_collections.ConfigDict) -> str:
   """Members with equal keys can share one compiled program."""
-  flat = trainer._flatten(config.to_dict())  # pylint: disable=protected-access
+  flat = trainer.flatten(config.to_dict())
   return json.dumps({k: v for k, v in sorted(flat.items())
                      if k not in PER_MEMBER_FIELDS}, sort_keys=True)
 
@@ -162,10 +165,10 @@ def _padded(members: list[int], n_devices: int) -> list[int]:
 
 
 def train_group(configs, members: list[int], workdir: Path,
-                progress: bool = True) -> GroupResult:
-  """Trains the given members (one static group) together; resumable."""
+                prepared: PreparedData, progress: bool = True) -> GroupResult:
+  """Trains the given members (one static group, whose data is `prepared`)
+  together; resumable."""
   base = configs[members[0]]
-  prepared = prepare(base)
   mesh = member_mesh()
   slots = _padded(members, mesh.size)
   spec = core.static_spec_from_config(base, prepared.x_train.shape[0])
@@ -239,8 +242,8 @@ def run_sweep(base: ml_collections.ConfigDict, overrides: list[dict],
   sweep.json content. Rerunning on the same workdir resumes."""
   configs = expand(base, overrides)  # unknown fields fail before training
   groups = group_members(configs)
-  for members in groups:  # data problems surface before anything is written
-    prepare(configs[members[0]])
+  # Data problems surface here, before anything is written.
+  prepared = [prepare(configs[members[0]]) for members in groups]
   workdir = Path(workdir)
   trainer.check_workdir(workdir, {"base": base.to_dict(),
                                   "overrides": overrides},
@@ -253,7 +256,8 @@ def run_sweep(base: ml_collections.ConfigDict, overrides: list[dict],
     mine = members[proc::n_proc]
     gdir = workdir / f"g{g}"
     if mine:
-      result = train_group(configs, mine, gdir / f"proc{proc}", progress)
+      result = train_group(configs, mine, gdir / f"proc{proc}", prepared[g],
+                           progress)
       _write_process_result(gdir / f"proc{proc}", result)
     entries.append((g, members))
   if n_proc > 1:
@@ -261,7 +265,8 @@ def run_sweep(base: ml_collections.ConfigDict, overrides: list[dict],
     multihost_utils.sync_global_devices("emosae sweep trained")
   if proc != 0:
     return {}
-  return _write_summary(workdir, configs, overrides, entries, n_proc)
+  return _write_summary(workdir, configs, overrides, entries, prepared,
+                        n_proc)
 
 
 def _write_process_result(pdir: Path, result: GroupResult) -> None:
@@ -290,7 +295,8 @@ def _merge_group(gdir: Path, members: list[int], n_proc: int):
   return [by_member[m] for m in members], stacked
 
 
-def _write_summary(workdir, configs, overrides, entries, n_proc) -> dict:
+def _write_summary(workdir, configs, overrides, entries, prepared,
+                   n_proc) -> dict:
   all_members = []
   for g, members in entries:
     gdir = workdir / f"g{g}"
@@ -303,8 +309,7 @@ def _write_summary(workdir, configs, overrides, entries, n_proc) -> dict:
       group_members_json.append(entry)
     trainer.save_params(gdir / "params.safetensors", params)
     data.atomic_write_json(gdir / "config.json", configs[members[0]].to_dict())
-    data.atomic_write_json(gdir / "data_info.json",
-                           prepare(configs[members[0]]).info())
+    data.atomic_write_json(gdir / "data_info.json", prepared[g].info())
     data.atomic_write_json(gdir / "sweep.json",
                            {"members": group_members_json})
     all_members += group_members_json

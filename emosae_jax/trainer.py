@@ -51,11 +51,12 @@ def validate_config(config) -> None:
       raise ValueError(message)
 
 
-def _flatten(d: dict, prefix: str = "") -> dict:
+def flatten(d: dict, prefix: str = "") -> dict:
+  """{'a': {'b': 1}} -> {'a.b': 1}."""
   out = {}
   for k, v in d.items():
     if isinstance(v, dict):
-      out.update(_flatten(v, f"{prefix}{k}."))
+      out.update(flatten(v, f"{prefix}{k}."))
     else:
       out[f"{prefix}{k}"] = v
   return out
@@ -66,7 +67,7 @@ def check_workdir(workdir: Path, config_dict: dict,
   """Fails if the workdir holds a different run or cannot be written."""
   saved = workdir / "config.json"
   if saved.exists():
-    old, new = _flatten(json.loads(saved.read_text())), _flatten(config_dict)
+    old, new = flatten(json.loads(saved.read_text())), flatten(config_dict)
     diff = sorted(k for k in set(old) | set(new)
                   if old.get(k) != new.get(k) and k not in allowed_changes)
     if diff:
@@ -124,11 +125,13 @@ def firing_counts(spec: core.StaticSpec, params, x):
   return counts
 
 
+_evaluate = jax.jit(core.evaluate, static_argnums=0)
+
+
 def final_report(spec: core.StaticSpec, hp, params, prepared: PreparedData,
                  ) -> tuple[dict, dict]:
   """Held-out metrics of `params` and its density histogram (host values)."""
-  val = jax.device_get(jax.jit(core.evaluate, static_argnums=0)(
-      spec, hp, params, prepared.x_val))
+  val = jax.device_get(_evaluate(spec, hp, params, prepared.x_val))
   rates = np.asarray(firing_counts(spec, params, prepared.x_train)) / (
       prepared.x_train.shape[0])
   summary = {"val_fvu": float(val["fvu"]), "val_mse": float(val["mse"]),
