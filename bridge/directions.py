@@ -20,7 +20,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -28,6 +27,8 @@ import numpy as np
 import torch
 from safetensors.numpy import save_file
 from safetensors.torch import load_file
+
+from emosae_jax.data import atomic_write, atomic_write_json
 
 FORMAT_VERSION = 1
 TENSORS_FILE = "directions.safetensors"
@@ -204,20 +205,7 @@ def save_directions(path: str | os.PathLike, directions: np.ndarray,
   _check_shapes(directions.shape, meta, "save_directions")
   path = Path(path)
   path.mkdir(parents=True, exist_ok=True)
-  _atomic_write(path / TENSORS_FILE,
-                lambda p: save_file({TENSOR_NAME: directions}, p))
-  _atomic_write(path / META_FILE,
-                lambda p: Path(p).write_text(json.dumps(meta, indent=2)))
+  atomic_write(path / TENSORS_FILE,
+               lambda tmp: save_file({TENSOR_NAME: directions}, tmp))
+  atomic_write_json(path / META_FILE, meta)
   return path
-
-
-def _atomic_write(dest: Path, write) -> None:
-  """Calls write(tmp_path) then renames tmp onto dest, so no half files."""
-  fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.")
-  os.close(fd)
-  try:
-    write(tmp)
-    os.replace(tmp, dest)
-  except BaseException:
-    Path(tmp).unlink(missing_ok=True)
-    raise

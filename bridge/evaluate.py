@@ -24,6 +24,7 @@ import torch
 
 from bridge.directions import DirectionsError
 from bridge.generate import STEERING_FILE, loading, write_json
+from emosae_jax.data import atomic_write
 
 DEFAULT_CLAP = "laion/clap-htsat-unfused"
 EMOTION_TEXT = "{emotion} music"
@@ -180,7 +181,6 @@ def evaluate_run(steering_dir: str | os.PathLike, clap: str = DEFAULT_CLAP,
 def plot_dose_response(features: list[dict], path: Path) -> None:
   """One panel per feature: mean valence by strength, steer vs random,
   with the prompt edit as a horizontal line. Written atomically."""
-  import tempfile
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
@@ -200,9 +200,5 @@ def plot_dose_response(features: list[dict], path: Path) -> None:
     ax.set_ylabel("valence P(happy) - P(sad)")
     ax.legend(fontsize="small")
   fig.tight_layout()
-  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.",
-                             suffix=".png")
-  os.close(fd)
-  fig.savefig(tmp, dpi=100)
+  atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100))
   plt.close(fig)
-  os.replace(tmp, path)

@@ -21,7 +21,6 @@ import json
 import logging
 import os
 import re
-import tempfile
 import time
 from pathlib import Path
 from typing import Sequence
@@ -31,6 +30,7 @@ import torch
 
 from bridge import steering
 from bridge.directions import Directions, DirectionsError, load_directions
+from emosae_jax.data import atomic_write, atomic_write_json
 
 DEFAULT_MODEL = "facebook/musicgen-small"
 BACKENDS = ("transformers", "audiocraft")
@@ -287,22 +287,12 @@ def write_wav(path: Path, audio: np.ndarray, sample_rate: int) -> None:
   """Writes [channels, samples] float audio as 16-bit PCM WAV, atomically."""
   import soundfile
   data = np.clip(np.asarray(audio, dtype=np.float32), -1.0, 1.0).T
-  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.",
-                             suffix=".wav")
-  os.close(fd)
-  try:
-    soundfile.write(tmp, data, sample_rate, format="WAV", subtype="PCM_16")
-    os.replace(tmp, path)
-  except BaseException:
-    Path(tmp).unlink(missing_ok=True)
-    raise
+  atomic_write(path, lambda tmp: soundfile.write(
+      tmp, data, sample_rate, format="WAV", subtype="PCM_16"))
 
 
 def write_json(path: Path, obj) -> None:
-  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-  with os.fdopen(fd, "w") as f:
-    json.dump(obj, f, indent=2)
-  os.replace(tmp, path)
+  atomic_write_json(path, obj)
 
 
 def _clip_name(i: int, clip: Clip) -> str:

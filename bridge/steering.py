@@ -15,7 +15,7 @@ an audiocraft LMModel or T5Conditioner, and a bare T5EncoderModel.
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator, Sequence
+from typing import Iterator
 
 import torch
 from torch import nn

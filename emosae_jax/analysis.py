@@ -51,7 +51,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -1028,9 +1027,7 @@ def write(result: Result, out: str | Path, report: bool = True) -> Path:
              if v.dtype != bool}
   tensors.update({k: v.astype(np.uint8) for k, v in result.arrays.items()
                   if v.dtype == bool})
-  tmp = out / f".{ARRAYS_FILE}.tmp{os.getpid()}"
-  save_file(tensors, str(tmp))
-  tmp.replace(out / ARRAYS_FILE)
+  data.atomic_write(out / ARRAYS_FILE, lambda tmp: save_file(tensors, tmp))
   figures = analysis_figures.write_all(result, out)
   result.summary["figures"] = {k: p.name for k, p in figures.items()}
   data.atomic_write_json(out / ANALYSIS_FILE, result.summary)

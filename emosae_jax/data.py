@@ -126,15 +126,30 @@ def validate(es: EmbeddingSet, expected_dim: int | None = None,
                     " or use matching data")
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-  """Writes to a temporary file beside `path`, then renames it into place."""
+def atomic_write(path: str | os.PathLike, write) -> Path:
+  """Calls write(tmp) for a temporary file beside `path`, then renames it
+  into place, so a killed run never leaves a half-written `path`.
+
+  The temporary name keeps the extension, for writers that go by it.
+  """
   path = Path(path)
-  tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-  with open(tmp, "wb") as f:
-    f.write(data)
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(tmp, path)
+  tmp = path.with_name(f".{path.name}.tmp{os.getpid()}{path.suffix}")
+  try:
+    write(str(tmp))
+    os.replace(tmp, path)
+  except BaseException:
+    tmp.unlink(missing_ok=True)
+    raise
+  return path
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+  def write(tmp):
+    with open(tmp, "wb") as f:
+      f.write(data)
+      f.flush()
+      os.fsync(f.fileno())
+  atomic_write(path, write)
 
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
@@ -162,9 +177,7 @@ def save_embedding_set(es: EmbeddingSet, path: str | os.PathLike) -> Path:
   tensors = {"embeddings": np.ascontiguousarray(es.embeddings, np.float32)}
   for k, v in es.extra.items():
     tensors[k] = np.ascontiguousarray(v)
-  tmp = path / f".{TENSOR_FILE}.tmp{os.getpid()}"
-  save_file(tensors, str(tmp))
-  os.replace(tmp, path / TENSOR_FILE)
+  atomic_write(path / TENSOR_FILE, lambda tmp: save_file(tensors, tmp))
   meta = dict(es.meta)
   meta.update(
       format_version=FORMAT_VERSION,

@@ -21,7 +21,6 @@ with a directions.json always has a complete tensor beside it.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Sequence
 
@@ -166,10 +165,8 @@ def write_export(out: str | Path, directions: np.ndarray, meta: dict) -> Path:
   """Tensor first, JSON last, each written atomically."""
   out = Path(out)
   out.mkdir(parents=True, exist_ok=True)
-  tmp = out / f".{TENSORS_FILE}.tmp{os.getpid()}"
-  save_file({"directions": np.ascontiguousarray(directions, np.float32)},
-            str(tmp))
-  os.replace(tmp, out / TENSORS_FILE)
+  tensors = {"directions": np.ascontiguousarray(directions, np.float32)}
+  data.atomic_write(out / TENSORS_FILE, lambda tmp: save_file(tensors, tmp))
   data.atomic_write_json(out / META_FILE, meta)
   return out
 

@@ -147,9 +147,7 @@ def final_report(spec: core.StaticSpec, hp, params, prepared: PreparedData,
 def save_params(path: Path, params) -> None:
   tensors = {k: np.ascontiguousarray(np.asarray(v, np.float32))
              for k, v in jax.device_get(params).items()}
-  tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-  save_file(tensors, str(tmp))
-  os.replace(tmp, path)
+  data.atomic_write(path, lambda tmp: save_file(tensors, tmp))
 
 
 def train_and_evaluate(config, workdir: str | Path,

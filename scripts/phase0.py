@@ -7,7 +7,6 @@ words and by k-fold, each beside chance; within- vs between-emotion cosine
 similarity with a permutation p-value) and PNG plots.
 """
 
-import os
 import sys
 from pathlib import Path
 
