@@ -9,6 +9,13 @@ sharded over all local devices (a NamedSharding on a 1-D mesh), so 8 devices
 train 8x the members in about the same time. Hyperparameters in
 `train.HPARAM_FIELDS` and the seed may differ within a group.
 
+`execution` chooses how a group's members run: "vmap" as above, "serial"
+one after another through the single-run program (compiled once), or "auto"
+(the default): serial on a single CPU device, vmap everywhere else. On a CPU
+the step is bound by memory traffic that members cannot share, and XLA:CPU's
+batched matmuls run 15-35% slower than the same matmuls one member at a
+time (benchmarks/bench_sweep.py), so vmap only loses there.
+
 With several hosts (`jax.distributed.initialize`), members are dealt out
 round-robin to processes; each process trains and saves its own members
 under `g<group>/proc<p>/`, and process 0 writes the merged results.
@@ -129,12 +136,79 @@ def unstack(tree, i):
   return jax.tree.map(lambda x: x[i], tree)
 
 
+EXECUTIONS = ("auto", "vmap", "serial")
+
+
 @functools.lru_cache(maxsize=None)
 def compiled_group_epochs(spec: core.StaticSpec, n_epochs: int):
   """jit(vmap(train_epochs)) over the member axis of state and hparams."""
   run = jax.vmap(functools.partial(core.train_epochs, spec, n_epochs),
                  in_axes=(0, 0, None, None, None))
   return jax.jit(run, donate_argnums=0)
+
+
+def resolve_execution(execution: str, mesh: Mesh) -> str:
+  if execution not in EXECUTIONS:
+    raise ValueError(f"unknown sweep execution {execution!r}; choose one of "
+                     f"{list(EXECUTIONS)}")
+  if execution != "auto":
+    return execution
+  cpu_alone = mesh.size == 1 and mesh.devices.flat[0].platform == "cpu"
+  return "serial" if cpu_alone else "vmap"
+
+
+class VmappedMembers:
+  """A group's members as one stacked state, trained by one vmapped
+  program. `members` below is whatever `load` returns."""
+
+  def __init__(self, spec: core.StaticSpec):
+    self.spec = spec
+
+  def load(self, state, hp):
+    return state, hp
+
+  def epochs(self, n_epochs, members, hp, x_train, x_val, first_epoch):
+    return compiled_group_epochs(self.spec, n_epochs)(members, hp, x_train,
+                                                      x_val, first_epoch)
+
+  def stacked(self, members):
+    return members
+
+  def finished(self, members) -> bool:
+    return bool(jnp.all(members.stopped | members.failed))
+
+
+class SerialMembers(VmappedMembers):
+  """The members one after another through the single-run program: exactly
+  what separate runs compute, with one compile. States stay separate
+  between calls (stacking costs a copy of every buffer), and members that
+  stopped or failed are skipped instead of run frozen."""
+
+  def load(self, state, hp):
+    n = len(state.step)
+    return [unstack(state, i) for i in range(n)], [unstack(hp, i)
+                                                   for i in range(n)]
+
+  def epochs(self, n_epochs, members, hp, x_train, x_val, first_epoch):
+    run = core.compiled_train_epochs(self.spec, n_epochs)
+    done = [bool(m.stopped | m.failed) for m in members]
+    outs = [None if d else run(m, h, x_train, x_val, first_epoch)
+            for m, h, d in zip(members, hp, done)]
+    shape = next(o[1] for o in outs if o is not None)
+    idle = dict(jax.tree.map(jnp.zeros_like, shape),
+                active=jnp.zeros_like(shape["active"]))
+    return ([m if o is None else o[0] for m, o in zip(members, outs)],
+            stack([idle if o is None else o[1] for o in outs]))
+
+  def stacked(self, members):
+    return stack(members)
+
+  def finished(self, members) -> bool:
+    return all(bool(m.stopped | m.failed) for m in members)
+
+
+def member_runner(spec: core.StaticSpec, execution: str):
+  return {"vmap": VmappedMembers, "serial": SerialMembers}[execution](spec)
 
 
 def member_mesh() -> Mesh:
@@ -165,11 +239,13 @@ def _padded(members: list[int], n_devices: int) -> list[int]:
 
 
 def train_group(configs, members: list[int], workdir: Path,
-                prepared: PreparedData, progress: bool = True) -> GroupResult:
+                prepared: PreparedData, progress: bool = True,
+                execution: str = "auto") -> GroupResult:
   """Trains the given members (one static group, whose data is `prepared`)
   together; resumable."""
   base = configs[members[0]]
   mesh = member_mesh()
+  execution = resolve_execution(execution, mesh)
   slots = _padded(members, mesh.size)
   spec = core.static_spec_from_config(base, prepared.x_train.shape[0])
   hp = shard_members(stack([core.hparams_from_config(configs[m])
@@ -179,6 +255,7 @@ def train_group(configs, members: list[int], workdir: Path,
       for m in slots]), mesh)
   x_train, x_val = (replicate(prepared.x_train, mesh),
                     replicate(prepared.x_val, mesh))
+  runner = member_runner(spec, execution)
   workdir.mkdir(parents=True, exist_ok=True)
   mngr = checkpoint.manager(workdir, process_local=True)
   restored = checkpoint.restore_latest(mngr, state)
@@ -188,14 +265,14 @@ def train_group(configs, members: list[int], workdir: Path,
   # Epochs processed so far (stopped members stop counting their own).
   done = mngr.latest_step() or 0
   rows = trainer.read_metrics(metrics_path, up_to_epoch=done)
+  state, hp = runner.load(state, hp)
 
   total, per_call = base.train.epochs, base.train.epochs_per_call
   bar = tqdm(total=total, initial=done, unit="epoch", disable=not progress,
-             desc=f"sweep {base.model.arch} x{len(members)}")
-  while done < total and not bool(jnp.all(state.stopped | state.failed)):
+             desc=f"sweep {base.model.arch} x{len(members)} ({execution})")
+  while done < total and not runner.finished(state):
     n = min(per_call, total - done)
-    state, metrics = compiled_group_epochs(spec, n)(state, hp, x_train,
-                                                    x_val, done)
+    state, metrics = runner.epochs(n, state, hp, x_train, x_val, done)
     for slot, member in enumerate(members):
       rows += [dict(r, member=member)
                for r in trainer.epoch_rows(metrics, member=slot)]
@@ -203,8 +280,9 @@ def train_group(configs, members: list[int], workdir: Path,
     done += n
     bar.update(n)
     if done % base.train.checkpoint_every_epochs == 0 or done >= total:
-      checkpoint.save(mngr, done, state)
+      checkpoint.save(mngr, done, runner.stacked(state))
   bar.close()
+  state, hp = runner.stacked(state), runner.stacked(hp)
   if mngr.latest_step() != done:
     checkpoint.save(mngr, done, state)
   return _group_result(configs, members, spec, hp, state, prepared)
@@ -237,9 +315,12 @@ def _group_result(configs, members, spec, hp, state, prepared) -> GroupResult:
 
 
 def run_sweep(base: ml_collections.ConfigDict, overrides: list[dict],
-              workdir: str | Path, progress: bool = True) -> dict:
+              workdir: str | Path, progress: bool = True,
+              execution: str = "auto") -> dict:
   """Trains every member; writes sweep.json and pareto.png; returns the
-  sweep.json content. Rerunning on the same workdir resumes."""
+  sweep.json content. Rerunning on the same workdir resumes. `execution`:
+  see the module docstring."""
+  resolve_execution(execution, member_mesh())  # a bad value fails first
   configs = expand(base, overrides)  # unknown fields fail before training
   groups = group_members(configs)
   # Data problems surface here, before anything is written.
@@ -257,7 +338,7 @@ def run_sweep(base: ml_collections.ConfigDict, overrides: list[dict],
     gdir = workdir / f"g{g}"
     if mine:
       result = train_group(configs, mine, gdir / f"proc{proc}", prepared[g],
-                           progress)
+                           progress, execution)
       _write_process_result(gdir / f"proc{proc}", result)
     entries.append((g, members))
   if n_proc > 1:

@@ -21,6 +21,11 @@ _CONFIG = config_flags.DEFINE_config_file(
 _WORKDIR = flags.DEFINE_string("workdir", None, "Sweep directory.",
                                required=True)
 _DATA = flags.DEFINE_string("data", None, "Embedding-set folder.")
+_EXECUTION = flags.DEFINE_enum(
+    "execution", "auto", ["auto", "vmap", "serial"],
+    "How a group's members run: vmap (one batched program, sharded over the "
+    "local devices), serial (one after another, compiled once), or auto: "
+    "serial on a single CPU device, where batching only costs, else vmap.")
 _DISTRIBUTED = flags.DEFINE_bool(
     "distributed", False, "Call jax.distributed.initialize() first "
     "(multi-host; coordinator from the environment).")
@@ -51,7 +56,8 @@ def main(argv):
     with config.unlocked():
       config.data.path = _DATA.value
   overrides = load_sweep(config_flags.get_config_filename(flags.FLAGS["config"]))
-  result = sweep.run_sweep(config, overrides, _WORKDIR.value)
+  result = sweep.run_sweep(config, overrides, _WORKDIR.value,
+                           execution=_EXECUTION.value)
   for m in result.get("members", []):
     status = m["status"] if m["status"] != "ok" else (
         f"fvu={m['val_fvu']:.3f} l0={m['val_l0']:.1f} "

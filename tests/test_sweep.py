@@ -1,4 +1,5 @@
-"""Sweeps: vmapped members equal single runs, on one device and on eight."""
+"""Sweeps: vmapped and serial members equal single runs, on one device and on
+eight."""
 
 import json
 import os
@@ -29,13 +30,19 @@ def _base(**kw):
 @pytest.fixture(scope="module")
 def swept(tmp_path_factory):
   workdir = tmp_path_factory.mktemp("sweep")
-  result = sweep.run_sweep(_base(), OVERRIDES, workdir, progress=False)
+  result = sweep.run_sweep(_base(), OVERRIDES, workdir, progress=False,
+                           execution="vmap")
   return workdir, result
 
 
 def test_every_member_equals_its_single_run(swept, tmp_path):
+  """vmap: equal within float tolerance; serial (what "auto" picks on one
+  CPU device): the very same program, so bit for bit."""
   workdir, result = swept
   stacked = load_file(str(workdir / "g0" / "params.safetensors"))
+  sweep.run_sweep(_base(), OVERRIDES, tmp_path / "serial", progress=False,
+                  execution="serial")
+  serial = load_file(str(tmp_path / "serial" / "g0" / "params.safetensors"))
   for i, member in enumerate(result["members"]):
     assert member["status"] == "ok"
     config = _base()
@@ -46,6 +53,7 @@ def test_every_member_equals_its_single_run(swept, tmp_path):
     for name, value in single.items():
       np.testing.assert_allclose(stacked[name][i], value, rtol=1e-5,
                                  atol=1e-5, err_msg=name)
+      np.testing.assert_array_equal(serial[name][i], value, err_msg=name)
   assert (workdir / "pareto.png").exists()
   assert {"val_fvu", "val_l0", "dead_fraction", "recovery"} <= set(
       result["members"][0])
@@ -61,6 +69,7 @@ from emosae_jax import sweep
 base = tiny_config("relu_l1", train__epochs=6, train__epochs_per_call=3,
                    train__checkpoint_every_epochs=3)
 overrides = json.loads({overrides!r})
+assert sweep.resolve_execution("auto", sweep.member_mesh()) == "vmap"
 sweep.run_sweep(base, overrides, {workdir!r}, progress=False)
 """
 
@@ -89,8 +98,9 @@ def test_eight_fake_devices_match_one_device(swept, tmp_path):
 def test_resumed_sweep_equals_uninterrupted(swept, tmp_path):
   workdir, _ = swept
   sweep.run_sweep(_base(train__epochs=3), OVERRIDES, tmp_path,
-                  progress=False)
-  sweep.run_sweep(_base(), OVERRIDES, tmp_path, progress=False)
+                  progress=False, execution="vmap")
+  sweep.run_sweep(_base(), OVERRIDES, tmp_path, progress=False,
+                  execution="vmap")
   resumed = load_file(str(tmp_path / "g0" / "params.safetensors"))
   straight = load_file(str(workdir / "g0" / "params.safetensors"))
   for name in straight:
@@ -114,6 +124,13 @@ def test_unknown_field_fails_before_training(tmp_path):
     sweep.run_sweep(_base(), sweep.axis("train.l1_typo", [1, 2]),
                     tmp_path / "w", progress=False)
   assert not (tmp_path / "w").exists()
+
+
+def test_execution_auto_is_serial_on_one_cpu_and_bad_values_fail():
+  assert sweep.resolve_execution("auto", sweep.member_mesh()) == "serial"
+  with pytest.raises(ValueError, match="unknown sweep execution 'pmap'"):
+    sweep.run_sweep(_base(), OVERRIDES, "/nonexistent/w", progress=False,
+                    execution="pmap")
 
 
 def test_groups_split_by_static_fields():
