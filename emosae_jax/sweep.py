@@ -13,8 +13,9 @@ train 8x the members in about the same time. Hyperparameters in
 one after another through the single-run program (compiled once), or "auto"
 (the default): serial on a single CPU device, vmap everywhere else. On a CPU
 the step is bound by memory traffic that members cannot share, and XLA:CPU's
-batched matmuls run 15-35% slower than the same matmuls one member at a
-time (benchmarks/bench_sweep.py), so vmap only loses there.
+batched batch-16 matmuls run 15-35% slower than the same matmuls one member
+at a time, which leaves a vmapped sweep 5-12% behind sequential runs
+(benchmarks/bench_sweep.py).
 
 With several hosts (`jax.distributed.initialize`), members are dealt out
 round-robin to processes; each process trains and saves its own members
