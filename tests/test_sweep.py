@@ -95,14 +95,20 @@ def test_eight_fake_devices_match_one_device(swept, tmp_path):
     np.testing.assert_allclose(eight[name][:4], value, rtol=1e-4, atol=1e-4)
 
 
-def test_resumed_sweep_equals_uninterrupted(swept, tmp_path):
-  workdir, _ = swept
-  sweep.run_sweep(_base(train__epochs=3), OVERRIDES, tmp_path,
-                  progress=False, execution="vmap")
-  sweep.run_sweep(_base(), OVERRIDES, tmp_path, progress=False,
-                  execution="vmap")
-  resumed = load_file(str(tmp_path / "g0" / "params.safetensors"))
-  straight = load_file(str(workdir / "g0" / "params.safetensors"))
+@pytest.mark.parametrize("execution", ["vmap", "serial"])
+def test_resumed_sweep_equals_uninterrupted(swept, tmp_path, execution):
+  if execution == "vmap":
+    straight_dir = swept[0]
+  else:
+    straight_dir = tmp_path / "straight"
+    sweep.run_sweep(_base(), OVERRIDES, straight_dir, progress=False,
+                    execution=execution)
+  sweep.run_sweep(_base(train__epochs=3), OVERRIDES, tmp_path / "resumed",
+                  progress=False, execution=execution)
+  sweep.run_sweep(_base(), OVERRIDES, tmp_path / "resumed", progress=False,
+                  execution=execution)
+  resumed = load_file(str(tmp_path / "resumed" / "g0" / "params.safetensors"))
+  straight = load_file(str(straight_dir / "g0" / "params.safetensors"))
   for name in straight:
     np.testing.assert_allclose(resumed[name], straight[name], rtol=1e-6,
                                atol=1e-6)
