@@ -73,12 +73,7 @@ def run_sweep(configs, spec, x, chunk, epochs, execution):
   runner = sweep.member_runner(spec, execution)
 
   def fresh():
-    hp = sweep.shard_members(sweep.stack(
-        [core.hparams_from_config(configs[m]) for m in slots]), mesh)
-    state = sweep.shard_members(sweep.stack(
-        [core.init_state(spec, jax.random.PRNGKey(configs[m].seed))
-         for m in slots]), mesh)
-    return runner.load(state, hp)
+    return runner.load(*sweep.initial_group_state(configs, slots, spec, mesh))
 
   xs = sweep.replicate(x, mesh)
   compile_s = 0.0  # serial: the single-run program, compiled already

@@ -65,10 +65,13 @@ def axis(field: str, values) -> list[dict]:
   return [{field: v} for v in values]
 
 
+def _merged(combo) -> dict:
+  return dict(itertools.chain.from_iterable(d.items() for d in combo))
+
+
 def product(*axes: list[dict]) -> list[dict]:
   """Every combination of the axes (later axes vary fastest)."""
-  return [dict(itertools.chain.from_iterable(d.items() for d in combo))
-          for combo in itertools.product(*axes)]
+  return [_merged(combo) for combo in itertools.product(*axes)]
 
 
 def zip_axes(*axes: list[dict]) -> list[dict]:
@@ -76,8 +79,7 @@ def zip_axes(*axes: list[dict]) -> list[dict]:
   lengths = {len(a) for a in axes}
   if len(lengths) > 1:
     raise ValueError(f"zip_axes needs equal lengths, got {sorted(lengths)}")
-  return [dict(itertools.chain.from_iterable(d.items() for d in combo))
-          for combo in zip(*axes)]
+  return [_merged(combo) for combo in zip(*axes)]
 
 
 def expand(base: ml_collections.ConfigDict,
@@ -176,7 +178,7 @@ class VmappedMembers:
     return members
 
   def finished(self, members) -> bool:
-    return bool(jnp.all(members.stopped | members.failed))
+    return _finished(members)
 
 
 class SerialMembers(VmappedMembers):
@@ -192,7 +194,7 @@ class SerialMembers(VmappedMembers):
 
   def epochs(self, n_epochs, members, hp, x_train, x_val, first_epoch):
     run = core.compiled_train_epochs(self.spec, n_epochs)
-    done = [bool(m.stopped | m.failed) for m in members]
+    done = [_finished(m) for m in members]
     outs = [None if d else run(m, h, x_train, x_val, first_epoch)
             for m, h, d in zip(members, hp, done)]
     shape = next(o[1] for o in outs if o is not None)
@@ -205,7 +207,11 @@ class SerialMembers(VmappedMembers):
     return stack(members)
 
   def finished(self, members) -> bool:
-    return all(bool(m.stopped | m.failed) for m in members)
+    return all(_finished(m) for m in members)
+
+
+def _finished(state) -> bool:
+  return bool(jnp.all(state.stopped | state.failed))
 
 
 def member_runner(spec: core.StaticSpec, execution: str):
@@ -239,6 +245,18 @@ def _padded(members: list[int], n_devices: int) -> list[int]:
   return members + [members[-1]] * pad
 
 
+def initial_group_state(configs, slots: list[int], spec: core.StaticSpec,
+                        mesh: Mesh):
+  """(train state, hparams) of the given member slots, stacked and sharded
+  over the member axis."""
+  hp = shard_members(stack([core.hparams_from_config(configs[m])
+                            for m in slots]), mesh)
+  state = shard_members(stack([
+      core.init_state(spec, jax.random.PRNGKey(configs[m].seed))
+      for m in slots]), mesh)
+  return state, hp
+
+
 def train_group(configs, members: list[int], workdir: Path,
                 prepared: PreparedData, progress: bool = True,
                 execution: str = "auto") -> GroupResult:
@@ -249,11 +267,7 @@ def train_group(configs, members: list[int], workdir: Path,
   execution = resolve_execution(execution, mesh)
   slots = _padded(members, mesh.size)
   spec = core.static_spec_from_config(base, prepared.x_train.shape[0])
-  hp = shard_members(stack([core.hparams_from_config(configs[m])
-                            for m in slots]), mesh)
-  state = shard_members(stack([
-      core.init_state(spec, jax.random.PRNGKey(configs[m].seed))
-      for m in slots]), mesh)
+  state, hp = initial_group_state(configs, slots, spec, mesh)
   x_train, x_val = (replicate(prepared.x_train, mesh),
                     replicate(prepared.x_val, mesh))
   runner = member_runner(spec, execution)
@@ -321,7 +335,7 @@ def run_sweep(base: ml_collections.ConfigDict, overrides: list[dict],
   """Trains every member; writes sweep.json and pareto.png; returns the
   sweep.json content. Rerunning on the same workdir resumes. `execution`:
   see the module docstring."""
-  resolve_execution(execution, member_mesh())  # a bad value fails first
+  execution = resolve_execution(execution, member_mesh())  # fails first
   configs = expand(base, overrides)  # unknown fields fail before training
   groups = group_members(configs)
   # Data problems surface here, before anything is written.
