@@ -76,11 +76,15 @@ def run_sweep(configs, spec, x, chunk, epochs, execution):
     return runner.load(*sweep.initial_group_state(configs, slots, spec, mesh))
 
   xs = sweep.replicate(x, mesh)
-  compile_s = 0.0  # serial: the single-run program, compiled already
+  # Timed apart, as for sequential runs. Serial runs the single-run program,
+  # but its inputs carry the sweep's shardings, which jit compiles anew.
+  members, hp = fresh()
   if execution == "vmap":
-    state, hp = fresh()
-    compile_s, _ = timed(lambda: sweep.compiled_group_epochs(spec, chunk).lower(
-        state, hp, xs, xs, 0).compile())
+    program, args = sweep.compiled_group_epochs(spec, chunk), (members, hp)
+  else:
+    program = core.compiled_train_epochs(spec, chunk)
+    args = (members[0], hp[0])
+  compile_s, _ = timed(lambda: program.lower(*args, xs, xs, 0).compile())
   start = time.perf_counter()
   members, hp = fresh()
   for c in range(epochs // chunk):
