@@ -2,7 +2,7 @@ r"""One vmapped sweep against the same members trained one after another.
 
   python benchmarks/bench_sweep.py [--members=16] [--epochs=500] [--rounds=1]
 
-Workload: the `seed` preset (768 -> 6144 ReLU+L1, batch 16) on 70 training
+Workload: the `reference` preset (768 -> 6144 ReLU+L1, batch 16) on 70 training
 embeddings, members differing in seed and L1 coefficient. Both sides run in
 this process with the same compiled-chunk structure the trainers use, so the
 ratio is training time only (data preparation and file writing excluded);
@@ -30,11 +30,11 @@ import numpy as np  # noqa: E402
 
 from configs.sae import get_config  # noqa: E402
 from emosae_jax import sweep  # noqa: E402
-from emosae_jax import train as core  # noqa: E402
+from emosae_jax import train_core as core  # noqa: E402
 
 
 def member_configs(n_members, epochs):
-  base = get_config("seed")
+  base = get_config("reference")
   base.train.epochs = epochs
   base.train.patience = 10 ** 6  # every member runs every epoch
   coeffs = [1e-3, 3e-3, 1e-2, 3e-2]

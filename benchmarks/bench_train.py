@@ -7,7 +7,7 @@ Prints:
     against the same SAE in eager torch (target: JAX >= 1.8x);
  2. achieved GFLOP/s of that step against the measured rate of the same
     matmul shapes (target: >= 80%);
- 3. the `seed` preset (768 -> 6144, batch 16, 500 epochs) on a 100 x 768
+ 3. the `reference` preset (768 -> 6144, batch 16, 500 epochs) on a 100 x 768
     set: wall time with compile, ms/step, and the step time beside its
     floors: the memory-traffic bound (Adam state bytes per step / measured
     bandwidth) plus the compute floor of its matmuls (FLOPs / measured
@@ -29,8 +29,8 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from configs.sae import get_config  # noqa: E402
-from emosae_jax import data, trainer  # noqa: E402
-from emosae_jax import train as core  # noqa: E402
+from emosae_jax import data, train_run  # noqa: E402
+from emosae_jax import train_core as core  # noqa: E402
 
 D, M, B = 768, 6144, 4096
 REFERENCE_SEED_SECONDS = 107.0
@@ -127,17 +127,17 @@ def memory_bandwidth():
   return 2 * holder["a"].nbytes / timeit(run, 5)
 
 
-def seed_preset(n=100):
+def reference_preset(n=100):
   rng = np.random.default_rng(0)
   es = data.make_embedding_set(rng.normal(size=(n, D)), np.arange(n) % 4,
                                ["happy", "sad", "calm", "energetic"])
   with tempfile.TemporaryDirectory() as tmp:
     data.save_embedding_set(es, f"{tmp}/set")
-    config = get_config("seed")
+    config = get_config("reference")
     config.data.path = f"{tmp}/set"
     config.train.patience = 10_000  # time all 500 epochs
     start = time.perf_counter()
-    summary = trainer.train_and_evaluate(config, f"{tmp}/work",
+    summary = train_run.train_and_evaluate(config, f"{tmp}/work",
                                          progress=False)
     return time.perf_counter() - start, summary["steps"]
 
@@ -169,7 +169,7 @@ def main():
         f"{adam_bytes / 1e6:.0f} MB/step -> bound {1e3 * bound:.2f} ms/step")
   if args.quick:
     return
-  seconds, steps = seed_preset()
+  seconds, steps = reference_preset()
   # This machine's speed drifts by 30% over an hour (shared host), so the
   # reference's 107 s is re-anchored: its eager torch step, timed now.
   torch_seed_step, _ = torch_step_time(200, batch=16, clip=False, lr=1e-3)
@@ -179,7 +179,7 @@ def main():
   # them and the Adam update as separate kernels, so the floors add.
   matmul_floor = 10 * 16 * D * M / rate
   floor = bound + matmul_floor
-  print(f"[3] seed preset (100 x 768, batch 16, 500 epochs): {seconds:.1f} s"
+  print(f"[3] reference preset (100 x 768, batch 16, 500 epochs): {seconds:.1f} s"
         f" wall incl. compile, {steps} steps, {1e3 * seconds / steps:.2f} "
         f"ms/step; reference {REFERENCE_SEED_SECONDS:.0f} s -> "
         f"{REFERENCE_SEED_SECONDS / seconds:.1f}x faster (target >= 3x)")

@@ -1,13 +1,13 @@
 r"""Sparse autoencoder training on an embedding set.
 
 Run (the reference system's setup, on an imported or extracted set):
-  python scripts/train.py --config=configs/sae.py:seed --workdir=runs/seed \
+  python scripts/train.py --config=configs/sae.py:reference --workdir=runs/reference \
       --data=PATH
 A tiny fast run on built-in synthetic data:
   python scripts/train.py --config=configs/sae.py:runlocal \
       --workdir=runs/demo --config.data.synthetic=True
 Arguments (comma-separated): arch=relu_l1|topk|batchtopk|jumprelu, and the
-presets `seed` (768 -> 6144 ReLU+L1, as the reference system) and `runlocal`
+presets `reference` (768 -> 6144 ReLU+L1, as the reference system) and `runlocal`
 (tiny and fast). Any field can be overridden: --config.train.lr=3e-4.
 """
 
@@ -17,7 +17,7 @@ from emosae_jax.config_utils import parse_arg
 
 
 def get_config(arg=None):
-  arg = parse_arg(arg, arch="relu_l1", seed=False, runlocal=False)
+  arg = parse_arg(arg, arch="relu_l1", reference=False, runlocal=False)
   config = ml_collections.ConfigDict()
   config.seed = 0
 
@@ -65,7 +65,7 @@ def get_config(arg=None):
   if arg.arch == "jumprelu":
     config.train.sparsity_coeff = 1e-3
 
-  if arg.seed:  # the reference system's hyperparameters
+  if arg.reference:  # the reference system's hyperparameters
     config.model.arch = "relu_l1"
     config.train.lr = 1e-3
     config.train.batch_size = 16

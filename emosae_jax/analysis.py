@@ -679,7 +679,7 @@ class Members:
 
 
 def _sae_spec(config: dict) -> saes.SAESpec:
-  from emosae_jax.train import static_spec_from_config
+  from emosae_jax.train_core import static_spec_from_config
   return static_spec_from_config(ml_collections.ConfigDict(config), 1).sae
 
 

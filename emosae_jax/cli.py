@@ -36,7 +36,7 @@ def run(main) -> None:
     from absl import logging
     logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
     from emosae_jax.pipeline import PipelineError
-    from emosae_jax.train import TrainingError
+    from emosae_jax.train_core import TrainingError
     try:
       return main(argv)
     except (ValueError, FileNotFoundError, TrainingError, PipelineError) as e:

@@ -48,8 +48,8 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from tqdm.auto import tqdm
 
-from emosae_jax import checkpoint, data, plots, trainer
-from emosae_jax import train as core
+from emosae_jax import checkpoint, data, plots, train_run
+from emosae_jax import train_core as core
 from emosae_jax.prepare import PreparedData, prepare
 
 PER_MEMBER_FIELDS = tuple(f"train.{f}" for f in core.HPARAM_FIELDS) + (
@@ -93,7 +93,7 @@ def expand(base: ml_collections.ConfigDict,
     config = copy.deepcopy(base)
     for field, value in over.items():
       _set_field(config, field, value)
-    trainer.validate_config(config)
+    train_run.validate_config(config)
     members.append(config)
   return members
 
@@ -115,7 +115,7 @@ def _set_field(config: ml_collections.ConfigDict, field: str, value) -> None:
 
 def static_key(config: ml_collections.ConfigDict) -> str:
   """Members with equal keys can share one compiled program."""
-  flat = trainer.flatten(config.to_dict())
+  flat = train_run.flatten(config.to_dict())
   return json.dumps({k: v for k, v in sorted(flat.items())
                      if k not in PER_MEMBER_FIELDS}, sort_keys=True)
 
@@ -279,7 +279,7 @@ def train_group(configs, members: list[int], workdir: Path,
   metrics_path = workdir / "metrics.jsonl"
   # Epochs processed so far (stopped members stop counting their own).
   done = mngr.latest_step() or 0
-  rows = trainer.read_metrics(metrics_path, up_to_epoch=done)
+  rows = train_run.read_metrics(metrics_path, up_to_epoch=done)
   state, hp = runner.load(state, hp)
 
   total, per_call = base.train.epochs, base.train.epochs_per_call
@@ -290,8 +290,8 @@ def train_group(configs, members: list[int], workdir: Path,
     state, metrics = runner.epochs(n, state, hp, x_train, x_val, done)
     for slot, member in enumerate(members):
       rows += [dict(r, member=member)
-               for r in trainer.epoch_rows(metrics, member=slot)]
-    trainer.write_metrics(metrics_path, rows)
+               for r in train_run.epoch_rows(metrics, member=slot)]
+    train_run.write_metrics(metrics_path, rows)
     done += n
     bar.update(n)
     if done % base.train.checkpoint_every_epochs == 0 or done >= total:
@@ -314,7 +314,7 @@ def _group_result(configs, members, spec, hp, state, prepared) -> GroupResult:
       summaries.append({"status": "failed", "error": "loss became NaN/inf "
                         f"near step {int(state.step[slot])}"})
       continue
-    summary, _ = trainer.final_report(spec, unstack(hp, slot), params,
+    summary, _ = train_run.final_report(spec, unstack(hp, slot), params,
                                       prepared)
     summary.update(status="ok", epochs_run=int(state.epoch[slot]),
                    best_epoch=int(state.best_epoch[slot]),
@@ -341,7 +341,7 @@ def run_sweep(base: ml_collections.ConfigDict, overrides: list[dict],
   # Data problems surface here, before anything is written.
   prepared = [prepare(configs[members[0]]) for members in groups]
   workdir = Path(workdir)
-  trainer.check_workdir(workdir, {"base": base.to_dict(),
+  train_run.check_workdir(workdir, {"base": base.to_dict(),
                                   "overrides": overrides},
                         allowed_changes=("base.train.epochs",))
   data.atomic_write_json(workdir / "config.json",
@@ -366,7 +366,7 @@ def run_sweep(base: ml_collections.ConfigDict, overrides: list[dict],
 
 
 def _write_process_result(pdir: Path, result: GroupResult) -> None:
-  trainer.save_params(pdir / "params.safetensors", result.params)
+  train_run.save_params(pdir / "params.safetensors", result.params)
   data.atomic_write_json(pdir / "result.json",
                          {"members": result.members,
                           "summaries": result.summaries})
@@ -403,7 +403,7 @@ def _write_summary(workdir, configs, overrides, entries, prepared,
                "seed": int(configs[m].seed), "config": configs[m].to_dict(),
                **summary}
       group_members_json.append(entry)
-    trainer.save_params(gdir / "params.safetensors", params)
+    train_run.save_params(gdir / "params.safetensors", params)
     data.atomic_write_json(gdir / "config.json", configs[members[0]].to_dict())
     data.atomic_write_json(gdir / "data_info.json", prepared[g].info())
     data.atomic_write_json(gdir / "sweep.json",

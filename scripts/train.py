@@ -1,6 +1,6 @@
 r"""Trains one sparse autoencoder on an embedding set.
 
-  python scripts/train.py --config=configs/sae.py:seed --workdir=runs/seed \
+  python scripts/train.py --config=configs/sae.py:reference --workdir=runs/reference \
       --data=PATH
 Rerunning on the same workdir resumes from the latest checkpoint.
 """
@@ -29,8 +29,8 @@ def main(argv):
   if _DATA.value:
     with config.unlocked():
       config.data.path = _DATA.value
-  from emosae_jax import trainer
-  summary = trainer.train_and_evaluate(config, _WORKDIR.value)
+  from emosae_jax import train_run
+  summary = train_run.train_and_evaluate(config, _WORKDIR.value)
   print(cli.format_summary(summary))
 
 

@@ -22,7 +22,7 @@ import numpy as np
 
 from conftest import tiny_config
 from emosae_jax import data, saes
-from emosae_jax.trainer import save_params
+from emosae_jax.train_run import save_params
 
 _ROOT = Path(tempfile.mkdtemp(prefix="emosae_analysis_tests_"))
 atexit.register(shutil.rmtree, _ROOT, ignore_errors=True)
@@ -92,7 +92,7 @@ PLANTED = dict(n_examples=2048, n_features=48, n_labels=4, d=48)
 @functools.lru_cache(maxsize=None)
 def planted_run() -> Path:
   """topk SAE (d_sae 64, k 8, 40 epochs: ~8 s) on planted label features."""
-  from emosae_jax import trainer
+  from emosae_jax import train_run
   config = tiny_config(
       "topk", data__n_examples=PLANTED["n_examples"],
       data__n_features=PLANTED["n_features"],
@@ -100,7 +100,7 @@ def planted_run() -> Path:
       model__d_sae=64, model__k=8, train__batch_size=64, train__epochs=40,
       train__epochs_per_call=40, train__checkpoint_every_epochs=40)
   workdir = _ROOT / "planted_run"
-  trainer.train_and_evaluate(config, workdir, progress=False)
+  train_run.train_and_evaluate(config, workdir, progress=False)
   return workdir
 
 

@@ -11,7 +11,7 @@ import pytest
 from safetensors.numpy import load_file
 
 from conftest import ROOT, tiny_config
-from emosae_jax import sweep, trainer
+from emosae_jax import sweep, train_run
 
 OVERRIDES = sweep.product(sweep.axis("train.lr", [1e-3, 3e-3]),
                           sweep.axis("seed", [0, 1]))
@@ -48,7 +48,7 @@ def test_every_member_equals_its_single_run(swept, tmp_path):
     config = _base()
     config.train.lr = member["overrides"]["train.lr"]
     config.seed = member["overrides"]["seed"]
-    trainer.train_and_evaluate(config, tmp_path / str(i), progress=False)
+    train_run.train_and_evaluate(config, tmp_path / str(i), progress=False)
     single = load_file(str(tmp_path / str(i) / "params.safetensors"))
     for name, value in single.items():
       np.testing.assert_allclose(stacked[name][i], value, rtol=1e-5,

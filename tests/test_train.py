@@ -9,8 +9,8 @@ import pytest
 from safetensors.numpy import load_file
 
 from conftest import tiny_config
-from emosae_jax import saes, trainer
-from emosae_jax import train as core
+from emosae_jax import saes, train_run
+from emosae_jax import train_core as core
 
 
 def _recovery_config(arch, **overrides):
@@ -25,7 +25,7 @@ def _recovery_config(arch, **overrides):
     ("relu_l1", {"train__sparsity_coeff": 0.06, "train__epochs": 60}),
 ])
 def test_recovers_planted_dictionary(tmp_path, arch, overrides):
-  summary = trainer.train_and_evaluate(
+  summary = train_run.train_and_evaluate(
       _recovery_config(arch, **overrides), tmp_path, progress=False)
   assert summary["recovery"]["true_to_learned"] >= 0.9, summary
   assert summary["val_fvu"] < 0.5
@@ -34,27 +34,27 @@ def test_recovers_planted_dictionary(tmp_path, arch, overrides):
 def test_resumed_run_equals_uninterrupted_and_is_deterministic(tmp_path):
   config = tiny_config("relu_l1", train__resample_every=20,
                        train__dead_window=10)
-  trainer.train_and_evaluate(config, tmp_path / "a", progress=False)
-  trainer.train_and_evaluate(config, tmp_path / "b", progress=False)
+  train_run.train_and_evaluate(config, tmp_path / "a", progress=False)
+  train_run.train_and_evaluate(config, tmp_path / "b", progress=False)
   half = tiny_config("relu_l1", train__resample_every=20,
                      train__dead_window=10, train__epochs=5)
-  trainer.train_and_evaluate(half, tmp_path / "c", progress=False)
-  trainer.train_and_evaluate(config, tmp_path / "c", progress=False)
+  train_run.train_and_evaluate(half, tmp_path / "c", progress=False)
+  train_run.train_and_evaluate(config, tmp_path / "c", progress=False)
   a, b, c = (load_file(str(tmp_path / r / "params.safetensors"))
              for r in "abc")
   for name in a:
     np.testing.assert_array_equal(a[name], b[name])
     np.testing.assert_allclose(a[name], c[name], rtol=1e-6, atol=1e-6)
-  epochs = [r["epoch"] for r in trainer.read_metrics(tmp_path / "c" /
+  epochs = [r["epoch"] for r in train_run.read_metrics(tmp_path / "c" /
                                                      "metrics.jsonl")]
   assert epochs == list(range(1, 11))
 
 
 def test_workdir_of_other_run_is_refused(tmp_path):
-  trainer.train_and_evaluate(tiny_config(train__epochs=5), tmp_path,
+  train_run.train_and_evaluate(tiny_config(train__epochs=5), tmp_path,
                              progress=False)
   with pytest.raises(ValueError, match="different run"):
-    trainer.train_and_evaluate(tiny_config(train__lr=1e-2), tmp_path,
+    train_run.train_and_evaluate(tiny_config(train__lr=1e-2), tmp_path,
                                progress=False)
 
 
@@ -62,7 +62,7 @@ def test_nan_loss_stops_with_clear_error(tmp_path):
   config = tiny_config("relu_l1", train__lr=1e30, train__max_grad_norm=0.0,
                        train__warmup_steps=0)
   with pytest.raises(core.TrainingError, match="NaN"):
-    trainer.train_and_evaluate(config, tmp_path, progress=False)
+    train_run.train_and_evaluate(config, tmp_path, progress=False)
   assert not list(tmp_path.glob(".*tmp*"))
 
 
@@ -72,7 +72,7 @@ def test_other_architectures_train(tmp_path, arch):
   if arch == "jumprelu":
     overrides.update(model__bandwidth=0.1, model__threshold_init=0.2,
                      train__sparsity_coeff=3e-2)
-  summary = trainer.train_and_evaluate(tiny_config(arch, **overrides),
+  summary = train_run.train_and_evaluate(tiny_config(arch, **overrides),
                                        tmp_path, progress=False)
   assert np.isfinite(summary["val_fvu"]) and summary["val_fvu"] < 1.0
   params = load_file(str(tmp_path / "params.safetensors"))

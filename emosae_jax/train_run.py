@@ -24,7 +24,7 @@ from safetensors.numpy import save_file
 from tqdm.auto import tqdm
 
 from emosae_jax import checkpoint, data, metrics, plots, saes
-from emosae_jax import train as core
+from emosae_jax import train_core as core
 from emosae_jax.prepare import PreparedData, prepare
 
 # Config fields that may change when a run is resumed.
