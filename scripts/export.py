@@ -4,9 +4,14 @@ r"""Exports SAE feature directions (raw T5 units) for steering MusicGen.
   python scripts/export.py --workdir=runs/sweep --member=3 \
       --emotions=happy,sad --top_per_emotion=2 --out=DIR
   python scripts/export.py --workdir=runs/seed --features=12,873 --out=DIR
+  python scripts/export.py --format=saelens --workdir=runs/sweep/g0 \
+      --member=3 --out=DIR
 Features come from the analysis (run scripts/analyze.py first): the best
 significant features per emotion, or exactly --features. Writes
 directions.safetensors and directions.json (read by bridge/directions.py).
+--format=saelens writes the whole SAE as a folder SAELens's
+SAE.load_from_disk reads, in raw T5 units (see emosae_jax/saelens_format.py);
+it needs no analysis.
 """
 
 import sys
@@ -29,10 +34,18 @@ _MEMBER = flags.DEFINE_integer("member", None, "Sweep member index "
 _EMOTIONS = flags.DEFINE_list("emotions", None, "Only these emotions.")
 _TOP = flags.DEFINE_integer("top_per_emotion", 1,
                             "Significant features exported per emotion.")
+_FORMAT = flags.DEFINE_enum("format", "directions", ["directions", "saelens"],
+                            "directions: feature directions for steering; "
+                            "saelens: the whole SAE in SAELens's format.")
 
 
 def main(argv):
   del argv
+  if _FORMAT.value == "saelens":
+    from emosae_jax import saelens_format
+    out = saelens_format.export_run(_WORKDIR.value, _OUT.value, _MEMBER.value)
+    print(f"wrote a SAELens SAE folder to {out}")
+    return
   from emosae_jax import export
   try:
     features = (None if _FEATURES.value is None
