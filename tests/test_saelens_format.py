@@ -274,3 +274,4 @@ def test_scripts_give_one_line_for_bad_input(tmp_path):
                  f"--workdir={tmp_path / 'nowhere'}", f"--out={tmp_path}/o")
   assert r.returncode != 0 and "Traceback" not in r.stderr
   assert "not a run workdir" in last_line(r.stderr)
+

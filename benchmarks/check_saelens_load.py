@@ -1,0 +1,101 @@
+r"""By-hand check (not CI): SAELens's own loader reads our export and gives
+emosae's activations. Two steps, two environments:
+
+  # 1. project venv: train tiny runs (every architecture), export them, and
+  #    write random raw inputs with emosae's activations and reconstructions
+  PYTHONPATH=$PWD .venv/bin/python benchmarks/check_saelens_load.py \
+      --step=prepare --dir=/tmp/saelens_check --d_in=768 --d_sae=3072
+  # 2. a venv with sae-lens (not a project dependency):
+  #    pip install torch==2.13.0 sae-lens==6.54.12
+  /work/venvs/saelens/bin/python benchmarks/check_saelens_load.py \
+      --step=check --dir=/tmp/saelens_check
+
+Step 2 imports only numpy, torch and sae_lens; it prints the versions and,
+per architecture, the largest absolute activation and reconstruction
+differences between SAE.load_from_disk(...).encode/decode and emosae.
+"""
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+ARCHS = ("relu_l1", "topk", "batchtopk", "jumprelu")
+
+
+def prepare(root: Path, d_in: int, d_sae: int, k: int) -> None:
+  sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+  sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+  import jax.numpy as jnp
+  from conftest import tiny_config
+  from emosae_jax import analysis, checkpoint, saes, train_run
+  from emosae_jax import saelens_format
+  for arch in ARCHS:
+    config = tiny_config(arch, model__d_in=d_in, model__d_sae=d_sae,
+                         model__k=k, model__k_aux=min(256, d_sae),
+                         data__n_examples=2048, train__epochs=2,
+                         train__epochs_per_call=2)
+    if arch == "jumprelu":
+      config.model.threshold_init = 0.2
+    run = root / arch / "run"
+    if not (run / "params.safetensors").exists():
+      train_run.train_and_evaluate(config, run, progress=False)
+    folder = saelens_format.export_run(run, root / arch / "saelens")
+    members = analysis.load_members(run)
+    params = {name: jnp.asarray(v[0]) for name, v in members.params.items()}
+    norm = checkpoint.normalizer_of(members.info)
+    rng = np.random.default_rng(0)
+    x = norm.invert(rng.normal(size=(256, d_in))).astype(np.float32)
+    acts = saes.encode(members.sae, params, jnp.asarray(norm.apply(x)))
+    x_hat = norm.invert(np.asarray(saes.decode(params, acts)))
+    np.save(root / arch / "x.npy", x)
+    np.save(root / arch / "acts.npy", np.asarray(acts, np.float32))
+    np.save(root / arch / "x_hat.npy", np.asarray(x_hat, np.float32))
+    print(f"{arch}: exported {folder}")
+
+
+def check(root: Path) -> None:
+  import sae_lens
+  import torch
+  from sae_lens import SAE
+  print(f"sae-lens {sae_lens.__version__}, torch {torch.__version__}, "
+        f"numpy {np.__version__}, python {sys.version.split()[0]}")
+  for arch in ARCHS:
+    folder = root / arch / "saelens"
+    sae = SAE.load_from_disk(str(folder), device="cpu")
+    x = torch.from_numpy(np.load(root / arch / "x.npy"))
+    want = np.load(root / arch / "acts.npy")
+    want_hat = np.load(root / arch / "x_hat.npy")
+    with torch.no_grad():
+      acts = sae.encode(x)
+      x_hat = sae.decode(acts).numpy()
+    acts = acts.numpy()
+    cfg = json.loads((folder / "cfg.json").read_text())
+    print(f"{arch:9s} -> {type(sae).__name__:12s} ({cfg['architecture']}) "
+          f"d {cfg['d_in']}x{cfg['d_sae']}: max |acts diff| "
+          f"{np.abs(acts - want).max():.3g} (max |acts| "
+          f"{np.abs(want).max():.3g}), same active set "
+          f"{bool(np.array_equal(acts != 0, want != 0))}, L0 "
+          f"{(want != 0).sum(1).mean():.1f}; max |x_hat diff| "
+          f"{np.abs(x_hat - want_hat).max():.3g} (max |x_hat| "
+          f"{np.abs(want_hat).max():.3g})")
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--step", choices=["prepare", "check"], required=True)
+  parser.add_argument("--dir", type=Path, required=True)
+  parser.add_argument("--d_in", type=int, default=32)
+  parser.add_argument("--d_sae", type=int, default=256)
+  parser.add_argument("--k", type=int, default=8)
+  args = parser.parse_args()
+  if args.step == "prepare":
+    prepare(args.dir, args.d_in, args.d_sae, args.k)
+  else:
+    check(args.dir)
+
+
+if __name__ == "__main__":
+  main()
