@@ -119,8 +119,12 @@ def hook_metadata(info: dict, sidecar: dict | None) -> dict:
   """SAELens's metadata naming the activations the SAE reads.
 
   T5 encoder output, pooled over tokens (the default), or a MusicGen decoder
-  layer when the embedding set's provenance names one (`layer`).
+  layer when the embedding set's provenance names one (`layer`); planted-
+  dictionary runs say "synthetic".
   """
+  if info.get("synthetic"):
+    return {"model_name": "synthetic", "hook_name": "synthetic",
+            "hf_hook_name": None}
   sidecar = sidecar or {}
   encoder = info.get("encoder") or sidecar.get("encoder") or ""
   if isinstance(encoder, dict):

@@ -117,15 +117,12 @@ def test_round_trip_gives_the_same_sae(run, exported, tmp_path):
       exported, x)[0])
 
 
-def _only_once(folder):
-  """Architecture-independent checks run on the first architecture only."""
-  cfg = json.loads((folder / "cfg.json").read_text())
-  if cfg["architecture"] != "standard":
-    pytest.skip("architecture-independent; checked on relu_l1")
+# Architecture-independent checks run on one architecture only.
+only_relu_l1 = pytest.mark.parametrize("run", ["relu_l1"], indirect=True)
 
 
+@only_relu_l1
 def test_scripts_round_trip(run, exported, tmp_path):
-  _only_once(exported)
   back, again = tmp_path / "back", tmp_path / "again"
   r = run_script("import_sae.py", f"--src={exported}", f"--workdir={back}")
   assert r.returncode == 0, r.stderr
@@ -156,8 +153,8 @@ def test_format_pins_file_names_and_keys(run, exported):
   assert cfg["normalize_activations"] == "none"  # folded into the weights
   meta = cfg["metadata"]
   assert meta["sae_lens_version"] == "6.54.12"  # >= 6: no legacy remapping
-  assert meta["hook_name"] == "encoder.last_hidden_state.mean_pooled"
-  assert meta["model_name"] and meta["emosae"]["normalizer_folded"]
+  assert meta["hook_name"] == meta["model_name"] == "synthetic"
+  assert meta["emosae"]["normalizer_folded"]
   tensors = load_file(str(exported / "sae_weights.safetensors"))
   want = {"W_enc": (32, 256), "b_enc": (256,), "W_dec": (256, 32),
           "b_dec": (32,)}
@@ -167,7 +164,10 @@ def test_format_pins_file_names_and_keys(run, exported):
   assert all(v.dtype == np.float32 for v in tensors.values())
 
 
-def test_hook_metadata_names_a_decoder_layer():
+def test_hook_metadata_names_t5_output_or_a_decoder_layer():
+  meta = slf.hook_metadata({"encoder": "t5-base"}, {"pooling": "mean"})
+  assert meta["hook_name"] == "encoder.last_hidden_state.mean_pooled"
+  assert (meta["model_name"], meta["hf_hook_name"]) == ("t5-base", "encoder")
   meta = slf.hook_metadata({"encoder": "t5-base"}, {
       "layer": 12, "pooling": "mean", "model": "facebook/musicgen-small"})
   assert meta["hook_name"] == "decoder.layers.12.mean_pooled"
@@ -227,6 +227,7 @@ def _default_config(arch):
   return get_config(f"arch={arch}").to_dict()
 
 
+@only_relu_l1
 @pytest.mark.parametrize("change,message", [
     (lambda c: c.update(architecture="gated"),
      "SAELens architecture 'gated' has no emosae counterpart"),
@@ -235,7 +236,6 @@ def _default_config(arch):
 ])
 def test_import_refuses_what_emosae_cannot_represent(exported, tmp_path,
                                                      change, message):
-  _only_once(exported)
   folder = _edit(exported, tmp_path / "bad", change)
   r = run_script("import_sae.py", f"--src={folder}",
                  f"--workdir={tmp_path / 'w'}")
@@ -244,8 +244,8 @@ def test_import_refuses_what_emosae_cannot_represent(exported, tmp_path,
   assert not (tmp_path / "w").exists()
 
 
+@only_relu_l1
 def test_import_refuses_missing_files_and_used_workdirs(exported, tmp_path):
-  _only_once(exported)
   with pytest.raises(data.DataError, match="no sae_weights.safetensors"):
     slf.read_saelens(_without(exported, tmp_path / "b",
                               "sae_weights.safetensors"))
@@ -275,3 +275,11 @@ def test_scripts_give_one_line_for_bad_input(tmp_path):
   assert r.returncode != 0 and "Traceback" not in r.stderr
   assert "not a run workdir" in last_line(r.stderr)
 
+
+
+def test_export_of_a_run_on_an_embedding_set_names_its_encoder(tmp_path):
+  import analysis_helpers as helpers
+  out = slf.export_run(helpers.random_run(), tmp_path / "sae")
+  meta = json.loads((out / "cfg.json").read_text())["metadata"]
+  assert meta["model_name"] == "test-encoder"
+  assert meta["hook_name"] == "encoder.last_hidden_state.mean_pooled"
