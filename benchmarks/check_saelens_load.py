@@ -13,6 +13,16 @@ emosae's activations. Two steps, two environments:
 Step 2 imports only numpy, torch and sae_lens; it prints the versions and,
 per architecture, the largest absolute activation and reconstruction
 differences between SAE.load_from_disk(...).encode/decode and emosae.
+
+The other way (SAELens's own writer -> scripts/import_sae.py's import):
+  /work/venvs/saelens/bin/python benchmarks/check_saelens_load.py \
+      --step=native --dir=/tmp/saelens_native
+  PYTHONPATH=$PWD .venv/bin/python benchmarks/check_saelens_load.py \
+      --step=import --dir=/tmp/saelens_native
+`native` saves random SAELens SAEs with the options emosae folds away
+(apply_b_dec_to_input false, topk rescale_acts_by_decoder_norm, thresholds
+<= 0, bfloat16 weights) and their activations; `import` imports each folder
+and prints the largest differences.
 """
 
 import argparse
@@ -83,18 +93,81 @@ def check(root: Path) -> None:
           f"{np.abs(want_hat).max():.3g})")
 
 
+NATIVE = {  # name: (architecture, config options, dtype)
+    "standard_no_b_dec_in": ("standard", {"apply_b_dec_to_input": False},
+                             "float32"),
+    "topk_rescaled": ("topk", {"k": 16, "rescale_acts_by_decoder_norm": True},
+                      "float32"),
+    "jumprelu_bf16": ("jumprelu", {}, "bfloat16"),
+}
+
+
+def native(root: Path, d_in: int, d_sae: int) -> None:
+  import torch
+  from sae_lens import SAE
+  from sae_lens.registry import get_sae_class
+  torch.manual_seed(0)
+  for name, (arch, options, dtype) in NATIVE.items():
+    sae_cls, config_cls = get_sae_class(arch)
+    sae = sae_cls(config_cls(d_in=d_in, d_sae=d_sae, dtype=dtype, **options))
+    with torch.no_grad():
+      for p in sae.parameters():  # random, unit-free weights
+        p.copy_(torch.randn_like(p) * 0.3)
+      sae.W_dec.mul_(torch.rand(d_sae, 1, dtype=sae.W_dec.dtype) + 0.5)
+      if arch == "jumprelu":
+        sae.threshold.copy_(torch.linspace(-0.3, 1.0, d_sae))
+    sae.save_model(root / name)
+    x = torch.randn(256, d_in)
+    loaded = SAE.load_from_disk(str(root / name), dtype="float32")
+    with torch.no_grad():
+      acts = loaded.encode(x)
+      x_hat = loaded.decode(acts)
+    np.save(root / name / "x.npy", x.numpy())
+    np.save(root / name / "acts.npy", acts.numpy())
+    np.save(root / name / "x_hat.npy", x_hat.numpy())
+    print(f"{name}: saved by sae-lens {type(sae).__name__}, dtype {dtype}")
+
+
+def import_native(root: Path) -> None:
+  sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+  import jax.numpy as jnp
+  from configs.sae import get_config
+  from emosae_jax import analysis, checkpoint, saes, saelens_format
+  for name in NATIVE:
+    run = root / name / "emosae_run"
+    if not (run / "params.safetensors").exists():
+      saelens_format.import_sae(root / name, run,
+                                lambda a: get_config(f"arch={a}").to_dict())
+    members = analysis.load_members(run)
+    params = {k: jnp.asarray(v[0]) for k, v in members.params.items()}
+    norm = checkpoint.normalizer_of(members.info)
+    x = np.load(root / name / "x.npy")
+    acts = np.asarray(saes.encode(members.sae, params,
+                                  jnp.asarray(norm.apply(x))))
+    x_hat = norm.invert(np.asarray(saes.decode(params, jnp.asarray(acts))))
+    want, want_hat = (np.load(root / name / f) for f in ("acts.npy",
+                                                          "x_hat.npy"))
+    print(f"{name:21s} -> emosae {members.sae.arch:8s}: max |acts diff| "
+          f"{np.abs(acts - want).max():.3g} (max |acts| "
+          f"{np.abs(want).max():.3g}), same active set "
+          f"{bool(np.array_equal(acts != 0, want != 0))}; max |x_hat diff| "
+          f"{np.abs(x_hat - want_hat).max():.3g} (max |x_hat| "
+          f"{np.abs(want_hat).max():.3g})")
+
+
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--step", choices=["prepare", "check"], required=True)
+  parser.add_argument("--step", choices=["prepare", "check", "native", "import"], required=True)
   parser.add_argument("--dir", type=Path, required=True)
   parser.add_argument("--d_in", type=int, default=32)
   parser.add_argument("--d_sae", type=int, default=256)
   parser.add_argument("--k", type=int, default=8)
   args = parser.parse_args()
-  if args.step == "prepare":
-    prepare(args.dir, args.d_in, args.d_sae, args.k)
-  else:
-    check(args.dir)
+  step = {"prepare": lambda: prepare(args.dir, args.d_in, args.d_sae, args.k),
+          "check": lambda: check(args.dir),
+          "native": lambda: native(args.dir, args.d_in, args.d_sae),
+          "import": lambda: import_native(args.dir)}
+  step[args.step]()
 
 
 if __name__ == "__main__":

@@ -362,8 +362,10 @@ def import_sae(src: str | Path, workdir: str | Path,
     config["data"].update(path="", synthetic=False)
   source = {"format": "saelens", "folder": str(src.resolve()),
             "architecture": cfg.get("architecture", "standard"),
-            "metadata": metadata, "emosae_source": {
-                k: emosae.get(k) for k in ("workdir", "member", "arch")}}
+            "metadata": metadata}
+  if emosae:
+    source["emosae_run"] = {k: emosae.get(k)
+                            for k in ("workdir", "member", "arch")}
   info["imported_from"] = source
   summary = {"imported_from": source, "arch": arch,
              "d_sae": model["d_sae"], "d_in": model["d_in"]}

@@ -283,3 +283,18 @@ def test_export_of_a_run_on_an_embedding_set_names_its_encoder(tmp_path):
   meta = json.loads((out / "cfg.json").read_text())["metadata"]
   assert meta["model_name"] == "test-encoder"
   assert meta["hook_name"] == "encoder.last_hidden_state.mean_pooled"
+
+
+@only_relu_l1
+def test_reads_half_and_double_precision_weights(exported, tmp_path):
+  """SAELens saves in its cfg dtype; every float width reads as float32
+  (bfloat16, which numpy cannot write, was checked by hand)."""
+  for dtype in (np.float16, np.float64):
+    folder = _edit(exported, tmp_path / np.dtype(dtype).name,
+                   tensor_change=lambda t, c: t.update(
+                       {k: v.astype(dtype) for k, v in t.items()}))
+    tensors, _ = slf.read_saelens(folder)
+    assert all(v.dtype == np.float32 for v in tensors.values())
+    want = load_file(str(folder / "sae_weights.safetensors"))
+    for name, value in tensors.items():
+      np.testing.assert_array_equal(value, want[name].astype(np.float32))
