@@ -21,15 +21,20 @@ With several hosts (`jax.distributed.initialize`), members are dealt out
 round-robin to processes; each process trains and saves its own members
 under `g<group>/proc<p>/`, and process 0 writes the merged results.
 
-Workdir layout:
+Workdir layout (emosae_jax.runs owns it and reads it back; read a group's
+parameters only through runs.load_members, which pairs global member
+indices with group rows):
   sweep.json         every member: overrides, config, status, final metrics
   pareto.png         L0 against FVU, the Pareto front marked
   config.json        the base config
   g<j>/              one folder per group, readable like a training run with
-                     a leading member axis: config.json, data_info.json,
-                     params.safetensors [M, ...], sweep.json (its members);
+                     a leading row axis: config.json, data_info.json,
+                     params.safetensors [M, ...], sweep.json (its members,
+                     each with its global "index" and its "row");
                      proc<p>/ holds each process's ckpt/, metrics.jsonl
                      (rows carry "member"), params and result.json
+  .lock              while a process trains here (one per process on
+                     several hosts: .lock.proc<p>)
 """
 
 from __future__ import annotations
@@ -48,7 +53,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from tqdm.auto import tqdm
 
-from emosae_jax import checkpoint, data, plots, train_run
+from emosae_jax import checkpoint, data, plots, runs, train_run
 from emosae_jax import train_core as core
 from emosae_jax.prepare import PreparedData, prepare
 
@@ -344,13 +349,25 @@ def run_sweep(base: ml_collections.ConfigDict, overrides: list[dict],
   train_run.check_workdir(workdir, {"base": base.to_dict(),
                                   "overrides": overrides},
                         allowed_changes=("base.train.epochs",))
-  data.atomic_write_json(workdir / "config.json",
-                         {"base": base.to_dict(), "overrides": overrides})
+  proc, n_proc = jax.process_index(), jax.process_count()
+  lock_name = runs.LOCK_FILE + (f".proc{proc}" if n_proc > 1 else "")
+  with runs.lock(workdir, lock_name):
+    for g, members in enumerate(groups):  # changed data refuses up front
+      runs.check_data_hash(runs.group_dir(workdir, g), prepared[g].info())
+    return _train_groups(workdir, configs, base, overrides, groups,
+                         prepared, progress, execution)
+
+
+def _train_groups(workdir, configs, base, overrides, groups, prepared,
+                  progress, execution) -> dict:
+  runs.write_config(workdir, {"base": base.to_dict(), "overrides": overrides})
   proc, n_proc = jax.process_index(), jax.process_count()
   entries = []
   for g, members in enumerate(groups):
     mine = members[proc::n_proc]
-    gdir = workdir / f"g{g}"
+    gdir = runs.group_dir(workdir, g)
+    runs.prepare_workdir(gdir)
+    runs.write_data_info(gdir, prepared[g].info())
     if mine:
       result = train_group(configs, mine, gdir / f"proc{proc}", prepared[g],
                            progress, execution)
@@ -366,7 +383,7 @@ def run_sweep(base: ml_collections.ConfigDict, overrides: list[dict],
 
 
 def _write_process_result(pdir: Path, result: GroupResult) -> None:
-  train_run.save_params(pdir / "params.safetensors", result.params)
+  runs.write_params(pdir, result.params)
   data.atomic_write_json(pdir / "result.json",
                          {"members": result.members,
                           "summaries": result.summaries})
@@ -374,14 +391,13 @@ def _write_process_result(pdir: Path, result: GroupResult) -> None:
 
 def _merge_group(gdir: Path, members: list[int], n_proc: int):
   """Collects the processes' results of one group, in member order."""
-  from safetensors.numpy import load_file
   by_member, params = {}, {}
   for p in range(n_proc):
     pdir = gdir / f"proc{p}"
     if not (pdir / "result.json").exists():
       continue
     result = json.loads((pdir / "result.json").read_text())
-    p_params = load_file(str(pdir / "params.safetensors"))
+    p_params = runs.load_params(pdir)
     for slot, (m, s) in enumerate(zip(result["members"],
                                       result["summaries"])):
       by_member[m] = s
@@ -395,24 +411,19 @@ def _write_summary(workdir, configs, overrides, entries, prepared,
                    n_proc) -> dict:
   all_members = []
   for g, members in entries:
-    gdir = workdir / f"g{g}"
+    gdir = runs.group_dir(workdir, g)
     summaries, params = _merge_group(gdir, members, n_proc)
-    group_members_json = []
-    for m, summary in zip(members, summaries):
-      entry = {"index": m, "group": g, "overrides": overrides[m],
-               "seed": int(configs[m].seed), "config": configs[m].to_dict(),
-               **summary}
-      group_members_json.append(entry)
-    train_run.save_params(gdir / "params.safetensors", params)
-    data.atomic_write_json(gdir / "config.json", configs[members[0]].to_dict())
-    data.atomic_write_json(gdir / "data_info.json", prepared[g].info())
-    data.atomic_write_json(gdir / "sweep.json",
-                           {"members": group_members_json})
-    all_members += group_members_json
-  all_members.sort(key=lambda e: e["index"])
-  result = {"members": all_members, "groups": [f"g{g}" for g, _ in entries]}
-  data.atomic_write_json(workdir / "sweep.json", result)
-  pareto_plot(all_members, workdir / "pareto.png")
+    group_members_json = [
+        {"index": m, "group": g, "overrides": overrides[m],
+         "seed": int(configs[m].seed), "config": configs[m].to_dict(),
+         **summary} for m, summary in zip(members, summaries)]
+    all_members += runs.write_group(gdir, group_members_json, params,
+                                    configs[members[0]].to_dict(),
+                                    prepared[g].info())
+  result = runs.write_sweep(workdir, all_members,
+                            [runs.group_dir(workdir, g).name
+                             for g, _ in entries])
+  pareto_plot(result["members"], workdir / "pareto.png")
   return result
 
 
