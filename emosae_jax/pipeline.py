@@ -23,7 +23,6 @@ import functools
 import importlib.util
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -32,6 +31,7 @@ from pathlib import Path
 import ml_collections
 
 from emosae_jax import data
+from emosae_jax.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
 STAGES = ("prompts", "extract", "phase0", "sweep", "analysis", "export",
@@ -42,7 +42,7 @@ REAL_MODELS = {"text": "t5-base", "music": "facebook/musicgen-small",
                "clap": "laion/clap-htsat-unfused"}
 
 
-class PipelineError(RuntimeError):
+class PipelineError(UserError, RuntimeError):
   """A stage cannot run; the message says why and what to do."""
 
 
@@ -61,13 +61,8 @@ class Models:
 
 @functools.lru_cache(maxsize=1)  # asked once per kind of model otherwise
 def hub_reachable(timeout: float = 2.0) -> bool:
-  if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", ""):
-    return False
-  try:
-    socket.create_connection(("huggingface.co", 443), timeout=timeout).close()
-    return True
-  except OSError:
-    return False
+  from emosae_jax import hub
+  return hub.hub_reachable(timeout)
 
 
 def model_available(name: str) -> bool:
