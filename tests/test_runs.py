@@ -134,3 +134,101 @@ def test_resume_refuses_changed_data(tmp_path, kind):
   with pytest.raises(data.DataError, match=f"content hash {old}, but "
                      f".* now has content hash {new}; use a new --workdir"):
     run(2)
+
+
+# --------------------------------------------------------------------------
+# Locks, damaged files, a workdir under a file, a full disk
+
+
+_HOLD_LOCK = """
+import sys, time
+sys.path.insert(0, {root!r})
+from emosae_jax import runs
+with runs.lock(sys.argv[1]):
+  print("locked", flush=True)
+  time.sleep(600)
+"""
+
+
+def _holder(workdir):
+  proc = subprocess.Popen(
+      [sys.executable, "-c", _HOLD_LOCK.format(root=str(ROOT)), str(workdir)],
+      stdout=subprocess.PIPE, text=True)
+  assert proc.stdout.readline().strip() == "locked"
+  return proc
+
+
+def test_second_process_refuses_and_stale_lock_is_taken_over(tmp_path):
+  es_path = data.save_embedding_set(labelled_set(), tmp_path / "data")
+  config = base_config(es_path, train__epochs=1)
+  (tmp_path / "w").mkdir()
+  holder = _holder(tmp_path / "w")
+  try:
+    with pytest.raises(runs.RunLayoutError, match=f"in use by process "
+                       f"{holder.pid} "):
+      train_run.train_and_evaluate(config, tmp_path / "w", progress=False)
+    with pytest.raises(runs.RunLayoutError, match=f"process {holder.pid}"):
+      sweep.run_sweep(config, OVERRIDES[:1], tmp_path / "w", progress=False)
+  finally:
+    holder.kill()  # SIGKILL: the lock file stays behind, stale
+    holder.wait()
+  assert (tmp_path / "w" / runs.LOCK_FILE).exists()
+  train_run.train_and_evaluate(config, tmp_path / "w", progress=False)
+  assert not (tmp_path / "w" / runs.LOCK_FILE).exists()
+
+
+def test_truncated_safetensors_is_one_line(swept, tmp_path):
+  root, es_path, _ = swept
+  run = _single(root, es_path, 0)
+  damaged = tmp_path / "run"
+  import shutil
+  shutil.copytree(run, damaged, ignore=shutil.ignore_patterns("ckpt"))
+  params = damaged / runs.PARAMS_FILE
+  params.write_bytes(params.read_bytes()[:100])
+  with pytest.raises(runs.RunLayoutError, match="damaged or truncated"):
+    runs.load_members(damaged)
+  bad_set = tmp_path / "set"
+  shutil.copytree(es_path, bad_set)
+  tensors = bad_set / data.TENSOR_FILE
+  tensors.write_bytes(tensors.read_bytes()[:-50])
+  with pytest.raises(data.DataError, match="damaged or truncated"):
+    data.load_embedding_set(bad_set)
+  for script, args in [
+      ("train.py", ["--config=configs/sae.py:runlocal", f"--data={bad_set}",
+                    f"--workdir={tmp_path / 'w'}"]),
+      ("phase0.py", [f"--data={bad_set}", f"--out={tmp_path / 'p'}"]),
+      ("analyze.py", [f"--workdir={damaged}"])]:
+    r = run_script(script, *args)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, (
+        script, r.stderr[-2000:])
+    assert "damaged or truncated safetensors" in last_line(r.stderr), script
+
+
+def test_workdir_under_a_file_is_one_line(tmp_path):
+  (tmp_path / "file").write_text("x")
+  for script, config in [("train.py", "configs/sae.py:runlocal"),
+                         ("sweep.py", "configs/sweep.py:runlocal")]:
+    r = run_script(script, f"--config={config}",
+                   "--config.data.synthetic=True",
+                   f"--workdir={tmp_path / 'file' / 'w'}")
+    assert r.returncode == 2 and "Traceback" not in r.stderr, (
+        script, r.stderr[-2000:])
+    assert "is a file, not a folder" in last_line(r.stderr), script
+
+
+def test_disk_full_during_checkpoint_is_one_line(tmp_path, monkeypatch):
+  """Orbax raised a flood of tracebacks and left its temporary folder."""
+  import errno
+  from etils import epath
+
+  def full(self, *args, **kwargs):
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+  es_path = data.save_embedding_set(labelled_set(), tmp_path / "data")
+  monkeypatch.setattr(epath.Path, "write_text", full)
+  with pytest.raises(runs.RunLayoutError, match="disk full while saving the "
+                     "checkpoint of epoch 1; free space and rerun"):
+    train_run.train_and_evaluate(base_config(es_path, train__epochs=1),
+                                 tmp_path / "w", progress=False)
+  assert list((tmp_path / "w" / "ckpt").iterdir()) == []
+  assert not (tmp_path / "w" / runs.LOCK_FILE).exists()
