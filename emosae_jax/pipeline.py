@@ -289,12 +289,18 @@ def stage_sweep(ctx: Context) -> dict:
           "best_fvu": min(m["val_fvu"] for m in ok)}
 
 
+def _first_group(ctx: Context) -> Path:
+  """The pipeline's grid varies only per-member fields: one group."""
+  from emosae_jax import runs
+  return runs.group_dir(ctx.path("sweep"), 0)
+
+
 def stage_analysis(ctx: Context) -> dict:
   from emosae_jax import analysis
   a = ctx.config.analysis
   settings = analysis.Settings(permutations=a.permutations, fdr=a.fdr,
                                min_support=a.min_support)
-  result = analysis.analyze(ctx.path("sweep", "g0"), settings=settings,
+  result = analysis.analyze(_first_group(ctx), settings=settings,
                             progress=True)
   analysis.write(result, ctx.path("analysis"))
   return {"members": len(result.summary["members"])}
@@ -305,7 +311,7 @@ def stage_export(ctx: Context) -> dict:
   n_fallback = ctx.config.steer.fallback_features
   try:
     export.export_directions(
-        ctx.path("sweep", "g0"), ctx.path("directions"),
+        _first_group(ctx), ctx.path("directions"),
         top_per_emotion=ctx.config.steer.top_per_emotion,
         analysis_dir=ctx.path("analysis"))
     note = None
@@ -316,7 +322,7 @@ def stage_export(ctx: Context) -> dict:
     # when none is significant; the record and report say so.
     p = analysis.load_arrays(ctx.path("analysis"))["p_value"][0]
     chosen = [int(i) for i in p.argsort()[:n_fallback]]
-    export.export_directions(ctx.path("sweep", "g0"), ctx.path("directions"),
+    export.export_directions(_first_group(ctx), ctx.path("directions"),
                              features=chosen,
                              analysis_dir=ctx.path("analysis"))
     note = (f"no significant features ({e}); exported the {n_fallback} "
