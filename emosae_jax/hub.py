@@ -1,9 +1,9 @@
 """A fast "is the Hugging Face hub reachable?" probe (stdlib only).
 
 Shared by the pipeline and the torch side. Without a network, the hub
-libraries retry for minutes before failing (extract waited 28 s, steer and
-evaluate 153 s); one short connection attempt decides instead, and when it
-fails HF_HUB_OFFLINE=1 is set so the libraries only look in the cache.
+libraries retry for a long time before failing; one short connection
+attempt decides instead, and when it fails HF_HUB_OFFLINE=1 is set so the
+libraries only look in the cache.
 """
 
 from __future__ import annotations

@@ -5,17 +5,16 @@ A sweep is a base config plus a list of override dicts (built with `axis`,
 fixing shapes or control flow: architecture, width, batch size, ...) form a
 group; a group stacks its members' train states and hyperparameters along a
 leading member axis and runs `jit(vmap(train_epochs))`, with the member axis
-sharded over all local devices (a NamedSharding on a 1-D mesh), so 8 devices
-train 8x the members in about the same time. Hyperparameters in
+sharded over all local devices (a NamedSharding on a 1-D mesh), so more
+devices train more members at once. Hyperparameters in
 `train.HPARAM_FIELDS` and the seed may differ within a group.
 
 `execution` chooses how a group's members run: "vmap" as above, "serial"
 one after another through the single-run program (compiled once), or "auto"
 (the default): serial on a single CPU device, vmap everywhere else. On a CPU
-the step is bound by memory traffic that members cannot share, and XLA:CPU's
-batched batch-16 matmuls run 15-35% slower than the same matmuls one member
-at a time, which leaves a vmapped sweep 5-12% behind sequential runs
-(benchmarks/bench_sweep.py).
+the step is bound by memory traffic that members cannot share and XLA:CPU's
+batched small matmuls are slower than unbatched ones, so a vmapped sweep
+falls behind sequential runs there (figures: benchmarks/README.md).
 
 With several hosts (`jax.distributed.initialize`), members are dealt out
 round-robin to processes; each process trains and saves its own members

@@ -16,7 +16,7 @@ from emosae_jax import directions_format
 
 ROOT = Path(__file__).resolve().parents[1]
 # torch + transformers import in a few seconds; the hub libraries' retries
-# without a network took 28 s (extract) and 153 s (steer, evaluate).
+# without a network took far longer (benchmarks/README.md has the figures).
 FAST_SECONDS = 25
 
 
