@@ -144,5 +144,5 @@ def test_export_script(analysed, tmp_path):
   assert (tmp_path / "d" / "directions.json").exists()
   proc = run_script("export.py", f"--workdir={analysed}",
                     f"--out={tmp_path / 'e'}", "--emotions=joy")
-  assert proc.returncode == 1
+  assert proc.returncode == 2
   assert last_line(proc.stderr).startswith("error: unknown emotion(s)")
