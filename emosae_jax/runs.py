@@ -152,6 +152,38 @@ def write_sweep(workdir: str | Path, members: list[dict],
   return result
 
 
+def write_process_result(pdir: str | Path, members: list[int],
+                         summaries: list[dict], params: dict) -> None:
+  """One process's part of a group (several hosts): its members' params
+  rows (in `members` order) and summaries, under g<j>/proc<p>/."""
+  write_params(pdir, params)
+  data.atomic_write_json(Path(pdir) / "result.json",
+                         {"members": members, "summaries": summaries})
+
+
+def merge_processes(gdir: str | Path, members: list[int], n_proc: int
+                    ) -> tuple[list[dict], dict]:
+  """The processes' results of one group, in `members` order: (summaries,
+  params stacked with one row per member)."""
+  by_member, params = {}, {}
+  for p in range(n_proc):
+    pdir = Path(gdir) / f"proc{p}"
+    if not (pdir / "result.json").exists():
+      continue
+    result = read_json(pdir / "result.json")
+    p_params = load_params(pdir)
+    for slot, (m, s) in enumerate(zip(result["members"],
+                                      result["summaries"])):
+      by_member[m] = s
+      params[m] = {k: v[slot] for k, v in p_params.items()}
+  missing = [m for m in members if m not in by_member]
+  if missing:
+    raise RunLayoutError(f"{gdir}: no process saved members {missing}")
+  stacked = {k: np.stack([params[m][k] for m in members])
+             for k in params[members[0]]}
+  return [by_member[m] for m in members], stacked
+
+
 # --------------------------------------------------------------------------
 # Readers
 
@@ -179,7 +211,8 @@ def load_run_info(workdir: str | Path) -> tuple[dict, dict]:
     groups = read_json(workdir / SWEEP_FILE)["groups"]
     raise RunLayoutError(
         f"{workdir} is a sweep's top folder; pass one of its groups, e.g. "
-        f"{workdir / groups[0]} (groups: {', '.join(groups)}), or --member=N")
+        f"{workdir / groups[0]} (groups: {', '.join(groups)}; export.py "
+        "also takes the top folder with --member=N)")
   return (read_json(workdir / CONFIG_FILE),
           read_json(workdir / DATA_INFO_FILE))
 

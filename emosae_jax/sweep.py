@@ -52,9 +52,11 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from tqdm.auto import tqdm
 
-from emosae_jax import checkpoint, data, plots, runs, train_run
+from emosae_jax import checkpoint, plots, runs, train_run
 from emosae_jax import train_core as core
 from emosae_jax.prepare import PreparedData, prepare
+
+pareto_front = plots.pareto_front  # kept here for callers
 
 PER_MEMBER_FIELDS = tuple(f"train.{f}" for f in core.HPARAM_FIELDS) + (
     "seed",)
@@ -370,7 +372,8 @@ def _train_groups(workdir, configs, base, overrides, groups, prepared,
     if mine:
       result = train_group(configs, mine, gdir / f"proc{proc}", prepared[g],
                            progress, execution)
-      _write_process_result(gdir / f"proc{proc}", result)
+      runs.write_process_result(gdir / f"proc{proc}", result.members,
+                                result.summaries, result.params)
     entries.append((g, members))
   if n_proc > 1:
     from jax.experimental import multihost_utils
@@ -381,37 +384,12 @@ def _train_groups(workdir, configs, base, overrides, groups, prepared,
                         n_proc)
 
 
-def _write_process_result(pdir: Path, result: GroupResult) -> None:
-  runs.write_params(pdir, result.params)
-  data.atomic_write_json(pdir / "result.json",
-                         {"members": result.members,
-                          "summaries": result.summaries})
-
-
-def _merge_group(gdir: Path, members: list[int], n_proc: int):
-  """Collects the processes' results of one group, in member order."""
-  by_member, params = {}, {}
-  for p in range(n_proc):
-    pdir = gdir / f"proc{p}"
-    if not (pdir / "result.json").exists():
-      continue
-    result = json.loads((pdir / "result.json").read_text())
-    p_params = runs.load_params(pdir)
-    for slot, (m, s) in enumerate(zip(result["members"],
-                                      result["summaries"])):
-      by_member[m] = s
-      params[m] = {k: v[slot] for k, v in p_params.items()}
-  stacked = {k: np.stack([params[m][k] for m in members])
-             for k in params[members[0]]}
-  return [by_member[m] for m in members], stacked
-
-
 def _write_summary(workdir, configs, overrides, entries, prepared,
                    n_proc) -> dict:
   all_members = []
   for g, members in entries:
     gdir = runs.group_dir(workdir, g)
-    summaries, params = _merge_group(gdir, members, n_proc)
+    summaries, params = runs.merge_processes(gdir, members, n_proc)
     group_members_json = [
         {"index": m, "group": g, "overrides": overrides[m],
          "seed": int(configs[m].seed), "config": configs[m].to_dict(),
@@ -422,36 +400,5 @@ def _write_summary(workdir, configs, overrides, entries, prepared,
   result = runs.write_sweep(workdir, all_members,
                             [runs.group_dir(workdir, g).name
                              for g, _ in entries])
-  pareto_plot(result["members"], workdir / "pareto.png")
+  plots.pareto(result["members"], workdir / "pareto.png")
   return result
-
-
-def pareto_front(points: list[tuple[float, float]]) -> list[int]:
-  """Indices of points not dominated in (lower L0, lower FVU)."""
-  front = []
-  for i, (l0, fvu) in enumerate(points):
-    if not any((l2 <= l0 and f2 <= fvu) and (l2 < l0 or f2 < fvu)
-               for j, (l2, f2) in enumerate(points) if j != i):
-      front.append(i)
-  return front
-
-
-def pareto_plot(members: list[dict], path: Path) -> None:
-  ok = [m for m in members if m.get("status") == "ok"]
-  if not ok:
-    return
-  import matplotlib.pyplot as plt
-  points = [(m["val_l0"], m["val_fvu"]) for m in ok]
-  front = sorted(pareto_front(points), key=lambda i: points[i][0])
-  fig, ax = plt.subplots(figsize=(6, 4.5))
-  ax.scatter(*zip(*points), c="tab:blue", label="member")
-  ax.plot([points[i][0] for i in front], [points[i][1] for i in front],
-          "o-", c="tab:red", label="Pareto front")
-  for m, (x, y) in zip(ok, points):
-    ax.annotate(str(m["index"]), (x, y), fontsize=7, alpha=0.7)
-  ax.set_xlabel("L0 (mean active latents)")
-  ax.set_ylabel("FVU (held out)")
-  ax.set_xscale("log")
-  ax.legend()
-  ax.set_title(f"{len(ok)} members")
-  plots.save_figure(fig, path)
