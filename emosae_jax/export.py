@@ -103,7 +103,10 @@ def export_directions(workdir: str | Path, out: str | Path,
   if features is not None and emotions:
     raise ValueError("pass either --features or --emotions, not both")
   members = runs.load_members(workdir, member)
-  analysis_dir = analysis_dir or members.workdir
+  if analysis_dir is None:  # the group's folder, else the folder passed
+    analysis_dir = next((d for d in (members.workdir, Path(workdir))
+                         if (d / analysis.ANALYSIS_FILE).exists()),
+                        members.workdir)
   summary = analysis.load_summary(analysis_dir)
   arrays = analysis.load_arrays(analysis_dir)
   position = member_position(summary, member)
