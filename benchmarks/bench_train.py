@@ -11,8 +11,8 @@ Prints:
     set: wall time with compile, ms/step, and the step time beside its
     floors: the memory-traffic bound (Adam state bytes per step / measured
     bandwidth) plus the compute floor of its matmuls (FLOPs / measured
-    matmul rate). The reference system took about 107 s here (target:
-    >= 3x faster).
+    matmul rate); target: >= 3x faster than the reference system
+    (its time: benchmarks/README.md).
 """
 
 import argparse

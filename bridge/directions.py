@@ -1,15 +1,9 @@
 """Steering directions exported by the JAX side, as torch tensors.
 
-An export is a folder (format_version 1) holding
-  directions.safetensors  tensor "directions", float32 [n, d_model], raw T5
-                          units (the SAE decoder row mapped back through the
-                          input normalisation; NOT unit-normalised)
-  directions.json         {"format_version", "d_model", "feature_ids",
-                          "emotions", "selectivity", "p_values",
-                          "typical_activation", "encoder": {"name",
-                          "revision"}, "source": {"workdir", "member",
-                          "data_hash"}}
-Strength is in units of a feature's typical activation: steering adds
+The format (directions.safetensors + directions.json, raw T5 units, with a
+`site`) is defined once, in emosae_jax/directions_format.py (numpy only);
+this module turns it into torch tensors. Strength is in units of a
+feature's typical activation: steering adds
 strength * typical_activation * direction.
 
 This module never imports jax: the bridge runs in environments without it.
@@ -18,30 +12,19 @@ This module never imports jax: the bridge runs in environments without it.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
 import torch
-from safetensors.numpy import save_file
-from safetensors.torch import load_file
 
-from emosae_jax.data import atomic_write, atomic_write_json
+from emosae_jax import directions_format as fmt
+from emosae_jax.directions_format import (  # noqa: F401  (re-exported)
+    FORMAT_VERSION, META_FILE, TENSOR_NAME, TENSORS_FILE, DirectionsError)
 
-FORMAT_VERSION = 1
-TENSORS_FILE = "directions.safetensors"
-META_FILE = "directions.json"
-TENSOR_NAME = "directions"
-# Per-feature lists in directions.json, each of length n.
-_PER_FEATURE = ("feature_ids", "emotions", "selectivity", "p_values",
-                "typical_activation")
+_PER_FEATURE = fmt.PER_FEATURE
 RANDOM_EMOTION_PREFIX = "random:"
-
-
-class DirectionsError(ValueError):
-  """Bad export or bad selection; the message is one line for the user."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -142,26 +125,10 @@ def load_directions(path: str | os.PathLike,
                     dtype: torch.dtype = torch.float32,
                     device: torch.device | str = "cpu") -> Directions:
   """Reads an export folder; DirectionsError on a missing or malformed one."""
-  path = Path(path)
-  tensors_path, meta_path = path / TENSORS_FILE, path / META_FILE
-  if not tensors_path.is_file() or not meta_path.is_file():
-    raise DirectionsError(
-        f"no directions export at {path} (expected {TENSORS_FILE} and "
-        f"{META_FILE}; write one with scripts/export.py)")
-  meta = json.loads(meta_path.read_text())
-  version = meta.get("format_version")
-  if version != FORMAT_VERSION:
-    raise DirectionsError(
-        f"{meta_path} has format_version {version}; this bridge reads "
-        f"version {FORMAT_VERSION}")
-  tensors = load_file(str(tensors_path))
-  if TENSOR_NAME not in tensors:
-    raise DirectionsError(f"{tensors_path} has no tensor {TENSOR_NAME!r}")
-  vectors = tensors[TENSOR_NAME]
-  _check_shapes(vectors.shape, meta, str(path))
+  vectors, meta = fmt.read(Path(path))
   per = {k: meta.pop(k) for k in _PER_FEATURE}
   return Directions(
-      vectors=vectors.to(device=device, dtype=dtype),
+      vectors=torch.from_numpy(vectors).to(device=device, dtype=dtype),
       feature_ids=tuple(int(f) for f in per["feature_ids"]),
       emotions=tuple(str(e) for e in per["emotions"]),
       selectivity=tuple(float(s) for s in per["selectivity"]),
@@ -171,41 +138,13 @@ def load_directions(path: str | os.PathLike,
       meta=meta)
 
 
-def _check_shapes(shape: Sequence[int], meta: dict, where: str) -> None:
-  if len(shape) != 2:
-    raise DirectionsError(f"{where}: directions must be [n, d_model], got "
-                          f"shape {list(shape)}")
-  missing = [k for k in ("d_model",) + _PER_FEATURE if k not in meta]
-  if missing:
-    raise DirectionsError(f"{where}: directions.json lacks {missing}")
-  if meta["d_model"] != shape[1]:
-    raise DirectionsError(
-        f"{where}: directions.json says d_model={meta['d_model']} but the "
-        f"tensor has {shape[1]} columns")
-  for key in _PER_FEATURE:
-    if len(meta[key]) != shape[0]:
-      raise DirectionsError(
-          f"{where}: {key} has {len(meta[key])} entries for {shape[0]} "
-          f"directions")
-
-
 def save_directions(path: str | os.PathLike, directions: np.ndarray,
                     meta: dict) -> Path:
   """Writes an export folder from numpy (for tests and baselines).
 
   directions: float [n, d_model], raw T5 units. meta: the per-feature lists
   (feature_ids, emotions, selectivity, p_values, typical_activation) plus
-  optional encoder and source dicts; format_version and d_model are filled
-  in. Each file is written atomically.
+  optional site, encoder and source dicts; format_version and d_model are
+  filled in. Each file is written atomically.
   """
-  directions = np.ascontiguousarray(directions, dtype=np.float32)
-  meta = {"format_version": FORMAT_VERSION, "d_model": directions.shape[-1],
-          "encoder": {"name": "", "revision": ""},
-          "source": {"workdir": "", "member": 0, "data_hash": ""}, **meta}
-  _check_shapes(directions.shape, meta, "save_directions")
-  path = Path(path)
-  path.mkdir(parents=True, exist_ok=True)
-  atomic_write(path / TENSORS_FILE,
-               lambda tmp: save_file({TENSOR_NAME: directions}, tmp))
-  atomic_write_json(path / META_FILE, meta)
-  return path
+  return fmt.write(path, directions, meta)

@@ -19,6 +19,7 @@ import contextlib
 import dataclasses
 import json
 import logging
+import math
 import os
 import re
 import time
@@ -30,6 +31,7 @@ import torch
 
 from bridge import steering
 from bridge.directions import Directions, DirectionsError, load_directions
+from emosae_jax import hub
 from emosae_jax.data import atomic_write, atomic_write_json
 
 DEFAULT_MODEL = "facebook/musicgen-small"
@@ -75,12 +77,14 @@ class Settings:
 
 def _not_available(name: str, err: Exception,
                    flag: str = "--model") -> ModelNotAvailableError:
-  why = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+  why = (str(err).strip().splitlines() or [type(err).__name__])[0].strip()
   home = os.environ.get("HF_HOME", "~/.cache/huggingface")
+  offline = ("; the hub is not used (unreachable, or HF_HUB_OFFLINE set)"
+             if hub.offline_requested() else "")
   return ModelNotAvailableError(
-      f"model weights for {name!r} are not available offline ({why}); "
-      f"download them once into the Hugging Face cache (HF_HOME, now "
-      f"{home}) or pass {flag}=/path/to/a/local/folder with the weights")
+      f"model weights for {name!r} are not available offline ({why}"
+      f"{offline}); download them once into the Hugging Face cache (HF_HOME, "
+      f"now {home}) or pass {flag}=/path/to/a/local/folder with the weights")
 
 
 @contextlib.contextmanager
@@ -90,6 +94,8 @@ def loading(name: str, flag: str = "--model"):
   if name.startswith((".", "/", "~")) and not Path(name).expanduser(
   ).is_dir():
     raise _not_available(name, FileNotFoundError("no such folder"), flag)
+  if not Path(name).expanduser().is_dir():
+    hub.offline_unless_reachable()  # no minutes of retries without a network
   try:
     yield
   except (OSError, HFValidationError) as err:
@@ -295,6 +301,14 @@ def write_json(path: Path, obj) -> None:
   atomic_write_json(path, obj)
 
 
+def check_strengths(strengths: Sequence[float]) -> None:
+  """Non-finite strengths would reach sampling as NaN probabilities."""
+  bad = [s for s in strengths if not math.isfinite(float(s))]
+  if bad:
+    raise DirectionsError(f"strengths must be finite numbers, got "
+                          f"{', '.join(str(float(s)) for s in bad)}")
+
+
 def _clip_name(i: int, clip: Clip) -> str:
   parts = [f"{i:04d}", clip.kind]
   if clip.feature is not None:
@@ -319,8 +333,10 @@ def run_steering(directions: str | os.PathLike, out: str | os.PathLike,
   """Generates a run's clips into out/clips and writes out/steering.json.
 
   Returns the steering.json content. Raises DirectionsError (or a
-  subclass) with a one-line message on bad input.
+  subclass) with a one-line message on bad input, before anything is
+  written.
   """
+  check_strengths(strengths)
   chosen = load_directions(directions).select(features, emotions)
   if not len(chosen):
     raise DirectionsError(f"{directions} holds no directions")

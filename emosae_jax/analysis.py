@@ -684,36 +684,18 @@ def _sae_spec(config: dict) -> saes.SAESpec:
 
 
 def load_members(workdir: str | Path) -> Members:
-  """Loads a training run or a sweep workdir (skipping failed members)."""
-  workdir = Path(workdir)
-  config, info = checkpoint.load_run_info(workdir)
-  params = checkpoint.load_params(workdir)
-  sweep_file = workdir / "sweep.json"
-  if not sweep_file.exists():
-    return Members(workdir, _sae_spec(config),
-                   {k: v[None] for k, v in params.items()}, [0],
-                   [int(config.get("seed", 0))], [{}], config, info, False)
-  sweep = json.loads(sweep_file.read_text())
-  ok = [mem for mem in sweep["members"] if mem.get("status", "ok") == "ok"]
-  if not ok:
-    raise data.DataError(f"{workdir}: every sweep member failed; nothing to "
-                         "analyse")
-  specs = {_sae_spec(mem.get("config", config)) for mem in ok}
-  shapes = {(s.arch, s.d_sae) for s in specs}
+  """Loads a training run or a sweep group (skipping failed members); the
+  run layout and the member <-> row pairing belong to emosae_jax.runs."""
+  from emosae_jax import runs
+  run = runs.load_members(workdir)
+  shapes = {(s.arch, s.d_sae) for s in map(_sae_spec, run.configs)}
   if len(shapes) > 1:
-    raise data.DataError(f"{workdir}: members differ in architecture or "
+    raise data.DataError(f"{run.workdir}: members differ in architecture or "
                          f"width {sorted(shapes)}; analyse one group at a "
                          "time")
-  n_stored = int(params["W_dec"].shape[0])
-  index = [int(mem["index"]) for mem in ok]
-  if max(index) >= n_stored or params["W_dec"].ndim != 3:
-    raise data.DataError(f"{workdir}: params.safetensors holds "
-                         f"{n_stored} members but sweep.json names member "
-                         f"{max(index)}")
-  sae = _sae_spec(ok[0].get("config", config))
-  return Members(workdir, sae, {k: v[index] for k, v in params.items()},
-                 index, [int(mem.get("seed", 0)) for mem in ok],
-                 [mem.get("overrides", {}) for mem in ok], config, info, True)
+  return Members(run.workdir, _sae_spec(run.configs[0]), run.params,
+                 run.indices, run.seeds, run.overrides, run.config, run.info,
+                 run.is_sweep)
 
 
 def load_data(members: Members, data_path: str | None = None

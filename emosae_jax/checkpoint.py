@@ -8,14 +8,17 @@ the latest and the best-so-far parameters (`best_params`), so "best" and
 
 from __future__ import annotations
 
-import json
+import errno
+import shutil
 from pathlib import Path
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from emosae_jax import data
+from emosae_jax import data, runs
+
+TEMPORARY_MARK = ".orbax-checkpoint-tmp"  # orbax's name for a save under way
 
 
 def manager(workdir: str | Path, max_to_keep: int = 2,
@@ -44,8 +47,34 @@ def save(mngr: ocp.CheckpointManager, epoch: int, state) -> None:
     # Host-local device arrays cannot be saved by orbax on several hosts;
     # this process's own members go to disk as numpy.
     state = jax.device_get(state)
-  mngr.save(int(epoch), args=ocp.args.StandardSave(state), force=True)
-  mngr.wait_until_finished()
+  try:
+    mngr.save(int(epoch), args=ocp.args.StandardSave(state), force=True)
+    mngr.wait_until_finished()
+  except OSError as e:
+    remove_temporaries(Path(str(mngr.directory)))
+    if _disk_full(e):
+      raise runs.RunLayoutError(
+          f"{mngr.directory}: disk full while saving the checkpoint of epoch "
+          f"{int(epoch)}; free space and rerun the same command (it resumes "
+          "from the last complete checkpoint)") from None
+    raise runs.RunLayoutError(
+        f"{mngr.directory}: cannot save the checkpoint of epoch {int(epoch)} "
+        f"({data.short_reason(e)})") from None
+
+
+def _disk_full(error: BaseException) -> bool:
+  seen = error
+  while seen is not None:
+    if getattr(seen, "errno", None) in (errno.ENOSPC, errno.EDQUOT):
+      return True
+    seen = seen.__cause__ or seen.__context__
+  return "No space left on device" in str(error)
+
+
+def remove_temporaries(directory: Path) -> None:
+  """Deletes the folders of saves that did not complete."""
+  for tmp in directory.glob(f"*{TEMPORARY_MARK}*"):
+    shutil.rmtree(tmp, ignore_errors=True)
 
 
 def restore_latest(mngr: ocp.CheckpointManager, target):
@@ -57,36 +86,10 @@ def restore_latest(mngr: ocp.CheckpointManager, target):
   return mngr.restore(step, args=ocp.args.StandardRestore(abstract))
 
 
-def load_params(workdir: str | Path) -> dict[str, np.ndarray]:
-  """The best parameters of a finished run (numpy), from params.safetensors.
-
-  Sweeps store the same names with a leading member axis.
-  """
-  from safetensors.numpy import load_file
-  path = Path(workdir) / "params.safetensors"
-  if not path.exists():
-    raise data.DataError(f"{workdir}: no params.safetensors; is this a "
-                         "finished training run or sweep workdir?")
-  return load_file(str(path))
-
-
-def load_run_info(workdir: str | Path) -> tuple[dict, dict]:
-  """(config.json, data_info.json) of a run, as dicts."""
-  workdir = Path(workdir)
-  sweep_file = workdir / "sweep.json"
-  groups = (json.loads(sweep_file.read_text()).get("groups")
-            if sweep_file.exists() else None)
-  if groups:
-    raise data.DataError(f"{workdir} is a sweep's top folder; pass one of "
-                         f"its groups, e.g. {workdir / groups[0]} (groups: "
-                         f"{', '.join(groups)})")
-  try:
-    config = json.loads((workdir / "config.json").read_text())
-    info = json.loads((workdir / "data_info.json").read_text())
-  except FileNotFoundError as e:
-    raise data.DataError(f"{workdir}: not a run workdir ({e.filename} "
-                         "missing)") from None
-  return config, info
+# Reading finished runs goes through emosae_jax.runs (the run layout's one
+# owner); these names stay for callers written before it.
+load_params = runs.load_params
+load_run_info = runs.load_run_info
 
 
 def normalizer_of(info: dict) -> data.Normalizer:

@@ -1,10 +1,18 @@
-"""Shared helpers for the absl entry points in scripts/."""
+"""Shared helpers for the absl entry points in scripts/ (jax-free, so the
+torch-side scripts use it too).
+
+`run(main)` is the one way every script turns a user error into one line
+(`error: ...` on stderr) and exit status 2 (errors.EXIT_CODE).
+"""
 
 from __future__ import annotations
 
+import errno
 import sys
 
 from absl import app, flags
+
+from emosae_jax import errors
 
 
 def format_summary(summary: dict) -> str:
@@ -23,25 +31,40 @@ def _last_line(text: str) -> str:
   return lines[-1] if lines else text
 
 
-def run(main) -> None:
-  """app.run(main), turning expected errors into one line and exit code 1.
+def user_error_line(e: BaseException) -> str | None:
+  """The one line to print for an expected error, or None for a bug.
 
-  Expected errors are bad input (ValueError and its subclasses such as
-  DataError, FileNotFoundError), TrainingError and PipelineError; anything
-  else is a bug
-  and keeps its traceback.
+  Expected: errors.UserError (DataError, PromptError, TrainingError,
+  PipelineError, DirectionsError, ...), any ValueError or
+  FileNotFoundError (bad input from libraries), and a full disk.
   """
+  if isinstance(e, (errors.UserError, ValueError, FileNotFoundError)):
+    return errors.one_line(e)
+  if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+    where = f" writing {e.filename}" if e.filename else ""
+    return f"disk full{where}; free space and rerun the same command"
+  return None
+
+
+def exit_with(line: str) -> None:
+  print(f"error: {line}", file=sys.stderr)
+  sys.exit(errors.EXIT_CODE)
+
+
+def run(main) -> None:
+  """app.run(main), turning expected errors (see user_error_line) into one
+  line and exit status 2; anything else is a bug and keeps its traceback."""
 
   def guarded(argv):
     from absl import logging
     logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
-    from emosae_jax.pipeline import PipelineError
-    from emosae_jax.train_core import TrainingError
     try:
       return main(argv)
-    except (ValueError, FileNotFoundError, TrainingError, PipelineError) as e:
-      print(f"error: {e}", file=sys.stderr)
-      sys.exit(1)
+    except Exception as e:  # pylint: disable=broad-except
+      line = user_error_line(e)
+      if line is None:
+        raise
+      exit_with(line)
 
   def parse_flags(argv):
     # absl would print config-file errors with the config's traceback
@@ -50,11 +73,9 @@ def run(main) -> None:
     try:
       return flags.FLAGS(argv)
     except flags.Error as e:
-      print(f"error: {_last_line(str(e))} (see --helpfull)", file=sys.stderr)
+      exit_with(f"{_last_line(str(e))} (see --helpfull)")
     except (AttributeError, KeyError, TypeError, ValueError) as e:
-      print(f"error: bad flag or config override: {str(e).strip(chr(34))}"
-            " (config fields are listed in the config file)",
-            file=sys.stderr)
-    sys.exit(1)
+      exit_with(f"bad flag or config override: {str(e).strip(chr(34))} "
+                "(config fields are listed in the config file)")
 
   app.run(guarded, flags_parser=parse_flags)

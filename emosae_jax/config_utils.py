@@ -29,7 +29,25 @@ def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
         raise ValueError(f"config argument {key!r} needs a value ({key}=...)")
       result[key] = True
     elif isinstance(default, bool):
-      result[key] = value.lower() in ("1", "true", "yes", "on")
+      result[key] = _boolean(key, value)
     else:
-      result[key] = type(default)(value)
+      try:
+        result[key] = type(default)(value)
+      except ValueError:
+        raise ValueError(f"config argument {key}={value!r}: expected a "
+                         f"{type(default).__name__}") from None
   return result
+
+
+TRUE_WORDS = ("1", "true", "yes", "on")
+FALSE_WORDS = ("0", "false", "no", "off")
+
+
+def _boolean(key: str, value: str) -> bool:
+  """A misspelt boolean is an error, not a silent False."""
+  if value.lower() in TRUE_WORDS:
+    return True
+  if value.lower() in FALSE_WORDS:
+    return False
+  raise ValueError(f"config argument {key}={value!r} is not a boolean; use "
+                   f"one of {TRUE_WORDS + FALSE_WORDS}")

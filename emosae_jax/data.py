@@ -28,12 +28,14 @@ from typing import Any
 import numpy as np
 from safetensors.numpy import load_file, save_file
 
+from emosae_jax.errors import UserError
+
 FORMAT_VERSION = 1
 TENSOR_FILE = "embeddings.safetensors"
 SIDECAR_FILE = "embeddings.json"
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
   """Bad input data; the message says what is wrong and how to fix it."""
 
 
@@ -126,6 +128,13 @@ def validate(es: EmbeddingSet, expected_dim: int | None = None,
                     " or use matching data")
 
 
+def short_reason(error: BaseException, limit: int = 120) -> str:
+  """An exception's message on one short line (for wrapping library errors
+  whose messages run long)."""
+  text = " ".join(str(error).split()) or type(error).__name__
+  return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
 def atomic_write(path: str | os.PathLike, write) -> Path:
   """Calls write(tmp) for a temporary file beside `path`, then renames it
   into place, so a killed run never leaves a half-written `path`.
@@ -211,7 +220,11 @@ def load_embedding_set(path: str | os.PathLike,
   if meta.get("format_version") != FORMAT_VERSION:
     raise DataError(f"{sidecar}: format_version {meta.get('format_version')}"
                     f" is not the supported version {FORMAT_VERSION}")
-  tensors = load_file(str(tensor_file))
+  try:
+    tensors = load_file(str(tensor_file))
+  except Exception as e:  # pylint: disable=broad-except  # SafetensorError
+    raise DataError(f"{tensor_file}: damaged or truncated safetensors file "
+                    f"({short_reason(e)}); write the set again") from None
   if "embeddings" not in tensors:
     raise DataError(f"{tensor_file}: no tensor named 'embeddings'")
   x = tensors.pop("embeddings").astype(np.float32)

@@ -1,22 +1,15 @@
 """Exports SAE decoder directions for steering (read by bridge/directions.py).
 
-An export is a folder holding
-  directions.safetensors  tensor "directions", float32 [n, d_model], RAW T5
-                          units: the decoder row W_dec[f] (normalised units)
-                          mapped back through the input normalisation,
-                          Normalizer.direction_to_raw(W_dec[f]) = W_dec[f] /
-                          scale. Not unit-normalised.
-  directions.json         {"format_version": 1, "d_model", "feature_ids",
-                          "emotions", "selectivity", "p_values",
-                          "typical_activation", "encoder": {"name",
-                          "revision"}, "source": {"workdir", "member",
-                          "data_hash"}, ...}
+The export format (directions.safetensors + directions.json) is defined in
+emosae_jax/directions_format.py. Directions are in RAW embedding units: the
+decoder row W_dec[f] (normalised units) mapped back through the input
+normalisation, Normalizer.direction_to_raw(W_dec[f]) = W_dec[f] / scale.
 typical_activation is the feature's mean activation on its emotion's prompts
 where it fires, in the SAE's activation units, so typical_activation *
 direction is the raw-unit displacement the feature usually makes (decoding
 is linear: a_f W_dec[f] in normalised units is a_f W_dec[f] / scale raw).
-The tensor is written first and the JSON last, each atomically, so a folder
-with a directions.json always has a complete tensor beside it.
+The SAEs are read only through emosae_jax.runs, which pairs a sweep's
+global member indices with their parameter rows.
 """
 
 from __future__ import annotations
@@ -25,13 +18,11 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-from safetensors.numpy import save_file
 
-from emosae_jax import analysis, checkpoint, data
-
-FORMAT_VERSION = 1
-TENSORS_FILE = "directions.safetensors"
-META_FILE = "directions.json"
+from emosae_jax import analysis, checkpoint, data, runs
+from emosae_jax import directions_format as fmt
+from emosae_jax.directions_format import (  # noqa: F401  (re-exported)
+    FORMAT_VERSION, META_FILE, TENSORS_FILE)
 
 
 def member_position(summary: dict, member: int | None) -> int:
@@ -105,19 +96,28 @@ def export_directions(workdir: str | Path, out: str | Path,
 
   Features come from the analysis in `analysis_dir` (default: the workdir):
   the `top_per_emotion` best significant ones per emotion (all emotions, or
-  `emotions`), or exactly `features`. `member` is a sweep member index.
+  `emotions`), or exactly `features`. `member` is a sweep's global member
+  index; `workdir` may be its group or the sweep's top folder (the member's
+  group is found), and the analysis defaults to that group's folder.
   """
   if features is not None and emotions:
     raise ValueError("pass either --features or --emotions, not both")
-  summary = analysis.load_summary(analysis_dir or workdir)
-  arrays = analysis.load_arrays(analysis_dir or workdir)
+  members = runs.load_members(workdir, member)
+  if analysis_dir is None:  # the group's folder, else the folder passed
+    analysis_dir = next((d for d in (members.workdir, Path(workdir))
+                         if (d / analysis.ANALYSIS_FILE).exists()),
+                        members.workdir)
+  summary = analysis.load_summary(analysis_dir)
+  arrays = analysis.load_arrays(analysis_dir)
   position = member_position(summary, member)
-  members = analysis.load_members(workdir)
   index = summary["members"][position]["index"]
   if index not in members.indices:
-    raise data.DataError(f"{workdir}: member {index} of the analysis is not "
-                         "among the workdir's finished members")
-  w_dec = members.params["W_dec"][members.indices.index(index)]
+    raise data.DataError(f"{analysis_dir}: the analysis is of member "
+                         f"{index}, which is not among {members.workdir}'s "
+                         f"finished members {members.indices}; analyse this "
+                         "workdir first")
+  row = members.indices.index(index)
+  w_dec = members.params["W_dec"][row]
   m = w_dec.shape[0]
   if arrays["statistic"].shape[-1] != m:
     raise data.DataError(f"the analysis has {arrays['statistic'].shape[-1]} "
@@ -140,8 +140,7 @@ def export_directions(workdir: str | Path, out: str | Path,
   directions = raw_directions(w_dec, checkpoint.normalizer_of(members.info),
                               features)
   meta = {
-      "format_version": FORMAT_VERSION,
-      "d_model": int(directions.shape[1]),
+      "site": dict(fmt.T5_OUTPUT),
       "feature_ids": features,
       "emotions": [names[e] for e in emo],
       "selectivity": pick("selectivity"),
@@ -153,30 +152,24 @@ def export_directions(workdir: str | Path, out: str | Path,
                       for f in features],
       "typical_activation": pick("typical_activation"),
       "encoder": _encoder(members.info, summary),
-      "source": {"workdir": str(Path(workdir).resolve()), "member": index,
+      "source": {"workdir": str(Path(members.workdir).resolve()),
+                 "member": index,
                  "data_hash": members.info.get("content_hash"),
                  "analysis_data_hash": summary["source"].get("data_hash"),
-                 "arch": members.sae.arch, "d_sae": m},
+                 "arch": members.configs[row]["model"]["arch"], "d_sae": m},
   }
   return write_export(out, directions, meta)
 
 
 def write_export(out: str | Path, directions: np.ndarray, meta: dict) -> Path:
   """Tensor first, JSON last, each written atomically."""
-  out = Path(out)
-  out.mkdir(parents=True, exist_ok=True)
-  tensors = {"directions": np.ascontiguousarray(directions, np.float32)}
-  data.atomic_write(out / TENSORS_FILE, lambda tmp: save_file(tensors, tmp))
-  data.atomic_write_json(out / META_FILE, meta)
-  return out
+  return fmt.write(out, directions, meta)
 
 
 def load_meta(out: str | Path) -> dict:
-  import json
-  return json.loads((Path(out) / META_FILE).read_text())
+  return fmt.read_meta(out)
 
 
 def load_export(out: str | Path) -> tuple[np.ndarray, dict]:
   """(directions [n, d_model] float32, directions.json) of an export."""
-  from safetensors.numpy import load_file
-  return load_file(str(Path(out) / TENSORS_FILE))["directions"], load_meta(out)
+  return fmt.read(out)

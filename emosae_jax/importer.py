@@ -30,13 +30,29 @@ def import_numpy_folder(src: str | Path) -> data.EmbeddingSet:
     except json.JSONDecodeError as e:
       raise data.DataError(f"{src}/metadata.json: invalid JSON ({e})") from None
   labels, names = _labels_and_names(raw_labels, meta.get("emotions"))
-  encoder = meta.get("encoder", {"name": "unknown", "revision": ""})
-  if isinstance(encoder, str):
-    encoder = {"name": encoder, "revision": ""}
+  encoder = encoder_of(meta)
   return data.make_embedding_set(
       x, labels, names, texts=meta.get("texts"), groups=meta.get("groups"),
       encoder=encoder, pooling=meta.get("pooling", "unknown"),
       provenance={"imported_from": str(src.absolute())})
+
+
+# Keys under which exporters name their encoder, most specific first (the
+# reference system's metadata.json says "model_name", not "encoder").
+ENCODER_KEYS = ("encoder", "encoder_name", "text_encoder", "model_name",
+                "model", "t5_model", "embedding_model", "model_id")
+REVISION_KEYS = ("revision", "model_revision", "encoder_revision")
+
+
+def encoder_of(meta: dict) -> dict:
+  """{"name", "revision"} of the encoder a metadata.json names, else
+  {"name": "unknown", ...}."""
+  name = next((meta[k] for k in ENCODER_KEYS if meta.get(k)), "unknown")
+  if isinstance(name, dict):  # {"name": ..., "revision": ...}
+    return {"name": str(name.get("name") or "unknown"),
+            "revision": str(name.get("revision") or "")}
+  revision = next((meta[k] for k in REVISION_KEYS if meta.get(k)), "")
+  return {"name": str(name), "revision": str(revision)}
 
 
 def _labels_and_names(raw, emotions):

@@ -23,7 +23,6 @@ import functools
 import importlib.util
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -32,6 +31,7 @@ from pathlib import Path
 import ml_collections
 
 from emosae_jax import data
+from emosae_jax.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
 STAGES = ("prompts", "extract", "phase0", "sweep", "analysis", "export",
@@ -42,7 +42,7 @@ REAL_MODELS = {"text": "t5-base", "music": "facebook/musicgen-small",
                "clap": "laion/clap-htsat-unfused"}
 
 
-class PipelineError(RuntimeError):
+class PipelineError(UserError, RuntimeError):
   """A stage cannot run; the message says why and what to do."""
 
 
@@ -61,13 +61,8 @@ class Models:
 
 @functools.lru_cache(maxsize=1)  # asked once per kind of model otherwise
 def hub_reachable(timeout: float = 2.0) -> bool:
-  if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", ""):
-    return False
-  try:
-    socket.create_connection(("huggingface.co", 443), timeout=timeout).close()
-    return True
-  except OSError:
-    return False
+  from emosae_jax import hub
+  return hub.hub_reachable(timeout)
 
 
 def model_available(name: str) -> bool:
@@ -294,12 +289,18 @@ def stage_sweep(ctx: Context) -> dict:
           "best_fvu": min(m["val_fvu"] for m in ok)}
 
 
+def _first_group(ctx: Context) -> Path:
+  """The pipeline's grid varies only per-member fields: one group."""
+  from emosae_jax import runs
+  return runs.group_dir(ctx.path("sweep"), 0)
+
+
 def stage_analysis(ctx: Context) -> dict:
   from emosae_jax import analysis
   a = ctx.config.analysis
   settings = analysis.Settings(permutations=a.permutations, fdr=a.fdr,
                                min_support=a.min_support)
-  result = analysis.analyze(ctx.path("sweep", "g0"), settings=settings,
+  result = analysis.analyze(_first_group(ctx), settings=settings,
                             progress=True)
   analysis.write(result, ctx.path("analysis"))
   return {"members": len(result.summary["members"])}
@@ -310,7 +311,7 @@ def stage_export(ctx: Context) -> dict:
   n_fallback = ctx.config.steer.fallback_features
   try:
     export.export_directions(
-        ctx.path("sweep", "g0"), ctx.path("directions"),
+        _first_group(ctx), ctx.path("directions"),
         top_per_emotion=ctx.config.steer.top_per_emotion,
         analysis_dir=ctx.path("analysis"))
     note = None
@@ -321,7 +322,7 @@ def stage_export(ctx: Context) -> dict:
     # when none is significant; the record and report say so.
     p = analysis.load_arrays(ctx.path("analysis"))["p_value"][0]
     chosen = [int(i) for i in p.argsort()[:n_fallback]]
-    export.export_directions(ctx.path("sweep", "g0"), ctx.path("directions"),
+    export.export_directions(_first_group(ctx), ctx.path("directions"),
                              features=chosen,
                              analysis_dir=ctx.path("analysis"))
     note = (f"no significant features ({e}); exported the {n_fallback} "

@@ -4,9 +4,11 @@ steering on one self-contained page (sections from emosae_jax.report)."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 from emosae_jax import report as r
+from emosae_jax import runs
 
 _MAX_AUDIO_CLIPS = 40  # keeps the page a reasonable size
 
@@ -30,10 +32,15 @@ def run_section(ctx) -> r.Section:
   return r.Section("Run", body, id="run")
 
 
+def _reason(text: str) -> str:
+  """A skip reason without its own "<stage> skipped: " lead, for places
+  that already say "Skipped"."""
+  return re.sub(r"^\w+ skipped:\s*", "", text)
+
+
 def _status(record: dict) -> str:
   if "skipped" in record:
-    reason = record["skipped"]
-    return reason if "skipped" in reason else "skipped: " + reason
+    return "skipped: " + _reason(record["skipped"])
   return "ok" + (f" ({record['note']})" if "note" in record else "")
 
 
@@ -66,7 +73,7 @@ def phase0_section(ctx) -> r.Section | None:
 
 
 def sweep_section(ctx) -> r.Section | None:
-  result = _json(ctx.path("sweep", "sweep.json"))
+  result = _json(ctx.path("sweep", runs.SWEEP_FILE))
   if result is None:
     return None
   rows = [[r.cell(m["index"]), r.cell(json.dumps(m["overrides"])),
@@ -93,7 +100,7 @@ def steering_section(ctx) -> r.Section:
   record = ctx.state["stages"].get("steer", {}).get("record", {})
   run = _json(ctx.path("steering", "steering.json"))
   if run is None:
-    reason = record.get("skipped", "the steer stage has not run")
+    reason = _reason(record.get("skipped", "the steer stage has not run"))
     return r.Section("Steering", f"<p><b>Skipped:</b> {r.esc(reason)}</p>",
                      id="steering")
   evaluation = _json(ctx.path("steering", "evaluation.json"))
@@ -106,7 +113,7 @@ def steering_section(ctx) -> r.Section:
   else:
     reason = ctx.state["stages"].get("evaluate", {}).get("record", {}).get(
         "skipped", "not evaluated")
-    body += f"<p><b>Evaluation skipped:</b> {r.esc(reason)}</p>"
+    body += f"<p><b>Evaluation skipped:</b> {r.esc(_reason(reason))}</p>"
   body += _clips_table(ctx, run["clips"])
   return r.Section("Steering", body, id="steering")
 

@@ -47,3 +47,34 @@ def density_histogram(hist: dict, path: str | Path) -> None:
   ax.set_ylabel("latents")
   ax.set_title(f"latent density ({hist['dead']} dead)")
   save_figure(fig, path)
+
+
+def pareto_front(points: list[tuple[float, float]]) -> list[int]:
+  """Indices of points not dominated in (lower L0, lower FVU)."""
+  front = []
+  for i, (l0, fvu) in enumerate(points):
+    if not any((l2 <= l0 and f2 <= fvu) and (l2 < l0 or f2 < fvu)
+               for j, (l2, f2) in enumerate(points) if j != i):
+      front.append(i)
+  return front
+
+
+def pareto(members: list[dict], path: Path) -> None:
+  """L0 against held-out FVU of a sweep's ok members, the front marked."""
+  ok = [m for m in members if m.get("status") == "ok"]
+  if not ok:
+    return
+  points = [(m["val_l0"], m["val_fvu"]) for m in ok]
+  front = sorted(pareto_front(points), key=lambda i: points[i][0])
+  fig, ax = plt.subplots(figsize=(6, 4.5))
+  ax.scatter(*zip(*points), c="tab:blue", label="member")
+  ax.plot([points[i][0] for i in front], [points[i][1] for i in front],
+          "o-", c="tab:red", label="Pareto front")
+  for m, (x, y) in zip(ok, points):
+    ax.annotate(str(m["index"]), (x, y), fontsize=7, alpha=0.7)
+  ax.set_xlabel("L0 (mean active latents)")
+  ax.set_ylabel("FVU (held out)")
+  ax.set_xscale("log")
+  ax.legend()
+  ax.set_title(f"{len(ok)} members")
+  save_figure(fig, path)

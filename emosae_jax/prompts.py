@@ -27,12 +27,14 @@ import re
 from pathlib import Path
 from typing import Any, Iterable
 
+from emosae_jax.errors import UserError
+
 TAXONOMY_FILE = Path(__file__).parent / "prompt_data" / "taxonomy.json"
 DEFAULT_N = 2700  # 300 per emotion with the packaged nine emotions
 _SLOT = re.compile(r"\{(\w+)\}")
 
 
-class PromptError(ValueError):
+class PromptError(UserError, ValueError):
   """Bad prompt or caption input; the message says what is wrong."""
 
 

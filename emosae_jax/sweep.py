@@ -5,31 +5,35 @@ A sweep is a base config plus a list of override dicts (built with `axis`,
 fixing shapes or control flow: architecture, width, batch size, ...) form a
 group; a group stacks its members' train states and hyperparameters along a
 leading member axis and runs `jit(vmap(train_epochs))`, with the member axis
-sharded over all local devices (a NamedSharding on a 1-D mesh), so 8 devices
-train 8x the members in about the same time. Hyperparameters in
+sharded over all local devices (a NamedSharding on a 1-D mesh), so more
+devices train more members at once. Hyperparameters in
 `train.HPARAM_FIELDS` and the seed may differ within a group.
 
 `execution` chooses how a group's members run: "vmap" as above, "serial"
 one after another through the single-run program (compiled once), or "auto"
 (the default): serial on a single CPU device, vmap everywhere else. On a CPU
-the step is bound by memory traffic that members cannot share, and XLA:CPU's
-batched batch-16 matmuls run 15-35% slower than the same matmuls one member
-at a time, which leaves a vmapped sweep 5-12% behind sequential runs
-(benchmarks/bench_sweep.py).
+the step is bound by memory traffic that members cannot share and XLA:CPU's
+batched small matmuls are slower than unbatched ones, so a vmapped sweep
+falls behind sequential runs there (figures: benchmarks/README.md).
 
 With several hosts (`jax.distributed.initialize`), members are dealt out
 round-robin to processes; each process trains and saves its own members
 under `g<group>/proc<p>/`, and process 0 writes the merged results.
 
-Workdir layout:
+Workdir layout (emosae_jax.runs owns it and reads it back; read a group's
+parameters only through runs.load_members, which pairs global member
+indices with group rows):
   sweep.json         every member: overrides, config, status, final metrics
   pareto.png         L0 against FVU, the Pareto front marked
   config.json        the base config
   g<j>/              one folder per group, readable like a training run with
-                     a leading member axis: config.json, data_info.json,
-                     params.safetensors [M, ...], sweep.json (its members);
+                     a leading row axis: config.json, data_info.json,
+                     params.safetensors [M, ...], sweep.json (its members,
+                     each with its global "index" and its "row");
                      proc<p>/ holds each process's ckpt/, metrics.jsonl
                      (rows carry "member"), params and result.json
+  .lock              while a process trains here (one per process on
+                     several hosts: .lock.proc<p>)
 """
 
 from __future__ import annotations
@@ -48,9 +52,11 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from tqdm.auto import tqdm
 
-from emosae_jax import checkpoint, data, plots, train_run
+from emosae_jax import checkpoint, plots, runs, train_run
 from emosae_jax import train_core as core
 from emosae_jax.prepare import PreparedData, prepare
+
+pareto_front = plots.pareto_front  # kept here for callers
 
 PER_MEMBER_FIELDS = tuple(f"train.{f}" for f in core.HPARAM_FIELDS) + (
     "seed",)
@@ -344,17 +350,30 @@ def run_sweep(base: ml_collections.ConfigDict, overrides: list[dict],
   train_run.check_workdir(workdir, {"base": base.to_dict(),
                                   "overrides": overrides},
                         allowed_changes=("base.train.epochs",))
-  data.atomic_write_json(workdir / "config.json",
-                         {"base": base.to_dict(), "overrides": overrides})
+  proc, n_proc = jax.process_index(), jax.process_count()
+  lock_name = runs.LOCK_FILE + (f".proc{proc}" if n_proc > 1 else "")
+  with runs.lock(workdir, lock_name):
+    for g, members in enumerate(groups):  # changed data refuses up front
+      runs.check_data_hash(runs.group_dir(workdir, g), prepared[g].info())
+    return _train_groups(workdir, configs, base, overrides, groups,
+                         prepared, progress, execution)
+
+
+def _train_groups(workdir, configs, base, overrides, groups, prepared,
+                  progress, execution) -> dict:
+  runs.write_config(workdir, {"base": base.to_dict(), "overrides": overrides})
   proc, n_proc = jax.process_index(), jax.process_count()
   entries = []
   for g, members in enumerate(groups):
     mine = members[proc::n_proc]
-    gdir = workdir / f"g{g}"
+    gdir = runs.group_dir(workdir, g)
+    runs.prepare_workdir(gdir)
+    runs.write_data_info(gdir, prepared[g].info())
     if mine:
       result = train_group(configs, mine, gdir / f"proc{proc}", prepared[g],
                            progress, execution)
-      _write_process_result(gdir / f"proc{proc}", result)
+      runs.write_process_result(gdir / f"proc{proc}", result.members,
+                                result.summaries, result.params)
     entries.append((g, members))
   if n_proc > 1:
     from jax.experimental import multihost_utils
@@ -365,83 +384,21 @@ def run_sweep(base: ml_collections.ConfigDict, overrides: list[dict],
                         n_proc)
 
 
-def _write_process_result(pdir: Path, result: GroupResult) -> None:
-  train_run.save_params(pdir / "params.safetensors", result.params)
-  data.atomic_write_json(pdir / "result.json",
-                         {"members": result.members,
-                          "summaries": result.summaries})
-
-
-def _merge_group(gdir: Path, members: list[int], n_proc: int):
-  """Collects the processes' results of one group, in member order."""
-  from safetensors.numpy import load_file
-  by_member, params = {}, {}
-  for p in range(n_proc):
-    pdir = gdir / f"proc{p}"
-    if not (pdir / "result.json").exists():
-      continue
-    result = json.loads((pdir / "result.json").read_text())
-    p_params = load_file(str(pdir / "params.safetensors"))
-    for slot, (m, s) in enumerate(zip(result["members"],
-                                      result["summaries"])):
-      by_member[m] = s
-      params[m] = {k: v[slot] for k, v in p_params.items()}
-  stacked = {k: np.stack([params[m][k] for m in members])
-             for k in params[members[0]]}
-  return [by_member[m] for m in members], stacked
-
-
 def _write_summary(workdir, configs, overrides, entries, prepared,
                    n_proc) -> dict:
   all_members = []
   for g, members in entries:
-    gdir = workdir / f"g{g}"
-    summaries, params = _merge_group(gdir, members, n_proc)
-    group_members_json = []
-    for m, summary in zip(members, summaries):
-      entry = {"index": m, "group": g, "overrides": overrides[m],
-               "seed": int(configs[m].seed), "config": configs[m].to_dict(),
-               **summary}
-      group_members_json.append(entry)
-    train_run.save_params(gdir / "params.safetensors", params)
-    data.atomic_write_json(gdir / "config.json", configs[members[0]].to_dict())
-    data.atomic_write_json(gdir / "data_info.json", prepared[g].info())
-    data.atomic_write_json(gdir / "sweep.json",
-                           {"members": group_members_json})
-    all_members += group_members_json
-  all_members.sort(key=lambda e: e["index"])
-  result = {"members": all_members, "groups": [f"g{g}" for g, _ in entries]}
-  data.atomic_write_json(workdir / "sweep.json", result)
-  pareto_plot(all_members, workdir / "pareto.png")
+    gdir = runs.group_dir(workdir, g)
+    summaries, params = runs.merge_processes(gdir, members, n_proc)
+    group_members_json = [
+        {"index": m, "group": g, "overrides": overrides[m],
+         "seed": int(configs[m].seed), "config": configs[m].to_dict(),
+         **summary} for m, summary in zip(members, summaries)]
+    all_members += runs.write_group(gdir, group_members_json, params,
+                                    configs[members[0]].to_dict(),
+                                    prepared[g].info())
+  result = runs.write_sweep(workdir, all_members,
+                            [runs.group_dir(workdir, g).name
+                             for g, _ in entries])
+  plots.pareto(result["members"], workdir / "pareto.png")
   return result
-
-
-def pareto_front(points: list[tuple[float, float]]) -> list[int]:
-  """Indices of points not dominated in (lower L0, lower FVU)."""
-  front = []
-  for i, (l0, fvu) in enumerate(points):
-    if not any((l2 <= l0 and f2 <= fvu) and (l2 < l0 or f2 < fvu)
-               for j, (l2, f2) in enumerate(points) if j != i):
-      front.append(i)
-  return front
-
-
-def pareto_plot(members: list[dict], path: Path) -> None:
-  ok = [m for m in members if m.get("status") == "ok"]
-  if not ok:
-    return
-  import matplotlib.pyplot as plt
-  points = [(m["val_l0"], m["val_fvu"]) for m in ok]
-  front = sorted(pareto_front(points), key=lambda i: points[i][0])
-  fig, ax = plt.subplots(figsize=(6, 4.5))
-  ax.scatter(*zip(*points), c="tab:blue", label="member")
-  ax.plot([points[i][0] for i in front], [points[i][1] for i in front],
-          "o-", c="tab:red", label="Pareto front")
-  for m, (x, y) in zip(ok, points):
-    ax.annotate(str(m["index"]), (x, y), fontsize=7, alpha=0.7)
-  ax.set_xlabel("L0 (mean active latents)")
-  ax.set_ylabel("FVU (held out)")
-  ax.set_xscale("log")
-  ax.legend()
-  ax.set_title(f"{len(ok)} members")
-  plots.save_figure(fig, path)

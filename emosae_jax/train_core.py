@@ -20,16 +20,13 @@ import jax.numpy as jnp
 import optax
 
 from emosae_jax import saes
+from emosae_jax.errors import TrainingError  # noqa: F401  (raised here)
 
 Params = saes.Params
 HParams = dict[str, jax.Array]  # float32 scalars; may differ between members
 
 HPARAM_FIELDS = ("lr", "sparsity_coeff", "aux_coeff", "warmup_steps",
                  "sparsity_warmup_steps")
-
-
-class TrainingError(RuntimeError):
-  """Training cannot go on (e.g. the loss became NaN); the message says why."""
 
 
 @dataclasses.dataclass(frozen=True)

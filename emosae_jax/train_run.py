@@ -1,6 +1,7 @@
 """The training driver: config + workdir in, trained SAE and reports out.
 
-Workdir layout (every file written atomically):
+Workdir layout (every file written atomically; emosae_jax.runs owns the
+names and reads them back):
   config.json         the resolved config
   data_info.json      data path and hash, split indices, input normaliser
   metrics.jsonl       one JSON line per epoch
@@ -8,22 +9,22 @@ Workdir layout (every file written atomically):
   params.safetensors  best parameters (normalised units) for other tools
   summary.json        final held-out FVU, MSE, L0, dead fraction, ...
   training_curves.png, density.png
+  .lock               while a process trains here (its pid)
+A resume refuses data whose content hash changed since the run started.
 """
 
 from __future__ import annotations
 
 import functools
 import json
-import os
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from safetensors.numpy import save_file
 from tqdm.auto import tqdm
 
-from emosae_jax import checkpoint, data, metrics, plots, saes
+from emosae_jax import checkpoint, data, metrics, plots, runs, saes
 from emosae_jax import train_core as core
 from emosae_jax.prepare import PreparedData, prepare
 
@@ -65,17 +66,15 @@ def flatten(d: dict, prefix: str = "") -> dict:
 def check_workdir(workdir: Path, config_dict: dict,
                   allowed_changes=RESUMABLE_CHANGES) -> None:
   """Fails if the workdir holds a different run or cannot be written."""
-  saved = workdir / "config.json"
-  if saved.exists():
-    old, new = flatten(json.loads(saved.read_text())), flatten(config_dict)
+  saved = workdir / runs.CONFIG_FILE
+  if saved.is_file():
+    old, new = flatten(runs.read_json(saved)), flatten(config_dict)
     diff = sorted(k for k in set(old) | set(new)
                   if old.get(k) != new.get(k) and k not in allowed_changes)
     if diff:
       raise ValueError(f"{workdir} holds a different run (config differs in "
                        f"{', '.join(diff[:5])}); use a new --workdir")
-  workdir.mkdir(parents=True, exist_ok=True)
-  if not os.access(workdir, os.W_OK):
-    raise ValueError(f"{workdir} is not writable")
+  runs.prepare_workdir(workdir)
 
 
 def write_metrics(path: Path, rows: list[dict]) -> None:
@@ -145,9 +144,8 @@ def final_report(spec: core.StaticSpec, hp, params, prepared: PreparedData,
 
 
 def save_params(path: Path, params) -> None:
-  tensors = {k: np.ascontiguousarray(np.asarray(v, np.float32))
-             for k, v in jax.device_get(params).items()}
-  data.atomic_write(path, lambda tmp: save_file(tensors, tmp))
+  """A params.safetensors file at `path` from (device) params."""
+  runs.write_params_file(path, jax.device_get(params))
 
 
 def train_and_evaluate(config, workdir: str | Path,
@@ -158,9 +156,15 @@ def train_and_evaluate(config, workdir: str | Path,
   workdir = Path(workdir)
   config_dict = config.to_dict()
   check_workdir(workdir, config_dict)
-  data.atomic_write_json(workdir / "config.json", config_dict)
-  data.atomic_write_json(workdir / "data_info.json", prepared.info())
+  with runs.lock(workdir):
+    runs.check_data_hash(workdir, prepared.info())
+    runs.write_config(workdir, config_dict)
+    runs.write_data_info(workdir, prepared.info())
+    return _train(config, workdir, prepared, progress)
 
+
+def _train(config, workdir: Path, prepared: PreparedData,
+           progress: bool) -> dict:
   spec = core.static_spec_from_config(config, prepared.x_train.shape[0])
   hp = core.hparams_from_config(config)
   state = core.init_state(spec, jax.random.PRNGKey(config.seed))
@@ -168,7 +172,7 @@ def train_and_evaluate(config, workdir: str | Path,
   restored = checkpoint.restore_latest(mngr, state)
   if restored is not None:
     state = restored
-  metrics_path = workdir / "metrics.jsonl"
+  metrics_path = workdir / runs.METRICS_FILE
   rows = read_metrics(metrics_path, up_to_epoch=int(state.epoch))
 
   total = config.train.epochs
@@ -203,9 +207,8 @@ def train_and_evaluate(config, workdir: str | Path,
   summary.update(epochs_run=int(state.epoch), steps=int(state.step),
                  best_epoch=int(state.best_epoch),
                  early_stopped=bool(state.stopped))
-  save_params(workdir / "params.safetensors", state.best_params)
-  data.atomic_write_json(workdir / "summary.json",
-                         dict(summary, density_histogram=hist))
+  save_params(workdir / runs.PARAMS_FILE, state.best_params)
+  runs.write_summary(workdir, dict(summary, density_histogram=hist))
   if rows:
     plots.training_curves(rows, workdir / "training_curves.png")
   plots.density_histogram(hist, workdir / "density.png")

@@ -16,7 +16,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from absl import app, flags  # noqa: E402
+from absl import flags  # noqa: E402
+
+from emosae_jax import cli  # noqa: E402  (jax-free)
 
 _STEERING = flags.DEFINE_string("steering", None, "Output folder of "
                                 "scripts/steer.py.", required=True)
@@ -37,12 +39,9 @@ def main(argv):
   device = _DEVICE.value
   if device == "auto":
     device = "cuda" if torch.cuda.is_available() else "cpu"
-  try:
-    result = evaluate.evaluate_run(
-        _STEERING.value, clap=_CLAP.value, emotions=_EMOTIONS.value,
-        device=device, batch_size=_BATCH.value, plot=_PLOT.value)
-  except evaluate.DirectionsError as e:
-    raise SystemExit(f"error: {e}") from None
+  result = evaluate.evaluate_run(
+      _STEERING.value, clap=_CLAP.value, emotions=_EMOTIONS.value,
+      device=device, batch_size=_BATCH.value, plot=_PLOT.value)
   for feat in result["features"]:
     steer, rand = feat["steer"]["valence"], feat["random"]["valence"]
     edit = feat["prompt_edit"]["valence"]["effect"]
@@ -55,4 +54,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -3,6 +3,9 @@ r"""Exports SAE feature directions (raw T5 units) for steering MusicGen.
   python scripts/export.py --workdir=runs/seed --out=runs/seed/directions
   python scripts/export.py --workdir=runs/sweep --member=3 \
       --emotions=happy,sad --top_per_emotion=2 --out=DIR
+--member is a sweep's global member index (as in sweep.json); with the
+sweep's top folder as --workdir the member's group folder is found, and the
+analysis is read from there unless --analysis says otherwise.
   python scripts/export.py --workdir=runs/seed --features=12,873 --out=DIR
   python scripts/export.py --format=saelens --workdir=runs/sweep/g0 \
       --member=3 --out=DIR
@@ -29,7 +32,7 @@ _OUT = flags.DEFINE_string("out", None, "Export folder.", required=True)
 _ANALYSIS = flags.DEFINE_string("analysis", None, "Folder with analysis.json "
                                 "(default: the workdir).")
 _FEATURES = flags.DEFINE_list("features", None, "Feature ids to export.")
-_MEMBER = flags.DEFINE_integer("member", None, "Sweep member index "
+_MEMBER = flags.DEFINE_integer("member", None, "Global sweep member index "
                                "(default: the first analysed member).")
 _EMOTIONS = flags.DEFINE_list("emotions", None, "Only these emotions.")
 _TOP = flags.DEFINE_integer("top_per_emotion", 1,

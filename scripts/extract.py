@@ -17,10 +17,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from absl import app, flags  # noqa: E402
+from absl import flags  # noqa: E402
 
 # emosae_jax.prompts is stdlib only (no jax), so this runs beside audiocraft.
-from emosae_jax import prompts  # noqa: E402
+from emosae_jax import cli, errors, prompts  # noqa: E402
 
 _PROMPTS = flags.DEFINE_string("prompts", None, "prompts.jsonl from "
                                "make_prompts.py, or a caption CSV/JSONL.",
@@ -65,9 +65,9 @@ def main(argv):
                   heldout_groups=heldout, import_counts=counts,
                   emotion_words=[prompts.emotion_words(r) for r in records]))
   except (prompts.PromptError, ValueError, OSError) as e:  # not bugs
-    raise SystemExit("error: " + " ".join(str(e).split())) from None
+    cli.exit_with(errors.one_line(e))
   print(f"embedding set in {path}")
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -12,9 +12,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from absl import app, flags  # noqa: E402
+from absl import flags  # noqa: E402
 
-from emosae_jax import prompts  # noqa: E402
+from emosae_jax import cli, errors, prompts  # noqa: E402
 
 _OUT = flags.DEFINE_string("out", None, "Output prompts.jsonl path.",
                            required=True)
@@ -41,7 +41,7 @@ def main(argv):
       records = prompts.generate_prompts(_N.value, _SEED.value,
                                          _EMOTIONS.value, _HELDOUT.value, tax)
   except (prompts.PromptError, OSError) as e:
-    raise SystemExit("error: " + " ".join(str(e).split())) from None
+    cli.exit_with(errors.one_line(e))
   prompts.write_prompts(records, _OUT.value)
   splits = {}
   for r in records:
@@ -51,4 +51,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -12,9 +12,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from absl import app, flags  # noqa: E402
+from absl import flags  # noqa: E402
 
-from emosae_jax import data, probe  # noqa: E402
+from emosae_jax import cli, data, probe  # noqa: E402
 
 _DATA = flags.DEFINE_string("data", None, "Embedding-set folder.",
                             required=True)
@@ -27,11 +27,8 @@ _SEED = flags.DEFINE_integer("seed", 0, "Seed for folds and permutations.")
 
 def main(argv):
   del argv
-  try:
-    es = data.load_embedding_set(_DATA.value)
-    r = probe.phase0(es, _OUT.value, _FOLDS.value, _PERMS.value, _SEED.value)
-  except data.DataError as e:
-    raise SystemExit("error: " + " ".join(str(e).split())) from None
+  es = data.load_embedding_set(_DATA.value)
+  r = probe.phase0(es, _OUT.value, _FOLDS.value, _PERMS.value, _SEED.value)
   h, k, c = r["probe_heldout"], r["probe_kfold"], r["cosine"]
   print(f"held-out {h['split']} probe accuracy {h['accuracy']:.3f} "
         f"(chance {h['chance']:.3f}, shuffled labels "
@@ -47,4 +44,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

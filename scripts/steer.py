@@ -16,7 +16,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from absl import app, flags  # noqa: E402
+from absl import flags  # noqa: E402
+
+from emosae_jax import cli  # noqa: E402  (jax-free)
 
 _DIRECTIONS = flags.DEFINE_string("directions", None, "Export folder "
                                   "(directions.safetensors + .json).",
@@ -47,7 +49,7 @@ def _numbers(values, kind, name):
   try:
     return [kind(v) for v in values]
   except ValueError:
-    raise SystemExit(f"error: --{name} must be a list of {kind.__name__}s, "
+    raise ValueError(f"--{name} must be a list of {kind.__name__}s, "
                      f"got {','.join(values)}") from None
 
 
@@ -63,20 +65,17 @@ def main(argv):
   settings = generate.Settings(
       duration=_DURATION.value, guidance_scale=_GUIDANCE.value,
       sampling=not _GREEDY.value, top_k=_TOP_K.value, seed=_SEED.value)
-  try:
-    prompts = _PROMPTS.value and generate.read_prompts(_PROMPTS.value)
-    run = generate.run_steering(
-        _DIRECTIONS.value, _OUT.value, model=_MODEL.value,
-        backend=_BACKEND.value, prompts=prompts, features=features,
-        emotions=_EMOTIONS.value or None, strengths=strengths,
-        settings=settings, batch_size=_BATCH.value,
-        random_baseline=_RANDOM.value, prompt_edit=_EDIT.value,
-        device=device)
-  except generate.DirectionsError as e:
-    raise SystemExit(f"error: {e}") from None
+  prompts = _PROMPTS.value and generate.read_prompts(_PROMPTS.value)
+  run = generate.run_steering(
+      _DIRECTIONS.value, _OUT.value, model=_MODEL.value,
+      backend=_BACKEND.value, prompts=prompts, features=features,
+      emotions=_EMOTIONS.value or None, strengths=strengths,
+      settings=settings, batch_size=_BATCH.value,
+      random_baseline=_RANDOM.value, prompt_edit=_EDIT.value,
+      device=device)
   print(f"{len(run['clips'])} clips in {run['generate_calls']} generate calls "
         f"({run['generate_seconds']:.1f} s); see {_OUT.value}/steering.json")
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -88,3 +88,18 @@ def test_importer_reads_numpy_folder(tmp_path):
   np.save(tmp_path / "labels.npy", np.array([0, 1, 2]))
   with pytest.raises(data.DataError, match="3 labels for 12"):
     importer.import_numpy_folder(tmp_path)
+
+
+@pytest.mark.parametrize("meta, name, revision", [
+    ({"model_name": "t5-base"}, "t5-base", ""),  # the reference data's key
+    ({"model": "t5-base", "model_revision": "abc"}, "t5-base", "abc"),
+    ({"encoder": {"name": "e", "revision": "r"}}, "e", "r"),
+    ({}, "unknown", ""),
+])
+def test_importer_reads_the_encoder_metadata_names(tmp_path, meta, name,
+                                                   revision):
+  np.save(tmp_path / "embeddings.npy", np.eye(4, dtype=np.float32))
+  np.save(tmp_path / "labels.npy", np.array([0, 1, 0, 1]))
+  (tmp_path / "metadata.json").write_text(json.dumps(meta))
+  es = importer.import_numpy_folder(tmp_path)
+  assert es.meta["encoder"] == {"name": name, "revision": revision}

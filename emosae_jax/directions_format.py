@@ -1,0 +1,140 @@
+"""The directions export format, defined once (numpy + safetensors only).
+
+Written by emosae_jax/export.py, read by bridge/directions.py (which turns
+it into torch tensors). An export is a folder holding
+  directions.safetensors  tensor "directions", float32 [n, d_model], RAW
+                          embedding units: the SAE decoder row mapped back
+                          through the input normalisation (W_dec[f] / scale);
+                          NOT unit-normalised.
+  directions.json         {"format_version": 1, "d_model", "site",
+                          "feature_ids", "emotions", "selectivity",
+                          "p_values", "typical_activation", "encoder":
+                          {"name", "revision"}, "source": {"workdir",
+                          "member", "data_hash", ...}, ...}
+`site` says where in the model the directions live and are added:
+{"kind": "t5_output"} (the T5 encoder's output, what MusicGen conditions
+on) or {"kind": "decoder_layer", "layer": L}. Files written before the
+field existed are read as t5_output.
+
+typical_activation is the feature's mean activation where it fires (SAE
+units), so strength s adds s * typical_activation * direction. The tensor
+is written first and the JSON last, each atomically, so a folder with a
+directions.json always has a complete tensor beside it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from emosae_jax import data
+from emosae_jax.errors import UserError
+
+FORMAT_VERSION = 1
+TENSORS_FILE = "directions.safetensors"
+META_FILE = "directions.json"
+TENSOR_NAME = "directions"
+# Per-feature lists in directions.json, each of length n.
+PER_FEATURE = ("feature_ids", "emotions", "selectivity", "p_values",
+               "typical_activation")
+T5_OUTPUT = {"kind": "t5_output"}
+SITE_KINDS = ("t5_output", "decoder_layer")
+
+
+class DirectionsError(UserError, ValueError):
+  """Bad export or bad selection; the message is one line for the user."""
+
+
+def decoder_layer(layer: int) -> dict:
+  return {"kind": "decoder_layer", "layer": int(layer)}
+
+
+def check_site(site: dict, where: str) -> dict:
+  if not isinstance(site, dict) or site.get("kind") not in SITE_KINDS:
+    raise DirectionsError(f"{where}: site {site!r} is not one of "
+                          f"{list(SITE_KINDS)}")
+  if site["kind"] == "decoder_layer" and not isinstance(site.get("layer"),
+                                                        int):
+    raise DirectionsError(f"{where}: a decoder_layer site needs an integer "
+                          "'layer'")
+  return site
+
+
+def check(shape: Sequence[int], meta: dict, where: str) -> None:
+  """Raises DirectionsError unless `meta` describes a tensor of `shape`."""
+  if len(shape) != 2:
+    raise DirectionsError(f"{where}: directions must be [n, d_model], got "
+                          f"shape {list(shape)}")
+  missing = [k for k in ("d_model",) + PER_FEATURE if k not in meta]
+  if missing:
+    raise DirectionsError(f"{where}: {META_FILE} lacks {missing}")
+  if meta["d_model"] != shape[1]:
+    raise DirectionsError(
+        f"{where}: {META_FILE} says d_model={meta['d_model']} but the "
+        f"tensor has {shape[1]} columns")
+  for key in PER_FEATURE:
+    if len(meta[key]) != shape[0]:
+      raise DirectionsError(
+          f"{where}: {key} has {len(meta[key])} entries for {shape[0]} "
+          f"directions")
+  check_site(meta.get("site", T5_OUTPUT), where)
+
+
+def write(out: str | Path, directions: np.ndarray, meta: dict) -> Path:
+  """Writes an export folder; fills in format_version, d_model and (if
+  absent) site, encoder and source. Tensor first, JSON last, atomically."""
+  from safetensors.numpy import save_file
+  directions = np.ascontiguousarray(directions, dtype=np.float32)
+  meta = {"format_version": FORMAT_VERSION,
+          "d_model": int(directions.shape[-1]), "site": dict(T5_OUTPUT),
+          "encoder": {"name": "", "revision": ""},
+          "source": {"workdir": "", "member": 0, "data_hash": ""}, **meta}
+  check(directions.shape, meta, str(out))
+  out = Path(out)
+  out.mkdir(parents=True, exist_ok=True)
+  data.atomic_write(out / TENSORS_FILE,
+                    lambda tmp: save_file({TENSOR_NAME: directions}, tmp))
+  data.atomic_write_json(out / META_FILE, meta)
+  return out
+
+
+def read_meta(path: str | Path) -> dict:
+  """directions.json, checked for version, with `site` filled in."""
+  import json
+  path = Path(path)
+  meta_path = path / META_FILE
+  if not (path / TENSORS_FILE).is_file() or not meta_path.is_file():
+    raise DirectionsError(
+        f"no directions export at {path} (expected {TENSORS_FILE} and "
+        f"{META_FILE}; write one with scripts/export.py)")
+  try:
+    meta = json.loads(meta_path.read_text())
+  except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    raise DirectionsError(f"{meta_path}: not valid JSON ({e})") from None
+  version = meta.get("format_version")
+  if version != FORMAT_VERSION:
+    raise DirectionsError(
+        f"{meta_path} has format_version {version}; this code reads "
+        f"version {FORMAT_VERSION}")
+  meta.setdefault("site", dict(T5_OUTPUT))  # written before sites existed
+  return meta
+
+
+def read(path: str | Path) -> tuple[np.ndarray, dict]:
+  """(directions float32 [n, d_model], directions.json) of an export."""
+  from safetensors.numpy import load_file
+  path = Path(path)
+  meta = read_meta(path)
+  tensors_path = path / TENSORS_FILE
+  try:
+    tensors = load_file(str(tensors_path))
+  except Exception as e:  # pylint: disable=broad-except  # SafetensorError
+    raise DirectionsError(f"{tensors_path}: damaged or truncated safetensors "
+                          f"file ({data.short_reason(e)})") from None
+  if TENSOR_NAME not in tensors:
+    raise DirectionsError(f"{tensors_path} has no tensor {TENSOR_NAME!r}")
+  vectors = tensors[TENSOR_NAME]
+  check(vectors.shape, meta, str(path))
+  return vectors, meta
