@@ -101,6 +101,15 @@ def table(columns: Sequence[str], rows: Iterable[Sequence[Cell]],
           + "\n".join(body) + "</tbody></table>")
 
 
+def p_cell(p: float, permutations: int) -> Cell:
+  """A permutation p-value; at the floor 1/(P+1) it reads "< 1/(P+1)" (e.g.
+  "< 0.001"): no shuffle reached the real statistic, so p is only bounded."""
+  floor = 1.0 / (permutations + 1)
+  if p <= floor * (1 + 1e-6):
+    return Cell(esc(f"< {floor:.2g}"), p)
+  return cell(p)
+
+
 def count_html(entry: dict) -> str:
   """A selective-feature count with its shuffled-label baseline beside it."""
   s = entry["shuffled"]
@@ -246,8 +255,10 @@ def _prompts_html(prompts: list[dict], n: int = 5) -> str:
 
 
 def features_section(summary: dict, max_per_member: int = 300) -> Section:
-  """The sortable table; at most max_per_member rows per member (lowest p
-  first) keep the page light for wide sweeps; analysis.json has them all."""
+  """The sortable table; at most max_per_member rows per member (largest
+  AUROC first) keep the page light for wide sweeps; analysis.json has them
+  all."""
+  n_perm = summary["settings"]["permutations"]
   rows, cut = [], False
   for m in summary["members"]:
     cut |= len(m["features"]) > max_per_member
@@ -255,7 +266,7 @@ def features_section(summary: dict, max_per_member: int = 300) -> Section:
       c = r["causal"] or {}
       rows.append([
           cell(m["index"]), cell(r["feature"]), Cell(esc(r["emotion"])),
-          cell(r["selectivity"]), cell(r["auroc"]), cell(r["p_value"]),
+          cell(r["selectivity"]), cell(r["auroc"]), p_cell(r["p_value"], n_perm),
           cell(r["q_value"]), cell(r["support"]),
           cell(r["typical_activation"]), cell(r["stability"], 2),
           cell(c.get("ablation_effect")), cell(c.get("slope")),
@@ -271,8 +282,10 @@ def features_section(summary: dict, max_per_member: int = 300) -> Section:
           "drop on other prompts. Slopes: P(emotion) per unit strength on "
           "other emotions' prompts, feature direction vs random directions of"
           " the same norm."
-          + (f" Showing at most {max_per_member} features per member, lowest"
-             " p-value first; analysis.json lists every one." if cut else "")
+          + f" p-value &lt; {1 / (n_perm + 1):.2g}: no one of the {n_perm} "
+          "shuffles reached the real AUROC (the test's floor, 1/(P+1))."
+          + (f" Showing at most {max_per_member} features per member, largest"
+             " AUROC first; analysis.json lists every one." if cut else "")
           + "</p>")
   if not rows:
     return Section("Significant features",

@@ -9,6 +9,7 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
+from tqdm.auto import tqdm
 
 from emosae_jax import data, saes
 from emosae_jax.analysis.causal import (_CAUSAL_BATCH, _causal_one,
@@ -159,12 +160,15 @@ def run_members(spec: DeviceSpec, member_batch: int, params: dict, x,
                for _, b in batches)
     spec = dataclasses.replace(spec, capacity=entry_capacity(most))
   chunks = []
+  # disable=None: tqdm stays silent when stderr is not a terminal (logs).
+  bar = tqdm(total=n_members, unit="member", desc="analysis",
+             disable=None if progress else True)
   for start, batch in batches:
     out = jax.device_get(analyze_members(spec, batch, *args))
     keep = min(member_batch, n_members - start)
     chunks.append({k: np.asarray(v)[:keep] for k, v in out.items()})
-    if progress:
-      print(f"analysed members {start + keep}/{n_members}", flush=True)
+    bar.update(keep)
+  bar.close()
   return {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]}
 
 

@@ -1,7 +1,7 @@
 """Figures of the feature analysis (matplotlib Agg, atomic PNG writes).
 
   heatmap.png          significant features x emotion (activation rate,
-                       scaled per feature), grouped by emotion
+                       scaled per feature), the top of every emotion
   selectivity_null.png real vs shuffled-label distributions of the reference
                        selectivity and of the max-AUROC statistic, and the
                        selective counts of every member beside their nulls
@@ -24,13 +24,33 @@ def _primary(summary: dict) -> int:
   return int(np.argmax(counts)) if counts else 0
 
 
+def heatmap_rows(member: dict, names: list[str],
+                 max_features: int = 120) -> list[dict]:
+  """The features the heatmap shows: the top (by AUROC) of every emotion,
+  an equal share each (a share one emotion leaves unused goes to the
+  others), grouped by emotion."""
+  by_emotion = {n: sorted((r for r in member["features"]
+                           if r["emotion"] == n), key=lambda r: -r["auroc"])
+                for n in names}
+  shown = {n: 0 for n in names}
+  left = max_features
+  while left > 0:
+    open_ = [n for n in names if shown[n] < len(by_emotion[n])]
+    if not open_:
+      break
+    share = max(left // len(open_), 1)
+    for n in open_:
+      take = min(share, len(by_emotion[n]) - shown[n], left)
+      shown[n] += take
+      left -= take
+  return [r for n in names for r in by_emotion[n][:shown[n]]]
+
+
 def heatmap(summary: dict, path: Path, max_features: int = 120) -> None:
   i = _primary(summary)
   member = summary["members"][i]
   names = summary["data"]["label_names"]
-  feats = sorted(member["features"],
-                 key=lambda r: (names.index(r["emotion"]), -r["auroc"]))
-  feats = feats[:max_features]
+  feats = heatmap_rows(member, names, max_features)
   fig, ax = plt.subplots(figsize=(1.0 + 0.7 * len(names),
                                   1.5 + 0.12 * max(len(feats), 8)))
   if feats:
@@ -48,7 +68,10 @@ def heatmap(summary: dict, path: Path, max_features: int = 120) -> None:
     ax.set_yticks([])
   ax.set_xticks(range(len(names)))
   ax.set_xticklabels(names, rotation=45, ha="right")
-  ax.set_title(f"significant features, member {member['index']}")
+  cut = len(member["features"]) - len(feats)
+  ax.set_title(f"significant features, member {member['index']}"
+               + (f" (top {len(feats)}, every emotion; {cut} more in "
+                  "analysis.json)" if cut else ""))
   save_figure(fig, path)
 
 

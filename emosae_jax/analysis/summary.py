@@ -67,10 +67,12 @@ def _causal_of(arrays: dict, i: int, f: int) -> dict | None:
 def feature_records(arrays: dict, i: int, es_texts: list[str],
                     row_labels: np.ndarray, label_names: list[str],
                     stab: dict | None) -> list[dict]:
-  """Details of member i's significant features, best first."""
+  """Details of member i's significant features, largest effect (AUROC for
+  their emotion) first; p breaks ties. (Sorting by p put hundreds of
+  features at the permutation floor in arbitrary order.)"""
   feats = np.flatnonzero(arrays["significant"][i])
-  order = np.lexsort((-arrays["statistic"][i, feats],
-                      arrays["p_value"][i, feats]))
+  order = np.lexsort((arrays["p_value"][i, feats],
+                      -arrays["statistic"][i, feats]))
   records = []
   for f in feats[order]:
     f = int(f)
