@@ -295,8 +295,12 @@ def features_section(summary: dict, max_per_member: int = 300) -> Section:
 
 
 def analysis_sections(summary: dict, figures: dict[str, Any]) -> list[Section]:
-  return [summary_section(summary), counts_section(summary),
-          figures_section(figures), features_section(summary)]
+  """What holds beyond the corpus leads, right after the run summary."""
+  from emosae_jax.analysis import report_sections as more
+  sections = [summary_section(summary), more.validation_section(summary),
+              counts_section(summary), figures_section(figures),
+              features_section(summary)]
+  return [s for s in sections if s is not None]
 
 
 def write_analysis_report(summary: dict, figures: dict[str, Any],

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
@@ -11,15 +12,24 @@ from emosae_jax.analysis.device import compute, group_ids
 from emosae_jax.analysis.loading import check_inputs, load_data, load_members
 from emosae_jax.analysis.settings import Settings
 from emosae_jax.analysis.summary import Result, summarize
+from emosae_jax.analysis.validation import (load_validation_set, prefixed,
+                                            validate)
 
 
 def analyze(workdir: str | Path, data_path: str | None = None,
-            settings: Settings = Settings(), progress: bool = False
-            ) -> Result:
-  """The whole analysis of a training run or sweep workdir."""
+            settings: Settings = Settings(), progress: bool = False,
+            validation: Sequence[str | Path] = ()) -> Result:
+  """The whole analysis of a training run or sweep workdir.
+
+  validation: other labelled embedding sets; every feature is tested on
+  each as on the corpus, and the summary says which corpus-significant
+  features hold there (see analysis.validation).
+  """
   members = load_members(workdir)
   es = load_data(members, data_path)
   check_inputs(members, es, settings.min_support)
+  vsets = [load_validation_set(p, es.label_names, es.dim,
+                               settings.min_support) for p in validation]
   if settings.permutations < 1:
     raise ValueError(f"--permutations must be >= 1, got "
                      f"{settings.permutations}")
@@ -32,7 +42,15 @@ def analyze(workdir: str | Path, data_path: str | None = None,
   arrays, extras = compute(members.sae, members.params, x,
                            es.labels[labelled], len(es.label_names), groups,
                            settings, progress)
-  summary = summarize(members, es, arrays, extras, settings, labelled)
+  validations = []
+  for vset in vsets:
+    v_arrays, info = validate(members, arrays, extras["probe_weights"], vset,
+                              settings, progress)
+    validations.append((v_arrays, info, vset))
+  summary = summarize(members, es, arrays, extras, settings, labelled,
+                      validations)
+  for j, (v_arrays, _, _) in enumerate(validations):
+    arrays.update(prefixed(v_arrays, j))
   return Result(summary, arrays, members.params["W_dec"])
 
 

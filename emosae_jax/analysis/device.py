@@ -38,9 +38,10 @@ def _prepare(spec: DeviceSpec, x, labels, n_pos, params):
 
 
 def _finish(spec: DeviceSpec, n_perm, x, labels, n_pos, probe_w, probe_b,
-            random_dirs, steer_rows, params, prep, real, null):
+            random_dirs, steer_rows, params, reference, prep, real, null):
   """Per member: p-values, BH, null counts, typical activation, top
-  prompts and causal checks. null: [P, ...] arrays of this member."""
+  prompts and causal checks. null: [P, ...] arrays of this member;
+  reference: see `_null_significance`."""
   k = spec.n_labels
   acts = prep["acts"]
   onehot = jax.nn.one_hot(labels, k, axis=0, dtype=jnp.float32)
@@ -49,9 +50,11 @@ def _finish(spec: DeviceSpec, n_perm, x, labels, n_pos, probe_w, probe_b,
   p_value = (1.0 + exceed) / (n_perm + 1.0)
   q_value, significant = _significance(spec, p_value, real["support"],
                                        prep["tested"])
-  null_sig, null_sig_by_emotion = _null_significance(
+  null_sig, null_sig_by_emotion, null_holds = _null_significance(
       spec, null["statistic"], null["emotion"], null["support"],
-      prep["tested"])
+      prep["tested"], reference)
+  holds = (significant & reference["significant"]
+           & (real["emotion"] == reference["emotion"]))
 
   emotion = real["emotion"]
   own_rate = jnp.take_along_axis(real["rate"], emotion[None], 0)[0]
@@ -64,17 +67,19 @@ def _finish(spec: DeviceSpec, n_perm, x, labels, n_pos, probe_w, probe_b,
   # Causal checks on the strongest candidates: lowest p, then highest AUROC.
   n_causal = _n_causal(spec.n_causal, spec.sae.d_sae)
   candidates = jnp.lexsort((-real["statistic"], p_value))[:n_causal]
-  w_dec = params["W_dec"][candidates]
-  base_logits = x @ probe_w + probe_b
-  rand_u = random_dirs @ probe_w
-  causal = jax.lax.map(
-      lambda args: _causal_one(spec, base_logits, labels,
-                               base_logits[steer_rows], labels[steer_rows],
-                               rand_u, *args),
-      (acts[:, candidates].T, w_dec @ probe_w, emotion[candidates],
-       typical[candidates],
-       typical[candidates] * jnp.linalg.norm(w_dec, axis=1)),
-      batch_size=min(n_causal, _CAUSAL_BATCH))
+  causal = {}
+  if n_causal:  # 0: none (a validation set needs no causal checks)
+    w_dec = params["W_dec"][candidates]
+    base_logits = x @ probe_w + probe_b
+    rand_u = random_dirs @ probe_w
+    causal = jax.lax.map(
+        lambda args: _causal_one(spec, base_logits, labels,
+                                 base_logits[steer_rows], labels[steer_rows],
+                                 rand_u, *args),
+        (acts[:, candidates].T, w_dec @ probe_w, emotion[candidates],
+         typical[candidates],
+         typical[candidates] * jnp.linalg.norm(w_dec, axis=1)),
+        batch_size=min(n_causal, _CAUSAL_BATCH))
   return {
       "rate": real["rate"], "mean_activation": mean_activation,
       "auroc": real["auroc"], "selectivity": real["selectivity"],
@@ -90,6 +95,8 @@ def _finish(spec: DeviceSpec, n_perm, x, labels, n_pos, probe_w, probe_b,
           [jnp.sum(significant & (emotion == e)) for e in range(k)]),
       "null_significant_count": null_sig,  # [P]
       "null_significant_by_emotion": null_sig_by_emotion,  # [P, K]
+      "holds": holds, "holds_count": jnp.sum(holds),
+      "null_holds_count": null_holds,  # [P]
       "selectivity_hist": real["selectivity_hist"],
       "null_selectivity_hist": null["selectivity_hist"].sum(0) / n_perm,
       "statistic_hist": real["statistic_hist"],
@@ -101,13 +108,15 @@ def _finish(spec: DeviceSpec, n_perm, x, labels, n_pos, probe_w, probe_b,
 
 @functools.partial(jax.jit, static_argnums=0)
 def analyze_members(spec: DeviceSpec, params, x, labels, perms, probe_w,
-                    probe_b, random_dirs, steer_rows):
+                    probe_b, random_dirs, steer_rows, reference):
   """A batch of members: params have a leading member axis [B, ...].
 
   x: Float[N, d] normalised embeddings of the labelled rows; labels: Int[N]
   in [0, K); perms: Int[P, N] (labels[perms[i]] is shuffle i); probe_w:
   Float[d, K], probe_b: Float[K]; random_dirs: Float[R, d] unit rows;
-  steer_rows: Int[S] the rows the steering check runs on.
+  steer_rows: Int[S] the rows the steering check runs on; reference:
+  {"significant": Bool[B, m], "emotion": Int[B, m]} the features (and their
+  emotions, in these labels) whose holding is counted, real and shuffled.
   Returns a dict of arrays with a leading [B] axis (see the module doc).
   """
   n, n_perm = x.shape[0], perms.shape[0]
@@ -133,7 +142,7 @@ def analyze_members(spec: DeviceSpec, params, x, labels, perms, probe_w,
   null = jax.tree.map(lambda v: jnp.moveaxis(v, 0, 1), null)
   finish = functools.partial(_finish, spec, n_perm, x, labels, n_pos,
                              probe_w, probe_b, random_dirs, steer_rows)
-  return jax.vmap(finish)(params, prep, real, null)
+  return jax.vmap(finish)(params, reference, prep, real, null)
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -144,27 +153,33 @@ def _nonzero_counts(sae: saes.SAESpec, params, x):
 
 def run_members(spec: DeviceSpec, member_batch: int, params: dict, x,
                 labels, perms, probe_w, probe_b, random_dirs, steer_rows,
-                progress: bool = False) -> dict[str, np.ndarray]:
+                progress: bool = False, reference: dict | None = None
+                ) -> dict[str, np.ndarray]:
   """All members [M, ...], `member_batch` at a time (the last batch padded
-  with copies, so every call reuses one compiled program)."""
-  n_members = int(params["W_dec"].shape[0])
+  with copies, so every call reuses one compiled program). reference: see
+  `analyze_members` ([M, m] arrays; None: no reference)."""
+  n_members, m = int(params["W_dec"].shape[0]), int(params["W_dec"].shape[1])
+  if reference is None:
+    reference = {"significant": np.zeros((n_members, m), bool),
+                 "emotion": np.full((n_members, m), -1, np.int32)}
   args = [jnp.asarray(a) for a in (x, labels, perms, probe_w, probe_b,
                                    random_dirs, steer_rows)]
   batches = []
   for start in range(0, n_members, member_batch):
     index = np.minimum(np.arange(start, start + member_batch), n_members - 1)
     batches.append((start, {k: jnp.asarray(v[index])
-                            for k, v in params.items()}))
+                            for k, v in params.items()},
+                    {k: jnp.asarray(v[index]) for k, v in reference.items()}))
   if spec.capacity == 0:  # room for the most non-zeros of any member
     most = max(int(jnp.max(_nonzero_counts(spec.sae, b, args[0])))
-               for _, b in batches)
+               for _, b, _ in batches)
     spec = dataclasses.replace(spec, capacity=entry_capacity(most))
   chunks = []
   # disable=None: tqdm stays silent when stderr is not a terminal (logs).
   bar = tqdm(total=n_members, unit="member", desc="analysis",
              disable=None if progress else True)
-  for start, batch in batches:
-    out = jax.device_get(analyze_members(spec, batch, *args))
+  for start, batch, ref in batches:
+    out = jax.device_get(analyze_members(spec, batch, *args, ref))
     keep = min(member_batch, n_members - start)
     chunks.append({k: np.asarray(v)[:keep] for k, v in out.items()})
     bar.update(keep)
@@ -225,12 +240,17 @@ def device_spec(sae: saes.SAESpec, n_labels: int, settings: Settings,
 
 def compute(sae: saes.SAESpec, params: dict, x_norm: np.ndarray,
             labels: np.ndarray, n_labels: int, groups: np.ndarray | None,
-            settings: Settings, progress: bool = False) -> tuple[dict, dict]:
+            settings: Settings, progress: bool = False,
+            reference: dict | None = None,
+            fall_back_to_all_rows: bool = False) -> tuple[dict, dict]:
   """Runs the device analysis on labelled rows; returns (arrays, extras).
 
   params: numpy dict with a leading member axis; x_norm: Float[N, d]
   normalised; labels: Int[N] in [0, K). arrays: numpy, leading [M] axis;
-  extras: the probe, the permutation scheme.
+  extras: the probe, the permutation scheme. reference: see
+  `analyze_members`. fall_back_to_all_rows: when shuffling within groups
+  would move no label (each group one emotion, e.g. one caption per group),
+  shuffle all rows instead of failing (for validation sets).
   """
   n = x_norm.shape[0]
   n_members = int(params["W_dec"].shape[0])
@@ -239,6 +259,10 @@ def compute(sae: saes.SAESpec, params: dict, x_norm: np.ndarray,
   perms = label_permutations(settings.seed, settings.permutations, use_groups,
                              n)
   moved = float(np.mean(labels[perms] != labels[None]))
+  if moved == 0.0 and use_groups is not None and fall_back_to_all_rows:
+    use_groups = None
+    perms = label_permutations(settings.seed, settings.permutations, None, n)
+    moved = float(np.mean(labels[perms] != labels[None]))
   if moved == 0.0:
     raise data.DataError(
         "shuffling labels within template groups never changes a label (each"
@@ -252,7 +276,8 @@ def compute(sae: saes.SAESpec, params: dict, x_norm: np.ndarray,
   steer_rows = steering_rows(settings.seed, n, settings.steer_rows)
   arrays = run_members(spec, member_batch, params, x_norm,
                        np.asarray(labels, np.int32), perms, probe["w"],
-                       probe["b"], dirs, steer_rows, progress=progress)
+                       probe["b"], dirs, steer_rows, progress=progress,
+                       reference=reference)
   extras = {
       "probe": {k: v for k, v in probe.items() if k not in ("w", "b")},
       "permutation": {

@@ -12,6 +12,8 @@ from emosae_jax.analysis.kernels import _STAT_RANGE
 from emosae_jax.analysis.loading import Members
 from emosae_jax.analysis.settings import Settings
 from emosae_jax.analysis.stability import stability
+from emosae_jax.analysis.validation import (feature_validation,
+                                            member_validation)
 
 FORMAT_VERSION = 1
 
@@ -66,7 +68,7 @@ def _causal_of(arrays: dict, i: int, f: int) -> dict | None:
 
 def feature_records(arrays: dict, i: int, es_texts: list[str],
                     row_labels: np.ndarray, label_names: list[str],
-                    stab: dict | None) -> list[dict]:
+                    stab: dict | None, validations=()) -> list[dict]:
   """Details of member i's significant features, largest effect (AUROC for
   their emotion) first; p breaks ties. (Sorting by p put hundreds of
   features at the permutation floor in arbitrary order.)"""
@@ -99,6 +101,8 @@ def feature_records(arrays: dict, i: int, es_texts: list[str],
         "matches": st.get("matches", []),
         "causal": _causal_of(arrays, i, f),
         "top_prompts": top,
+        "validation": [feature_validation(v, vset, i, f)
+                       for v, _, vset in validations],
     })
   return records
 
@@ -113,8 +117,10 @@ class Result:
 
 
 def summarize(members: Members, es: data.EmbeddingSet, arrays: dict,
-              extras: dict, settings: Settings, labelled: np.ndarray) -> dict:
-  """Builds analysis.json from the device arrays."""
+              extras: dict, settings: Settings, labelled: np.ndarray,
+              validations=()) -> dict:
+  """Builds analysis.json from the device arrays. validations: (arrays,
+  info, ValidationSet) of each validation set (see validation.validate)."""
   names = es.label_names
   row_labels = es.labels[labelled]
   texts = [es.texts[r] for r in labelled]
@@ -123,7 +129,8 @@ def summarize(members: Members, es: data.EmbeddingSet, arrays: dict,
           if len(members.indices) > 1 else [None] * len(members.indices))
   member_out = []
   for i, index in enumerate(members.indices):
-    feats = feature_records(arrays, i, texts, row_labels, names, stab[i])
+    feats = feature_records(arrays, i, texts, row_labels, names, stab[i],
+                            validations)
     stable = [r["stability"] for r in feats if r["stability"] is not None]
     member_out.append({
         "index": index, "seed": members.seeds[i],
@@ -134,6 +141,8 @@ def summarize(members: Members, es: data.EmbeddingSet, arrays: dict,
         "counts": member_counts(arrays, i, names, settings),
         "fraction_reappearing": (
             float(np.mean([s >= 0.5 for s in stable])) if stable else None),
+        "validation": [member_validation(v, info, i, len(feats))
+                       for v, info, _ in validations],
         "features": feats,
     })
   counts = np.bincount(row_labels, minlength=len(names))
@@ -157,6 +166,7 @@ def summarize(members: Members, es: data.EmbeddingSet, arrays: dict,
                "label_names": names,
                "examples_per_emotion": dict(zip(names, counts.tolist()))},
       "probe": extras["probe"],
+      "validation": [info for _, info, _ in validations],
       "permutation": extras["permutation"],
       "histograms": {
           "selectivity_edges": np.linspace(1, len(names),

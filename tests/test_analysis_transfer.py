@@ -1,0 +1,96 @@
+"""Beyond the corpus: validation on another labelled set, stability across
+seeds of one configuration, consensus directions. Known answers from a
+planted corpus where some features follow the emotion in both sets
+(general) and some only in the training set (corpus-specific)."""
+
+import json
+import re
+
+import numpy as np
+import pytest
+
+import analysis_helpers as helpers
+from conftest import last_line, run_script
+from emosae_jax import analysis, data
+
+
+@pytest.fixture(scope="module")
+def transfer():
+  workdir, val_path = helpers.transfer_sweep()
+  result = analysis.analyze(workdir, settings=analysis.Settings(
+      permutations=200, n_causal=32), validation=[str(val_path)])
+  return workdir, val_path, result
+
+
+def _planted_feature(result, i, direction):
+  dec = result.decoders[i]
+  cos = dec @ direction / np.linalg.norm(dec, axis=1)
+  f = int(np.argmax(cos))
+  return f, float(cos[f])
+
+
+def test_validation_tells_general_from_corpus_specific(transfer):
+  _, _, result = transfer
+  a, dic = result.arrays, helpers.transfer_dictionary()
+  for i, member in enumerate(result.summary["members"]):
+    for kind, should_hold in (("general", True), ("corpus", False)):
+      for e, direction in enumerate(dic[kind]):
+        f, cos = _planted_feature(result, i, direction)
+        assert cos > 0.8, (i, kind, e)
+        assert a["significant"][i, f] and a["emotion"][i, f] == e
+        assert bool(a["validation0/holds"][i, f]) == should_hold, (i, kind, e)
+    v = member["validation"][0]
+    assert v["hold"]["real"] >= 3
+    assert v["hold"]["shuffled"]["max"] <= 1  # the null: shuffled labels
+    assert v["share_hold"] == v["hold"]["real"] / v["testable"]
+    holding = [r["feature"] for r in member["features"]
+               if r["validation"][0]["holds"]]
+    assert sorted(holding) == sorted(np.flatnonzero(
+        a["validation0/holds"][i]).tolist())
+
+
+def test_validation_labels_mapped_by_name(transfer):
+  _, _, result = transfer
+  info = result.summary["validation"][0]
+  assert info["emotions"] == ["happy", "sad", "tense"]  # training order
+  assert info["left_out"] == {"calm": "not in the training set"}
+  # The corpus probe transfers: general features carry the emotion.
+  assert info["corpus_probe"]["balanced_accuracy"] > 0.5
+
+
+def test_validation_bad_input(transfer, tmp_path):
+  workdir, _, _ = transfer
+  es = helpers.transfer_set("validation", 2)
+  narrow = data.make_embedding_set(es.embeddings[:, :8], es.labels,
+                                   es.label_names, es.texts, es.groups)
+  one = data.make_embedding_set(es.embeddings, es.labels,
+                                ["Tense", "glad", "blue", "calm"], es.texts,
+                                es.groups)
+  for name, bad, message in (
+      ("narrow", narrow, "dimension 8, the SAE 32"),
+      ("one", one, "1 emotion(s) shared with the training set")):
+    path = data.save_embedding_set(bad, tmp_path / name)
+    with pytest.raises(data.DataError, match=re.escape(message)):
+      analysis.analyze(workdir, validation=[str(path)])
+  path = data.save_embedding_set(one, tmp_path / "script")
+  proc = run_script("analyze.py", f"--workdir={workdir}",
+                    f"--validation={path}", f"--out={tmp_path / 'out'}")
+  assert proc.returncode == 1 and "Traceback" not in proc.stderr
+  assert "1 emotion(s) shared" in last_line(proc.stderr)
+
+
+def test_report_leads_with_what_holds(transfer, tmp_path):
+  _, val_path, result = transfer
+  analysis.write(result, tmp_path)
+  page = (tmp_path / "report.html").read_text()
+  sections = re.findall(r'<section id="([^"]+)"', page)
+  assert sections[:2] == ["summary", "validation"]
+  body = page.split('id="validation"')[1].split("</section>")[0]
+  holds = re.findall(r"<td[^>]*>(yes|no)</td>", body)
+  assert holds and holds == sorted(holds, key=lambda h: h != "yes")
+  assert "not in the training set" in body
+  stored = analysis.load_arrays(tmp_path)
+  np.testing.assert_array_equal(stored["validation0/holds"],
+                                result.arrays["validation0/holds"])
+  summary = json.loads((tmp_path / "analysis.json").read_text())
+  assert summary["validation"][0]["path"] == str(val_path)
