@@ -206,10 +206,15 @@ def summary_section(summary: dict) -> Section:
             for m in summary["members"]
             if m.get("fraction_reappearing") is not None]
   if stable:
-    rows.append(("stability across members", "; ".join(
+    rows.append(("stability across seeds", "; ".join(
         f"member {i}: {f:.0%}" for i, f in stable) + " of significant "
-        "features reappear (one-to-one decoder cosine >= "
-        f"{s['stability_threshold']}) in at least half of the other members"))
+        "features reappear (Hungarian one-to-one decoder matching, cosine >= "
+        f"{s['stability_threshold']}) in at least half of the other seeds of "
+        "the same configuration (members whose overrides differ only in "
+        "seed)"))
+  else:
+    rows.append(("stability across seeds", "not measured: no member has "
+                 "another seed of its configuration"))
   body = table(["", ""], [[Cell(esc(k)), Cell(esc(fmt(v)))] for k, v in rows],
                sortable=False)
   return Section("Run summary", body, "summary")
@@ -268,15 +273,19 @@ def features_section(summary: dict, max_per_member: int = 300) -> Section:
           cell(m["index"]), cell(r["feature"]), Cell(esc(r["emotion"])),
           cell(r["selectivity"]), cell(r["auroc"]), p_cell(r["p_value"], n_perm),
           cell(r["q_value"]), cell(r["support"]),
-          cell(r["typical_activation"]), cell(r["stability"], 2),
+          cell(r["typical_activation"]),
+          Cell(esc(f"{r['reappears_in']} of {r['n_other_seeds']}"
+                   if r.get("n_other_seeds") else "–"),
+               r.get("reappears_in")),
           cell(c.get("ablation_effect")), cell(c.get("slope")),
           cell(c.get("slope_random")),
           Cell(_prompts_html(r["top_prompts"]))])
   columns = ["member", "feature", "emotion", "selectivity", "AUROC",
-             "p-value", "q-value", "support", "typical act.", "stability",
+             "p-value", "q-value", "support", "typical act.", "reappears in",
              "ablation effect", "steer slope", "random slope", "top prompts"]
-  note = ('<p class="note">Click a header to sort. Stability: fraction of '
-          "other members with a one-to-one decoder match at cosine &ge; "
+  note = ('<p class="note">Click a header to sort. Reappears in: other '
+          "seeds of the same configuration with a one-to-one (Hungarian) "
+          "decoder match at cosine &ge; "
           f"{summary['settings']['stability_threshold']}. Ablation effect: "
           "drop in the probe's P(emotion) on the emotion's prompts minus the "
           "drop on other prompts. Slopes: P(emotion) per unit strength on "

@@ -185,7 +185,7 @@ def transfer_set(split: str, seed: int) -> data.EmbeddingSet:
                                  encoder={"name": "planted", "revision": "1"})
 
 
-TRANSFER_LRS = (4e-3, 6e-3)
+TRANSFER_LRS = (6e-3, 1e-2)
 TRANSFER_SEEDS = (0, 1, 2)
 
 
@@ -200,10 +200,10 @@ def transfer_sweep() -> tuple[Path, Path]:
                                      _ROOT / "transfer_validation")
   t = TRANSFER
   base = tiny_config("topk", data__synthetic=False, data__path=str(train_path),
-                     model__d_in=t["d"], model__d_sae=40, model__k=4,
-                     train__batch_size=64, train__epochs=20,
-                     train__epochs_per_call=20,
-                     train__checkpoint_every_epochs=20)
+                     model__d_in=t["d"], model__d_sae=24, model__k=5,
+                     train__batch_size=64, train__epochs=30,
+                     train__epochs_per_call=30,
+                     train__checkpoint_every_epochs=30)
   overrides = sweep.product(sweep.axis("train.lr", list(TRANSFER_LRS)),
                             sweep.axis("seed", list(TRANSFER_SEEDS)))
   workdir = _ROOT / "transfer_sweep"

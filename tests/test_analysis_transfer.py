@@ -94,3 +94,35 @@ def test_report_leads_with_what_holds(transfer, tmp_path):
                                 result.arrays["validation0/holds"])
   summary = json.loads((tmp_path / "analysis.json").read_text())
   assert summary["validation"][0]["path"] == str(val_path)
+
+
+def test_stability_matches_only_seeds_of_one_configuration(transfer):
+  _, _, result = transfer
+  members = result.summary["members"]
+  lr = [m["overrides"]["train.lr"] for m in members]
+  assert sorted(set(lr)) == list(helpers.TRANSFER_LRS)
+  dic = helpers.transfer_dictionary()
+  for i, member in enumerate(members):
+    assert member["n_other_seeds"] == len(helpers.TRANSFER_SEEDS) - 1
+    for r in member["features"]:
+      others = {x["member"] for x in r["matches"]}
+      assert others == {j for j in range(len(members))
+                        if j != i and lr[j] == lr[i]}
+      assert r["reappears_in"] == sum(
+          x["cosine"] >= result.summary["settings"]["stability_threshold"]
+          for x in r["matches"])
+    # Planted directions come back in every other seed.
+    for e, direction in enumerate(dic["general"]):
+      f, _ = _planted_feature(result, i, direction)
+      record = next(r for r in member["features"] if r["feature"] == f)
+      assert record["reappears_in"] == member["n_other_seeds"]
+    share = np.mean([r["reappears_in"] >= r["n_other_seeds"] / 2
+                     for r in member["features"]])
+    assert member["fraction_reappearing"] == pytest.approx(share)
+
+
+def test_same_config_groups():
+  groups = analysis.same_config_groups([
+      {"train.lr": 1, "seed": 0}, {"train.lr": 2, "seed": 0},
+      {"train.lr": 1, "seed": 1}, {"seed": 5}, {}])
+  assert groups == [[0, 2], [1], [3, 4]]

@@ -67,7 +67,8 @@ from emosae_jax.analysis.kernels import (
 from emosae_jax.analysis.loading import (Members, check_inputs, check_labels,
                                          load_data, load_members)
 from emosae_jax.analysis.settings import DeviceSpec, Settings
-from emosae_jax.analysis.stability import match_features, stability
+from emosae_jax.analysis.stability import (match_features, reappearing_share,
+                                           same_config_groups, stability)
 from emosae_jax.analysis.summary import (FORMAT_VERSION, Result, count_entry,
                                          feature_records, member_counts,
                                          summarize)

@@ -11,7 +11,8 @@ from emosae_jax import data
 from emosae_jax.analysis.kernels import _STAT_RANGE
 from emosae_jax.analysis.loading import Members
 from emosae_jax.analysis.settings import Settings
-from emosae_jax.analysis.stability import stability
+from emosae_jax.analysis.stability import (reappearing_share,
+                                           same_config_groups, stability)
 from emosae_jax.analysis.validation import (feature_validation,
                                             member_validation)
 
@@ -96,6 +97,8 @@ def feature_records(arrays: dict, i: int, es_texts: list[str],
         "mean_activation": {n: float(arrays["mean_activation"][i, k, f])
                             for k, n in enumerate(label_names)},
         "typical_activation": float(arrays["typical_activation"][i, f]),
+        "reappears_in": st.get("reappears_in"),
+        "n_other_seeds": st.get("n_other_seeds", 0),
         "stability": st.get("stability"),
         "stability_significant": st.get("stability_significant"),
         "matches": st.get("matches", []),
@@ -124,14 +127,15 @@ def summarize(members: Members, es: data.EmbeddingSet, arrays: dict,
   names = es.label_names
   row_labels = es.labels[labelled]
   texts = [es.texts[r] for r in labelled]
-  stab = (stability(members.params["W_dec"], arrays["significant"],
-                    arrays["emotion"], settings.stability_threshold)
-          if len(members.indices) > 1 else [None] * len(members.indices))
+  stab = stability(members.params["W_dec"], arrays["significant"],
+                   arrays["emotion"], settings.stability_threshold,
+                   members.overrides)
+  same_config = {i: g for g in same_config_groups(members.overrides)
+                 for i in g}
   member_out = []
   for i, index in enumerate(members.indices):
     feats = feature_records(arrays, i, texts, row_labels, names, stab[i],
                             validations)
-    stable = [r["stability"] for r in feats if r["stability"] is not None]
     member_out.append({
         "index": index, "seed": members.seeds[i],
         "overrides": members.overrides[i],
@@ -139,8 +143,8 @@ def summarize(members: Members, es: data.EmbeddingSet, arrays: dict,
         "n_live": int(np.sum(arrays["fires"][i] > 0)),
         "n_tested": int(np.sum(arrays["tested"][i])),
         "counts": member_counts(arrays, i, names, settings),
-        "fraction_reappearing": (
-            float(np.mean([s >= 0.5 for s in stable])) if stable else None),
+        "n_other_seeds": len(same_config[i]) - 1,
+        "fraction_reappearing": reappearing_share(stab[i]),
         "validation": [member_validation(v, info, i, len(feats))
                        for v, info, _ in validations],
         "features": feats,
