@@ -307,8 +307,8 @@ def analysis_sections(summary: dict, figures: dict[str, Any]) -> list[Section]:
   """What holds beyond the corpus leads, right after the run summary."""
   from emosae_jax.analysis import report_sections as more
   sections = [summary_section(summary), more.validation_section(summary),
-              counts_section(summary), figures_section(figures),
-              features_section(summary)]
+              more.directions_section(summary), counts_section(summary),
+              figures_section(figures), features_section(summary)]
   return [s for s in sections if s is not None]
 
 

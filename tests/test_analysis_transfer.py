@@ -126,3 +126,33 @@ def test_same_config_groups():
       {"train.lr": 1, "seed": 0}, {"train.lr": 2, "seed": 0},
       {"train.lr": 1, "seed": 1}, {"seed": 5}, {}])
   assert groups == [[0, 2], [1], [3, 4]]
+
+
+def test_consensus_recovers_the_general_directions(transfer):
+  """Only general features are robust (corpus-specific ones do not hold),
+  so each configuration's consensus per emotion is the planted general
+  direction; it steers the probe like the best feature, random does not."""
+  _, _, result = transfer
+  a, dic = result.arrays, helpers.transfer_dictionary()
+  consensus = a["directions/consensus"]  # [G, K, d]
+  assert consensus.shape == (len(helpers.TRANSFER_LRS), 3, 32)
+  cos = np.abs(consensus @ dic["general"].T)  # [G, K, K]
+  assert np.all(np.diagonal(cos, axis1=1, axis2=2) > 0.95), cos
+  assert np.all(a["directions/consensus_seeds"] == len(helpers.TRANSFER_SEEDS))
+  robust = a["directions/robust"]
+  assert not np.any(robust & ~a["validation0/holds"])
+  for group in result.summary["directions"]["groups"]:
+    for name, r in group["emotions"].items():
+      assert r["consensus"]["spread"] > 0.95
+      c = r["comparison"]
+      assert c["consensus"]["slope"] > 3 * abs(c["random"]["slope"])
+      assert c["consensus"]["auroc_validation"][0] > 0.75
+      assert abs(c["random"]["auroc_validation"][0] - 0.5) < 0.1
+  # The class-mean baseline: emotion means, by direct computation.
+  es = helpers.transfer_set("train", 0)
+  from emosae_jax import checkpoint
+  members = analysis.load_members(helpers.transfer_sweep()[0])
+  x = checkpoint.normalizer_of(members.info).apply(es.embeddings)
+  want = x[es.labels == 1].mean(0) - x[es.labels != 1].mean(0)
+  np.testing.assert_allclose(a["directions/class_mean"][1], want, rtol=1e-4,
+                             atol=1e-5)

@@ -8,9 +8,11 @@ from typing import Sequence
 import numpy as np
 
 from emosae_jax import checkpoint
+from emosae_jax.analysis.consensus import robust_directions
 from emosae_jax.analysis.device import compute, group_ids
 from emosae_jax.analysis.loading import check_inputs, load_data, load_members
 from emosae_jax.analysis.settings import Settings
+from emosae_jax.analysis.stability import stability
 from emosae_jax.analysis.summary import Result, summarize
 from emosae_jax.analysis.validation import (load_validation_set, prefixed,
                                             validate)
@@ -47,10 +49,28 @@ def analyze(workdir: str | Path, data_path: str | None = None,
     v_arrays, info = validate(members, arrays, extras["probe_weights"], vset,
                               settings, progress)
     validations.append((v_arrays, info, vset))
+  decoders = members.params["W_dec"]
+  stab = stability(decoders, arrays["significant"], arrays["emotion"],
+                   settings.stability_threshold, members.overrides)
   summary = summarize(members, es, arrays, extras, settings, labelled,
-                      validations)
+                      validations, stab)
+  val_sets = []
+  for vset in vsets:
+    to_val = np.full(len(es.label_names), -1, np.int32)
+    to_val[vset.train_index] = np.arange(len(vset.names))
+    val_sets.append((normalizer.apply(vset.es.embeddings).astype(np.float32),
+                     vset.es.labels, to_val))
+  directions, dir_arrays = robust_directions(
+      decoders, arrays, stab, members.overrides, members.indices,
+      es.label_names, (x, es.labels[labelled]), extras["probe_weights"],
+      extras["random_dirs"], settings, validations, val_sets)
+  summary["directions"] = directions
+  for i, member in enumerate(summary["members"]):
+    for r in member["features"]:
+      r["robust"] = bool(dir_arrays["directions/robust"][i, r["feature"]])
   for j, (v_arrays, _, _) in enumerate(validations):
     arrays.update(prefixed(v_arrays, j))
-  return Result(summary, arrays, members.params["W_dec"])
+  arrays.update(dir_arrays)
+  return Result(summary, arrays, decoders)
 
 

@@ -84,3 +84,42 @@ def validation_section(summary: dict, max_rows: int = 300) -> Section | None:
          "other seeds it reappears in", "top prompts here"], rows))
   return Section("What holds on other labelled sets", "\n".join(parts),
                  "validation")
+
+
+def directions_section(summary: dict) -> Section | None:
+  """Per configuration and emotion: the consensus direction of robust
+  features beside the best single feature, the class mean and random."""
+  dirs = summary.get("directions")
+  if not dirs or not dirs["groups"]:
+    return None
+  sets = [v["path"] for v in summary.get("validation") or []]
+  columns = (["configuration", "emotion", "direction", "seeds / spread",
+              "probe slope", "AUROC corpus"]
+             + [f"AUROC {p}" for p in sets])
+  rows = []
+  for g in dirs["groups"]:
+    config = ", ".join(f"{k}={v}" for k, v in g["overrides"].items()) or "–"
+    for name, r in g["emotions"].items():
+      if r is None:
+        rows.append([Cell(esc(config)), Cell(esc(name)),
+                     Cell("no significant feature")] + [cell(None)] * (
+                         len(columns) - 3))
+        continue
+      for kind, c in r["comparison"].items():
+        if kind == "consensus":
+          what = (f"{r['consensus']['n_seeds']} seeds, spread "
+                  f"{r['consensus']['spread']:.3f}")
+        elif kind == "best_feature":
+          what = (f"member {r['best_feature']['member']}, feature "
+                  f"{r['best_feature']['feature']}")
+        else:
+          what = ""
+        rows.append([Cell(esc(config)), Cell(esc(name)), Cell(esc(kind)),
+                     Cell(esc(what)), cell(c["slope"]),
+                     cell(c["auroc_corpus"])]
+                    + [cell(a) for a in c["auroc_validation"]])
+  note = (f'<p class="note">{esc(dirs["definition"])}. Random: the mean over'
+          " random unit directions. Emotions without robust features have "
+          "no consensus row.</p>")
+  return Section("Robust directions vs baselines", note + table(columns, rows),
+                 "directions")

@@ -121,15 +121,16 @@ class Result:
 
 def summarize(members: Members, es: data.EmbeddingSet, arrays: dict,
               extras: dict, settings: Settings, labelled: np.ndarray,
-              validations=()) -> dict:
+              validations=(), stab: list[dict] | None = None) -> dict:
   """Builds analysis.json from the device arrays. validations: (arrays,
   info, ValidationSet) of each validation set (see validation.validate)."""
   names = es.label_names
   row_labels = es.labels[labelled]
   texts = [es.texts[r] for r in labelled]
-  stab = stability(members.params["W_dec"], arrays["significant"],
-                   arrays["emotion"], settings.stability_threshold,
-                   members.overrides)
+  if stab is None:
+    stab = stability(members.params["W_dec"], arrays["significant"],
+                     arrays["emotion"], settings.stability_threshold,
+                     members.overrides)
   same_config = {i: g for g in same_config_groups(members.overrides)
                  for i in g}
   member_out = []
