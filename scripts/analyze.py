@@ -66,6 +66,15 @@ def main(argv):
       print(f"  holds on {v['path']}: {hold['real']} of {v['testable']} "
             f"testable (shuffled {null['mean']:.1f}, {null['min']}-"
             f"{null['max']})")
+  for group in result.summary["directions"]["groups"]:
+    for name, r in group["emotions"].items():
+      if r and r["consensus"] and r["comparison"]["consensus"][
+          "auroc_validation"]:
+        c = r["comparison"]
+        print(f"{name} {group['overrides']}: validation AUROC consensus "
+              f"{c['consensus']['auroc_validation'][0]:.3f}, best feature "
+              f"{c['best_feature']['auroc_validation'][0]:.3f}, class mean "
+              f"{c['class_mean']['auroc_validation'][0]:.3f}")
   print(f"wrote {path} and {path.parent / 'report.html'}")
 
 

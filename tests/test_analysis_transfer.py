@@ -156,3 +156,25 @@ def test_consensus_recovers_the_general_directions(transfer):
   want = x[es.labels == 1].mean(0) - x[es.labels != 1].mean(0)
   np.testing.assert_allclose(a["directions/class_mean"][1], want, rtol=1e-4,
                              atol=1e-5)
+
+
+def test_script_validation_flag_and_fallback_shuffle(tmp_path):
+  """--validation on a run; a validation set whose groups each hold one
+  emotion is shuffled over all rows (a corpus run would refuse)."""
+  run = helpers.random_run()
+  other = helpers.labelled_set(seed=1)
+  one_per_group = data.make_embedding_set(
+      other.embeddings, other.labels, other.label_names, other.texts,
+      [f"g{label}" for label in other.labels])
+  path = data.save_embedding_set(one_per_group, tmp_path / "validation")
+  proc = run_script("analyze.py", f"--workdir={run}", f"--out={tmp_path}",
+                    f"--validation={path}", "--permutations=60",
+                    "--fdr=0.1", "--min_support=3")
+  assert proc.returncode == 0, proc.stderr
+  assert f"holds on {path}:" in proc.stdout
+  summary = json.loads((tmp_path / "analysis.json").read_text())
+  assert summary["validation"][0]["permutation"]["scheme"] == (
+      "all labelled rows")
+  assert summary["permutation"]["scheme"] == "within groups"
+  assert "What holds on other labelled sets" in (
+      tmp_path / "report.html").read_text()

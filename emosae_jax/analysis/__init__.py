@@ -25,8 +25,15 @@ it. For the significant count under a shuffle, that shuffle's statistics get
 p-values against the other shuffles and go through the same BH + support
 filter.
 
-Stability: significant features of each member are matched one-to-one to the
-other members' features by decoder cosine (linear_sum_assignment).
+Stability (stability.py): significant features are matched one-to-one
+(Hungarian on decoder cosine) to the other seeds of the same configuration;
+a feature reappears in a seed at cosine >= Settings.stability_threshold.
+Validation (validation.py): every feature is tested on other labelled sets
+with the same kernels; a corpus-significant feature holds when it is
+significant there for the same emotion, counted beside shuffled labels.
+Robust directions (consensus.py): consensus of robust features across
+seeds per emotion, against the best single feature, the class-mean
+direction and random directions.
 Causal checks use a logistic-regression emotion probe on the (normalised)
 embeddings: ablating a feature (x - a_f W_dec[f]) and steering with it
 (x + s * typical_f * W_dec[f], against random directions of the same norm).
@@ -47,14 +54,17 @@ counts, top prompts, causal checks, themselves vmapped over features),
 
 Modules: settings (Settings, DeviceSpec), kernels (per-feature statistics),
 device (the jitted member batch, permutations, `compute`), causal (probe,
-ablation, steering), stability (matching across seeds), summary
-(analysis.json), loading (runs, sweeps, data), files (writing and reading
-the outputs), figures, core (`analyze`). Everything callers use is
+ablation, steering), stability (matching across seeds), validation,
+consensus, summary (analysis.json), loading (runs, sweeps, data), files
+(writing and reading the outputs), figures, report_sections, core
+(`analyze`). Everything callers use is
 re-exported here: `from emosae_jax import analysis; analysis.analyze(...)`.
 """
 
 from emosae_jax.analysis.causal import (fit_probe, random_directions,
                                         steering_rows)
+from emosae_jax.analysis.consensus import (class_mean_directions,
+                                           robust_directions)
 from emosae_jax.analysis.core import analyze
 from emosae_jax.analysis.device import (
     _nonzero_counts, analyze_members, compute, default_member_batch,
@@ -72,3 +82,5 @@ from emosae_jax.analysis.stability import (match_features, reappearing_share,
 from emosae_jax.analysis.summary import (FORMAT_VERSION, Result, count_entry,
                                          feature_records, member_counts,
                                          summarize)
+from emosae_jax.analysis.validation import (ValidationSet,
+                                            load_validation_set, validate)
