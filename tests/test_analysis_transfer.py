@@ -66,8 +66,13 @@ def test_validation_bad_input(transfer, tmp_path):
   one = data.make_embedding_set(es.embeddings, es.labels,
                                 ["Tense", "glad", "blue", "calm"], es.texts,
                                 es.groups)
+  other = data.make_embedding_set(es.embeddings, es.labels, es.label_names,
+                                  es.texts, es.groups,
+                                  encoder={"name": "t5-large"})
   for name, bad, message in (
       ("narrow", narrow, "dimension 8, the SAE 32"),
+      ("encoder", other, "embedded with 't5-large', the training data with "
+       "'planted'"),
       ("one", one, "1 emotion(s) shared with the training set")):
     path = data.save_embedding_set(bad, tmp_path / name)
     with pytest.raises(data.DataError, match=re.escape(message)):

@@ -30,8 +30,10 @@ def analyze(workdir: str | Path, data_path: str | None = None,
   members = load_members(workdir)
   es = load_data(members, data_path)
   check_inputs(members, es, settings.min_support)
+  encoder = es.meta.get("encoder") or members.info.get("encoder")
   vsets = [load_validation_set(p, es.label_names, es.dim,
-                               settings.min_support) for p in validation]
+                               settings.min_support, encoder)
+           for p in validation]
   if settings.permutations < 1:
     raise ValueError(f"--permutations must be >= 1, got "
                      f"{settings.permutations}")

@@ -44,13 +44,24 @@ def _key(name: str) -> str:
   return " ".join(name.casefold().split())
 
 
+def _encoder_name(encoder) -> str | None:
+  return encoder.get("name") if isinstance(encoder, dict) else encoder
+
+
 def load_validation_set(path: str | Path, train_names: list[str], dim: int,
-                        min_support: int) -> ValidationSet:
-  """Loads and maps another labelled set; DataError when it cannot be used."""
+                        min_support: int, encoder=None) -> ValidationSet:
+  """Loads and maps another labelled set; DataError when it cannot be used
+  (other dimension, another named encoder than `encoder`, fewer than two
+  shared emotions)."""
   es = data.load_embedding_set(path)
   if es.dim != dim:
     raise data.DataError(f"validation set {path} has dimension {es.dim}, the "
                          f"SAE {dim}; embed it with the training encoder")
+  mine, theirs = _encoder_name(encoder), _encoder_name(es.meta.get("encoder"))
+  if mine and theirs and mine != theirs:
+    raise data.DataError(f"validation set {path} was embedded with {theirs!r}"
+                         f", the training data with {mine!r}; embed it with "
+                         "the training encoder")
   val_keys = {_key(n): e for e, n in enumerate(es.label_names)}
   train_keys = {_key(n) for n in train_names}
   counts = np.bincount(es.labels[es.labels >= 0],
