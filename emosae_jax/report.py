@@ -245,6 +245,8 @@ def figures_section(figures: dict[str, Any]) -> Section:
       "selectivity_null": "Real vs shuffled-label distributions and counts",
       "dose_response": "Steering the probe: feature directions vs random "
                        "directions of the same norm",
+      "validation": "Corpus AUROC vs AUROC on each validation set (same "
+                    "emotion) of every significant feature",
   }
   body = "".join(f"<figure>{img_tag(p, captions.get(k, k))}<figcaption>"
                  f"{esc(captions.get(k, k))}</figcaption></figure>"

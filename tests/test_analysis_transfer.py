@@ -94,6 +94,7 @@ def test_report_leads_with_what_holds(transfer, tmp_path):
   holds = re.findall(r"<td[^>]*>(yes|no)</td>", body)
   assert holds and holds == sorted(holds, key=lambda h: h != "yes")
   assert "not in the training set" in body
+  assert (tmp_path / "validation.png").stat().st_size > 0
   stored = analysis.load_arrays(tmp_path)
   np.testing.assert_array_equal(stored["validation0/holds"],
                                 result.arrays["validation0/holds"])

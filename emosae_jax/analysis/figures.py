@@ -7,6 +7,8 @@
                        selective counts of every member beside their nulls
   dose_response.png    the probe's P(target emotion) against steering
                        strength, feature direction vs random directions
+  validation.png       (with validation sets) corpus AUROC vs AUROC on each
+                       validation set of every significant feature
 """
 
 from __future__ import annotations
@@ -155,6 +157,32 @@ def dose_response(summary: dict, path: Path, n_curves: int = 8) -> None:
   save_figure(fig, path)
 
 
+def validation_scatter(summary: dict, path: Path) -> None:
+  """Corpus AUROC against AUROC on each validation set (same emotion) of
+  every member's significant features; those that hold marked."""
+  sets = summary["validation"]
+  fig, axes = plt.subplots(1, len(sets), figsize=(5.5 * len(sets), 4.5),
+                           squeeze=False)
+  for j, (ax, info) in enumerate(zip(axes[0], sets)):
+    points = [(r["auroc"], r["validation"][j]["auroc"],
+               r["validation"][j]["holds"])
+              for m in summary["members"] for r in m["features"]
+              if r["validation"][j]["auroc"] is not None]
+    for holds, label, style in ((False, "does not hold", "o"),
+                                (True, "holds", "*")):
+      xy = np.array([(a, b) for a, b, h in points if h == holds]).reshape(
+          -1, 2)
+      ax.scatter(xy[:, 0], xy[:, 1], s=14 if style == "o" else 40,
+                 marker=style, alpha=0.6, label=f"{label} ({len(xy)})")
+    ax.axhline(0.5, color="grey", lw=0.8)
+    ax.plot([0.5, 1], [0.5, 1], color="grey", lw=0.8, linestyle="--")
+    ax.set_xlabel("AUROC on the corpus")
+    ax.set_ylabel("AUROC on the validation set (same emotion)")
+    ax.set_title(Path(info["path"]).name, fontsize=9)
+    ax.legend(fontsize=8)
+  save_figure(fig, path)
+
+
 def write_all(result, out: Path) -> dict[str, Path]:
   """Writes every figure of `result` (an analysis.Result) into out/."""
   paths = {"heatmap": out / "heatmap.png",
@@ -163,4 +191,7 @@ def write_all(result, out: Path) -> dict[str, Path]:
   heatmap(result.summary, paths["heatmap"])
   selectivity_null(result.summary, paths["selectivity_null"])
   dose_response(result.summary, paths["dose_response"])
+  if result.summary.get("validation"):
+    paths["validation"] = out / "validation.png"
+    validation_scatter(result.summary, paths["validation"])
   return paths
