@@ -57,7 +57,9 @@ def bench(n, args):
       dspec, batch, jnp.asarray(x), jnp.asarray(labels, jnp.int32),
       jnp.asarray(perms), jnp.zeros((args.d, args.labels)),
       jnp.zeros(args.labels), jnp.zeros((settings.n_random, args.d)),
-      jnp.asarray(analysis.steering_rows(0, n, settings.steer_rows))
+      jnp.asarray(analysis.steering_rows(0, n, settings.steer_rows)),
+      {"significant": jnp.zeros((member_batch, args.features), bool),
+       "emotion": jnp.full((member_batch, args.features), -1, jnp.int32)}
   ).compile()
   compile_s = time.perf_counter() - start
   start = time.perf_counter()

@@ -54,6 +54,9 @@ def get_config(arg=None):
   config.analysis.permutations = 1000
   config.analysis.fdr = 0.05
   config.analysis.min_support = 5
+  # Other labelled embedding sets (comma list of folders) on which every
+  # feature is tested too: which corpus-significant features hold there.
+  config.analysis.validation = ""
 
   config.steer = ml_collections.ConfigDict()
   config.steer.backend = "transformers"

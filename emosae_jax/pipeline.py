@@ -300,8 +300,9 @@ def stage_analysis(ctx: Context) -> dict:
   a = ctx.config.analysis
   settings = analysis.Settings(permutations=a.permutations, fdr=a.fdr,
                                min_support=a.min_support)
+  validation = [v.strip() for v in a.validation.split(",") if v.strip()]
   result = analysis.analyze(_first_group(ctx), settings=settings,
-                            progress=True)
+                            progress=True, validation=validation)
   analysis.write(result, ctx.path("analysis"))
   return {"members": len(result.summary["members"])}
 

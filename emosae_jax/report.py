@@ -101,6 +101,15 @@ def table(columns: Sequence[str], rows: Iterable[Sequence[Cell]],
           + "\n".join(body) + "</tbody></table>")
 
 
+def p_cell(p: float, permutations: int) -> Cell:
+  """A permutation p-value; at the floor 1/(P+1) it reads "< 1/(P+1)" (e.g.
+  "< 0.001"): no shuffle reached the real statistic, so p is only bounded."""
+  floor = 1.0 / (permutations + 1)
+  if p <= floor * (1 + 1e-6):
+    return Cell(esc(f"< {floor:.2g}"), p)
+  return cell(p)
+
+
 def count_html(entry: dict) -> str:
   """A selective-feature count with its shuffled-label baseline beside it."""
   s = entry["shuffled"]
@@ -197,10 +206,15 @@ def summary_section(summary: dict) -> Section:
             for m in summary["members"]
             if m.get("fraction_reappearing") is not None]
   if stable:
-    rows.append(("stability across members", "; ".join(
+    rows.append(("stability across seeds", "; ".join(
         f"member {i}: {f:.0%}" for i, f in stable) + " of significant "
-        "features reappear (one-to-one decoder cosine >= "
-        f"{s['stability_threshold']}) in at least half of the other members"))
+        "features reappear (Hungarian one-to-one decoder matching, cosine >= "
+        f"{s['stability_threshold']}) in at least half of the other seeds of "
+        "the same configuration (members whose overrides differ only in "
+        "seed)"))
+  else:
+    rows.append(("stability across seeds", "not measured: no member has "
+                 "another seed of its configuration"))
   body = table(["", ""], [[Cell(esc(k)), Cell(esc(fmt(v)))] for k, v in rows],
                sortable=False)
   return Section("Run summary", body, "summary")
@@ -231,6 +245,8 @@ def figures_section(figures: dict[str, Any]) -> Section:
       "selectivity_null": "Real vs shuffled-label distributions and counts",
       "dose_response": "Steering the probe: feature directions vs random "
                        "directions of the same norm",
+      "validation": "Corpus AUROC vs AUROC on each validation set (same "
+                    "emotion) of every significant feature",
   }
   body = "".join(f"<figure>{img_tag(p, captions.get(k, k))}<figcaption>"
                  f"{esc(captions.get(k, k))}</figcaption></figure>"
@@ -246,8 +262,10 @@ def _prompts_html(prompts: list[dict], n: int = 5) -> str:
 
 
 def features_section(summary: dict, max_per_member: int = 300) -> Section:
-  """The sortable table; at most max_per_member rows per member (lowest p
-  first) keep the page light for wide sweeps; analysis.json has them all."""
+  """The sortable table; at most max_per_member rows per member (largest
+  AUROC first) keep the page light for wide sweeps; analysis.json has them
+  all."""
+  n_perm = summary["settings"]["permutations"]
   rows, cut = [], False
   for m in summary["members"]:
     cut |= len(m["features"]) > max_per_member
@@ -255,24 +273,30 @@ def features_section(summary: dict, max_per_member: int = 300) -> Section:
       c = r["causal"] or {}
       rows.append([
           cell(m["index"]), cell(r["feature"]), Cell(esc(r["emotion"])),
-          cell(r["selectivity"]), cell(r["auroc"]), cell(r["p_value"]),
+          cell(r["selectivity"]), cell(r["auroc"]), p_cell(r["p_value"], n_perm),
           cell(r["q_value"]), cell(r["support"]),
-          cell(r["typical_activation"]), cell(r["stability"], 2),
+          cell(r["typical_activation"]),
+          Cell(esc(f"{r['reappears_in']} of {r['n_other_seeds']}"
+                   if r.get("n_other_seeds") else "–"),
+               r.get("reappears_in")),
           cell(c.get("ablation_effect")), cell(c.get("slope")),
           cell(c.get("slope_random")),
           Cell(_prompts_html(r["top_prompts"]))])
   columns = ["member", "feature", "emotion", "selectivity", "AUROC",
-             "p-value", "q-value", "support", "typical act.", "stability",
+             "p-value", "q-value", "support", "typical act.", "reappears in",
              "ablation effect", "steer slope", "random slope", "top prompts"]
-  note = ('<p class="note">Click a header to sort. Stability: fraction of '
-          "other members with a one-to-one decoder match at cosine &ge; "
+  note = ('<p class="note">Click a header to sort. Reappears in: other '
+          "seeds of the same configuration with a one-to-one (Hungarian) "
+          "decoder match at cosine &ge; "
           f"{summary['settings']['stability_threshold']}. Ablation effect: "
           "drop in the probe's P(emotion) on the emotion's prompts minus the "
           "drop on other prompts. Slopes: P(emotion) per unit strength on "
           "other emotions' prompts, feature direction vs random directions of"
           " the same norm."
-          + (f" Showing at most {max_per_member} features per member, lowest"
-             " p-value first; analysis.json lists every one." if cut else "")
+          + f" p-value &lt; {1 / (n_perm + 1):.2g}: no one of the {n_perm} "
+          "shuffles reached the real AUROC (the test's floor, 1/(P+1))."
+          + (f" Showing at most {max_per_member} features per member, largest"
+             " AUROC first; analysis.json lists every one." if cut else "")
           + "</p>")
   if not rows:
     return Section("Significant features",
@@ -282,8 +306,12 @@ def features_section(summary: dict, max_per_member: int = 300) -> Section:
 
 
 def analysis_sections(summary: dict, figures: dict[str, Any]) -> list[Section]:
-  return [summary_section(summary), counts_section(summary),
-          figures_section(figures), features_section(summary)]
+  """What holds beyond the corpus leads, right after the run summary."""
+  from emosae_jax.analysis import report_sections as more
+  sections = [summary_section(summary), more.validation_section(summary),
+              more.directions_section(summary), counts_section(summary),
+              figures_section(figures), features_section(summary)]
+  return [s for s in sections if s is not None]
 
 
 def write_analysis_report(summary: dict, figures: dict[str, Any],

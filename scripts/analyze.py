@@ -3,9 +3,13 @@ r"""Finds emotion-selective SAE features and tests them against chance.
   python scripts/analyze.py --workdir=runs/seed
   python scripts/analyze.py --workdir=runs/sweep --data=PATH \
       --permutations=1000 --fdr=0.05 --min_support=5 --out=runs/sweep/analysis
+  python scripts/analyze.py --workdir=runs/sweep/g0 \
+      --validation=data/heldout,data/captions
 Works on a training run or a sweep workdir (all members that finished).
 Writes analysis.json, analysis_arrays.safetensors, heatmap.png,
-selectivity_null.png, dose_response.png and report.html into --out.
+selectivity_null.png, dose_response.png and report.html into --out. With
+--validation, every feature is also tested on each other labelled set, and
+the report leads with the corpus-significant features that hold there.
 """
 
 import sys
@@ -33,6 +37,9 @@ _WITHIN_GROUPS = flags.DEFINE_boolean(
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of the shuffles.")
 _STABILITY = flags.DEFINE_float("stability_threshold", 0.7,
                                 "Decoder cosine at which a feature reappears.")
+_VALIDATION = flags.DEFINE_list(
+    "validation", [], "Other labelled embedding sets (comma-separated "
+    "folders): which corpus-significant features hold there.")
 _MEMBER_BATCH = flags.DEFINE_integer(
     "member_batch", 0, "Sweep members computed at once (0: by memory).")
 
@@ -46,7 +53,7 @@ def main(argv):
       seed=_SEED.value, stability_threshold=_STABILITY.value,
       member_batch=_MEMBER_BATCH.value)
   result = analysis.analyze(_WORKDIR.value, _DATA.value, settings,
-                            progress=True)
+                            progress=True, validation=_VALIDATION.value)
   path = analysis.write(result, _OUT.value or _WORKDIR.value)
   for member in result.summary["members"]:
     counts = "; ".join(
@@ -54,6 +61,20 @@ def main(argv):
         f"{c['shuffled']['min']}-{c['shuffled']['max']})"
         for c in member["counts"] if "/" not in c["name"])
     print(f"member {member['index']}: {counts}")
+    for v in member["validation"]:
+      hold, null = v["hold"], v["hold"]["shuffled"]
+      print(f"  holds on {v['path']}: {hold['real']} of {v['testable']} "
+            f"testable (shuffled {null['mean']:.1f}, {null['min']}-"
+            f"{null['max']})")
+  for group in result.summary["directions"]["groups"]:
+    for name, r in group["emotions"].items():
+      if r and r["consensus"] and r["comparison"]["consensus"][
+          "auroc_validation"]:
+        c = r["comparison"]
+        print(f"{name} {group['overrides']}: validation AUROC consensus "
+              f"{c['consensus']['auroc_validation'][0]:.3f}, best feature "
+              f"{c['best_feature']['auroc_validation'][0]:.3f}, class mean "
+              f"{c['class_mean']['auroc_validation'][0]:.3f}")
   print(f"wrote {path} and {path.parent / 'report.html'}")
 
 

@@ -137,3 +137,75 @@ def fake_sweep(tmp_path: Path) -> tuple[Path, np.ndarray]:
       {"index": i, "overrides": {"seed": i}, "config": config, "seed": i,
        "status": status} for i, status in enumerate(["ok", "failed", "ok"])]})
   return sweep, perm
+
+
+# --------------------------------------------------------------------------
+# Planted corpus vs validation: general and corpus-specific features
+
+TRANSFER = dict(k=3, d=32, n_background=14, n_train=1500, n_val=600)
+
+
+def transfer_dictionary(seed: int = 0) -> dict[str, np.ndarray]:
+  """Unit directions: general[e] fires with emotion e in both sets,
+  corpus[e] with emotion e only in the training set (a template habit; on
+  the validation set it fires at random), background at random in both."""
+  t = TRANSFER
+  rng = np.random.default_rng(seed)
+  q, _ = np.linalg.qr(rng.normal(size=(t["d"], t["d"])))
+  dirs = q.T[:2 * t["k"] + t["n_background"]]  # orthonormal rows
+  return {"general": dirs[:t["k"]], "corpus": dirs[t["k"]:2 * t["k"]],
+          "background": dirs[2 * t["k"]:]}
+
+
+def transfer_set(split: str, seed: int) -> data.EmbeddingSet:
+  """split "train": general and corpus features follow the emotion;
+  "validation": only the general ones do."""
+  t, dic = TRANSFER, transfer_dictionary()
+  n = t["n_train"] if split == "train" else t["n_val"]
+  rng = np.random.default_rng(seed)
+  labels = np.arange(n) % t["k"]
+  own = labels[:, None] == np.arange(t["k"])[None]  # [N, K]
+  general = rng.uniform(size=own.shape) < np.where(own, 0.6, 0.03)
+  corpus = rng.uniform(size=own.shape) < (np.where(own, 0.6, 0.03)
+                                          if split == "train" else 0.2)
+  background = rng.uniform(size=(n, t["n_background"])) < 0.2
+  mag = lambda shape: rng.uniform(1.0, 2.0, shape)
+  x = (general * mag(own.shape)) @ dic["general"] + (
+      corpus * mag(own.shape)) @ dic["corpus"] + (
+      background * mag(background.shape)) @ dic["background"]
+  x = x + 0.02 * rng.normal(size=x.shape) + 0.5
+  names = ["happy", "sad", "tense"]
+  if split == "validation":  # same emotions, other order and spelling
+    order = [1, 2, 0]  # happy, sad, tense -> their index in `names`
+    names = ["Tense", "happy", "SAD", "calm"]  # calm: none, left out
+    labels = np.array(order)[labels]
+  texts = [f"{split} prompt {i}" for i in range(n)]
+  groups = [f"{split}{i % 10}" for i in range(n)]
+  return data.make_embedding_set(x, labels, names, texts, groups,
+                                 encoder={"name": "planted", "revision": "1"})
+
+
+TRANSFER_LRS = (6e-3, 1e-2)
+TRANSFER_SEEDS = (0, 1, 2)
+
+
+@functools.lru_cache(maxsize=None)
+def transfer_sweep() -> tuple[Path, Path]:
+  """A real sweep (lr x seed, one group) on the planted training set, and
+  the validation set's folder."""
+  from emosae_jax import sweep
+  train_path = data.save_embedding_set(transfer_set("train", 0),
+                                       _ROOT / "transfer_train")
+  val_path = data.save_embedding_set(transfer_set("validation", 1),
+                                     _ROOT / "transfer_validation")
+  t = TRANSFER
+  base = tiny_config("topk", data__synthetic=False, data__path=str(train_path),
+                     model__d_in=t["d"], model__d_sae=24, model__k=5,
+                     train__batch_size=64, train__epochs=30,
+                     train__epochs_per_call=30,
+                     train__checkpoint_every_epochs=30)
+  overrides = sweep.product(sweep.axis("train.lr", list(TRANSFER_LRS)),
+                            sweep.axis("seed", list(TRANSFER_SEEDS)))
+  workdir = _ROOT / "transfer_sweep"
+  sweep.run_sweep(base, overrides, workdir, progress=False)
+  return workdir / "g0", val_path

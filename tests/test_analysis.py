@@ -243,6 +243,65 @@ def test_shuffled_labels_give_few_false_discoveries(planted):
   assert not result.summary["source"]["same_data_as_training"]
 
 
+def test_heatmap_shows_every_emotion(planted):
+  """Defect: rows sorted by emotion and cut showed only the first emotions."""
+  from emosae_jax.analysis import figures
+  _, result = planted
+  member = result.summary["members"][0]
+  names = result.summary["data"]["label_names"]
+  per_emotion = {n: sum(r["emotion"] == n for r in member["features"])
+                 for n in names}
+  assert sum(per_emotion.values()) > 8 and min(per_emotion.values()) >= 2
+  rows = figures.heatmap_rows(member, names, max_features=8)
+  assert len(rows) == 8
+  assert {n: sum(r["emotion"] == n for r in rows) for n in names} == {
+      n: 2 for n in names}
+  for n in names:  # each emotion's strongest features, strongest first
+    mine = [r["auroc"] for r in rows if r["emotion"] == n]
+    best = sorted((r["auroc"] for r in member["features"]
+                   if r["emotion"] == n), reverse=True)
+    assert mine == best[:2]
+
+
+def test_features_sorted_by_effect_and_floor_p_values_bounded(planted):
+  from emosae_jax import report
+  _, result = planted
+  records = result.summary["members"][0]["features"]
+  aurocs = [r["auroc"] for r in records]
+  assert aurocs == sorted(aurocs, reverse=True)
+  floor = 1 / (200 + 1)
+  assert any(r["p_value"] == pytest.approx(floor) for r in records)
+  page = report.features_section(result.summary).body
+  assert "&lt; 0.005" in page  # 1/201
+  assert f"{floor:.2e}" not in page
+
+
+def test_progress_bar_only_on_a_terminal(capsys, monkeypatch):
+  import io
+  import sys
+  members = analysis.load_members(helpers.random_run())
+  es = analysis.load_data(members)
+  x = checkpoint.normalizer_of(members.info).apply(es.embeddings)
+  args = (members.sae, members.params, x.astype(np.float32), es.labels, 3,
+          analysis.group_ids(es.groups), settings())
+  analysis.compute(*args, progress=True)  # pytest's capture: not a tty
+  out = capsys.readouterr()
+  assert out.out == "" and out.err == ""
+
+  class Terminal(io.StringIO):
+    def isatty(self):
+      return True
+
+  terminal = Terminal()
+  monkeypatch.setattr(sys, "stderr", terminal)
+  analysis.compute(*args, progress=True)
+  assert "analysis" in terminal.getvalue()
+  assert "1/1" in terminal.getvalue()
+  terminal.truncate(0)
+  analysis.compute(*args, progress=False)
+  assert terminal.getvalue().strip("\x00") == ""
+
+
 # --------------------------------------------------------------------------
 # Sweeps: members, failed members, stability
 
@@ -322,7 +381,7 @@ def test_script_bad_input_is_one_line_error(tmp_path):
   es = helpers.labelled_set()
   run = _bad_run(tmp_path, es)
   proc = run_script("analyze.py", f"--workdir={run}", "--min_support=80")
-  assert proc.returncode == 1
+  assert proc.returncode == 2
   assert last_line(proc.stderr).startswith("error: ")
   assert "fewer than --min_support=80" in proc.stderr
   assert "Traceback" not in proc.stderr

@@ -1,12 +1,14 @@
 """Figures of the feature analysis (matplotlib Agg, atomic PNG writes).
 
   heatmap.png          significant features x emotion (activation rate,
-                       scaled per feature), grouped by emotion
+                       scaled per feature), the top of every emotion
   selectivity_null.png real vs shuffled-label distributions of the reference
                        selectivity and of the max-AUROC statistic, and the
                        selective counts of every member beside their nulls
   dose_response.png    the probe's P(target emotion) against steering
                        strength, feature direction vs random directions
+  validation.png       (with validation sets) corpus AUROC vs AUROC on each
+                       validation set of every significant feature
 """
 
 from __future__ import annotations
@@ -24,13 +26,33 @@ def _primary(summary: dict) -> int:
   return int(np.argmax(counts)) if counts else 0
 
 
+def heatmap_rows(member: dict, names: list[str],
+                 max_features: int = 120) -> list[dict]:
+  """The features the heatmap shows: the top (by AUROC) of every emotion,
+  an equal share each (a share one emotion leaves unused goes to the
+  others), grouped by emotion."""
+  by_emotion = {n: sorted((r for r in member["features"]
+                           if r["emotion"] == n), key=lambda r: -r["auroc"])
+                for n in names}
+  shown = {n: 0 for n in names}
+  left = max_features
+  while left > 0:
+    open_ = [n for n in names if shown[n] < len(by_emotion[n])]
+    if not open_:
+      break
+    share = max(left // len(open_), 1)
+    for n in open_:
+      take = min(share, len(by_emotion[n]) - shown[n], left)
+      shown[n] += take
+      left -= take
+  return [r for n in names for r in by_emotion[n][:shown[n]]]
+
+
 def heatmap(summary: dict, path: Path, max_features: int = 120) -> None:
   i = _primary(summary)
   member = summary["members"][i]
   names = summary["data"]["label_names"]
-  feats = sorted(member["features"],
-                 key=lambda r: (names.index(r["emotion"]), -r["auroc"]))
-  feats = feats[:max_features]
+  feats = heatmap_rows(member, names, max_features)
   fig, ax = plt.subplots(figsize=(1.0 + 0.7 * len(names),
                                   1.5 + 0.12 * max(len(feats), 8)))
   if feats:
@@ -48,7 +70,10 @@ def heatmap(summary: dict, path: Path, max_features: int = 120) -> None:
     ax.set_yticks([])
   ax.set_xticks(range(len(names)))
   ax.set_xticklabels(names, rotation=45, ha="right")
-  ax.set_title(f"significant features, member {member['index']}")
+  cut = len(member["features"]) - len(feats)
+  ax.set_title(f"significant features, member {member['index']}"
+               + (f" (top {len(feats)}, every emotion; {cut} more in "
+                  "analysis.json)" if cut else ""))
   save_figure(fig, path)
 
 
@@ -132,6 +157,32 @@ def dose_response(summary: dict, path: Path, n_curves: int = 8) -> None:
   save_figure(fig, path)
 
 
+def validation_scatter(summary: dict, path: Path) -> None:
+  """Corpus AUROC against AUROC on each validation set (same emotion) of
+  every member's significant features; those that hold marked."""
+  sets = summary["validation"]
+  fig, axes = plt.subplots(1, len(sets), figsize=(5.5 * len(sets), 4.5),
+                           squeeze=False)
+  for j, (ax, info) in enumerate(zip(axes[0], sets)):
+    points = [(r["auroc"], r["validation"][j]["auroc"],
+               r["validation"][j]["holds"])
+              for m in summary["members"] for r in m["features"]
+              if r["validation"][j]["auroc"] is not None]
+    for holds, label, style in ((False, "does not hold", "o"),
+                                (True, "holds", "*")):
+      xy = np.array([(a, b) for a, b, h in points if h == holds]).reshape(
+          -1, 2)
+      ax.scatter(xy[:, 0], xy[:, 1], s=14 if style == "o" else 40,
+                 marker=style, alpha=0.6, label=f"{label} ({len(xy)})")
+    ax.axhline(0.5, color="grey", lw=0.8)
+    ax.plot([0.5, 1], [0.5, 1], color="grey", lw=0.8, linestyle="--")
+    ax.set_xlabel("AUROC on the corpus")
+    ax.set_ylabel("AUROC on the validation set (same emotion)")
+    ax.set_title(Path(info["path"]).name, fontsize=9)
+    ax.legend(fontsize=8)
+  save_figure(fig, path)
+
+
 def write_all(result, out: Path) -> dict[str, Path]:
   """Writes every figure of `result` (an analysis.Result) into out/."""
   paths = {"heatmap": out / "heatmap.png",
@@ -140,4 +191,7 @@ def write_all(result, out: Path) -> dict[str, Path]:
   heatmap(result.summary, paths["heatmap"])
   selectivity_null(result.summary, paths["selectivity_null"])
   dose_response(result.summary, paths["dose_response"])
+  if result.summary.get("validation"):
+    paths["validation"] = out / "validation.png"
+    validation_scatter(result.summary, paths["validation"])
   return paths

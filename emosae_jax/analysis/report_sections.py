@@ -1,0 +1,125 @@
+"""Report sections of the analysis's newer parts: validation on other
+labelled sets (leading with the features that hold), stability across
+seeds, robust directions. `report.analysis_sections` places them."""
+
+from __future__ import annotations
+
+from emosae_jax.report import (Cell, Section, cell, count_html, esc, fmt,
+                               p_cell, table)
+
+
+def _pct(x) -> str:
+  return "–" if x is None else f"{x:.0%}"
+
+
+def _prompts(prompts: list[dict]) -> str:
+  items = "".join(f"<li>{esc(p['text'])} <span class=\"meta\">"
+                  f"[{esc(p['emotion'])}, {p['activation']:.2f}]</span></li>"
+                  for p in prompts)
+  return f'<ol class="prompts">{items}</ol>'
+
+
+def validation_section(summary: dict, max_rows: int = 300) -> Section | None:
+  """Per validation set: the share of corpus-significant features that hold
+  (beside shuffled validation labels), then the features, holding first."""
+  sets = summary.get("validation") or []
+  if not sets:
+    return None
+  n_perm = summary["settings"]["permutations"]
+  parts = ['<p class="note">A corpus-significant feature <b>holds</b> when '
+           "the same test (permutation p-value, BH q &le; "
+           f"{summary['settings']['fdr']}, support &ge; "
+           f"{summary['settings']['min_support']}) finds it significant on "
+           "the other set for the same emotion. Shuffled: the same count "
+           "under each shuffle of the other set's labels.</p>"]
+  for j, info in enumerate(sets):
+    parts.append(f"<h3>{esc(info['path'])}</h3>")
+    lines = [f"{info['n_labelled']} labelled examples ("
+             + ", ".join(f"{k}: {v}" for k, v in
+                         info["examples_per_emotion"].items()) + ")"]
+    if info["left_out"]:
+      lines.append("left out: " + "; ".join(
+          f"{k} ({v})" for k, v in info["left_out"].items()))
+    probe = info["corpus_probe"]
+    lines.append(f"corpus probe on this set: balanced accuracy "
+                 f"{fmt(probe['balanced_accuracy'])} (chance "
+                 f"{fmt(probe['chance'])}); a probe fit on this set: "
+                 f"{fmt(info['probe_own_cv'])} cross-validated")
+    parts.append("<ul>" + "".join(f"<li>{esc(x)}</li>" for x in lines)
+                 + "</ul>")
+    rows = []
+    for m in summary["members"]:
+      v = m["validation"][j]
+      rows.append([cell(m["index"]), cell(v["corpus_significant"]),
+                   cell(v["testable"]), Cell(count_html(v["hold"]),
+                                             v["hold"]["real"]),
+                   Cell(esc(_pct(v["share_hold"])), v["share_hold"]),
+                   Cell(esc(_pct(v["share_hold_shuffled"]["mean"]))),
+                   Cell(count_html(v["significant_on_validation"]),
+                        v["significant_on_validation"]["real"])])
+    parts.append(table(["member", "corpus-significant", "testable", "hold",
+                        "share holding", "share, shuffled (mean)",
+                        "significant on this set"], rows))
+    feats = [(m, r) for m in summary["members"] for r in m["features"]]
+    feats.sort(key=lambda mr: (not mr[1]["validation"][j]["holds"],
+                               -(mr[1]["validation"][j]["auroc"] or 0)))
+    rows = []
+    for m, r in feats[:max_rows]:
+      v = r["validation"][j]
+      rows.append([
+          cell(m["index"]), cell(r["feature"]), Cell(esc(r["emotion"])),
+          Cell("yes" if v["holds"] else "no", int(v["holds"])),
+          cell(r["auroc"]), p_cell(r["p_value"], n_perm), cell(v["auroc"]),
+          Cell(esc(v["emotion"])), p_cell(v["p_value"], n_perm),
+          cell(v["q_value"]), cell(r.get("reappears_in")),
+          Cell(_prompts(v["top_prompts"]))])
+    parts.append(
+        f'<p class="note">Corpus-significant features, those that hold '
+        f"first (then by AUROC on this set){'; the first ' + str(max_rows) if len(feats) > max_rows else ''}."
+        " AUROC on this set is for the corpus emotion; its p and q are for"
+        " the emotion the feature is most selective for here.</p>")
+    parts.append(table(
+        ["member", "feature", "emotion", "holds", "corpus AUROC", "corpus p",
+         "AUROC here", "emotion here", "p here", "q here",
+         "other seeds it reappears in", "top prompts here"], rows))
+  return Section("What holds on other labelled sets", "\n".join(parts),
+                 "validation")
+
+
+def directions_section(summary: dict) -> Section | None:
+  """Per configuration and emotion: the consensus direction of robust
+  features beside the best single feature, the class mean and random."""
+  dirs = summary.get("directions")
+  if not dirs or not dirs["groups"]:
+    return None
+  sets = [v["path"] for v in summary.get("validation") or []]
+  columns = (["configuration", "emotion", "direction", "seeds / spread",
+              "probe slope", "AUROC corpus"]
+             + [f"AUROC {p}" for p in sets])
+  rows = []
+  for g in dirs["groups"]:
+    config = ", ".join(f"{k}={v}" for k, v in g["overrides"].items()) or "–"
+    for name, r in g["emotions"].items():
+      if r is None:
+        rows.append([Cell(esc(config)), Cell(esc(name)),
+                     Cell("no significant feature")] + [cell(None)] * (
+                         len(columns) - 3))
+        continue
+      for kind, c in r["comparison"].items():
+        if kind == "consensus":
+          what = (f"{r['consensus']['n_seeds']} seeds, spread "
+                  f"{r['consensus']['spread']:.3f}")
+        elif kind == "best_feature":
+          what = (f"member {r['best_feature']['member']}, feature "
+                  f"{r['best_feature']['feature']}")
+        else:
+          what = ""
+        rows.append([Cell(esc(config)), Cell(esc(name)), Cell(esc(kind)),
+                     Cell(esc(what)), cell(c["slope"]),
+                     cell(c["auroc_corpus"])]
+                    + [cell(a) for a in c["auroc_validation"]])
+  note = (f'<p class="note">{esc(dirs["definition"])}. Random: the mean over'
+          " random unit directions. Emotions without robust features have "
+          "no consensus row.</p>")
+  return Section("Robust directions vs baselines", note + table(columns, rows),
+                 "directions")

@@ -1,0 +1,46 @@
+"""What the analysis computes (`Settings`, the command line's defaults) and
+the static, shape-determining part of its jitted program (`DeviceSpec`)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from emosae_jax import saes
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+  """What the analysis computes; the defaults are the command line's."""
+
+  permutations: int = 1000
+  fdr: float = 0.05
+  min_support: int = 5
+  within_groups: bool = True
+  seed: int = 0
+  selectivity_thresholds: tuple[float, ...] = (2.0,)
+  n_top: int = 10  # top-activating prompts kept per feature
+  stability_threshold: float = 0.7  # decoder cosine for "reappears"
+  strengths: tuple[float, ...] = (0.0, 0.5, 1.0, 2.0, 4.0)
+  n_random: int = 8  # random directions per feature in the steering check
+  n_causal: int = 512  # causal checks on this many top features per member
+  steer_rows: int = 512  # prompts (at most) the steering check runs on
+  hist_bins: int = 40
+  member_batch: int = 0  # members vmapped at once; 0 = from memory_budget
+  memory_budget_gb: float = 4.0
+
+
+@dataclasses.dataclass(frozen=True)
+class DeviceSpec:
+  """Static (shape-determining) part of the jitted analysis."""
+
+  sae: saes.SAESpec
+  n_labels: int
+  fdr: float
+  min_support: int
+  thresholds: tuple[float, ...]
+  n_top: int
+  strengths: tuple[float, ...]
+  n_causal: int
+  hist_bins: int
+  capacity: int  # non-zero activations kept per member (>= the most seen)
+
