@@ -80,7 +80,7 @@ def test_validation_bad_input(transfer, tmp_path):
   path = data.save_embedding_set(one, tmp_path / "script")
   proc = run_script("analyze.py", f"--workdir={workdir}",
                     f"--validation={path}", f"--out={tmp_path / 'out'}")
-  assert proc.returncode == 1 and "Traceback" not in proc.stderr
+  assert proc.returncode == 2 and "Traceback" not in proc.stderr
   assert "1 emotion(s) shared" in last_line(proc.stderr)
 
 
