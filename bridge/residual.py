@@ -57,6 +57,7 @@ class PooledCapture:
   added; with keep_frames also the per-position states (tests only: that
   is exactly the memory extraction avoids).
   """
+  emosae_hook = True
 
   def __init__(self, rows: residual_steering.ConditionalRows,
                keep_frames: bool = False):
@@ -65,14 +66,24 @@ class PooledCapture:
 
   def reset(self):
     self.sums, self.frames, self.kept = None, 0, []
+    self._before_last = None  # (sums, frames) before the last call
 
   def __call__(self, module, args, output):
     hidden = residual_steering.layer_output(output)
     n = self.rows.count(hidden.shape[0])
+    start, length = self.rows.start, hidden.shape[1]
+    if start == 0 and self.frames and self._before_last == (None, 0):
+      # The start token again (transformers' dropped prefill): replace it.
+      self.sums, self.frames = self._before_last
+      self.kept = self.kept[:-1]
+    if start != self.frames:
+      raise RuntimeError(f"decoder call at position {start} after "
+                         f"{self.frames} pooled positions")
     cond = hidden[:n].detach().float()
     total = cond.sum(1)
+    self._before_last = (self.sums, self.frames)
     self.sums = total if self.sums is None else self.sums + total
-    self.frames += hidden.shape[1]
+    self.frames += length
     if self.keep_frames:
       self.kept.append(cond.cpu())
 
@@ -132,8 +143,10 @@ def generate_kwargs(max_new_tokens: int, guidance_scale: float,
 
 
 def pooled_batch(backend, texts: Sequence[str], layers: Sequence[int],
-                 kwargs: dict, seed: int) -> np.ndarray:
-  """float32 [B, len(layers), d]: mean over generated positions per layer."""
+                 kwargs: dict, seed: int) -> tuple[np.ndarray, int]:
+  """(float32 [B, len(layers), d], frames): the mean over the positions
+  generate fed the decoder (transformers feeds max_new_tokens + 1: the
+  start token and every generated frame) per layer."""
   model = backend.model
   inputs = backend.processor(text=list(texts), padding=True,
                              return_tensors="pt").to(backend.device)
@@ -141,7 +154,8 @@ def pooled_batch(backend, texts: Sequence[str], layers: Sequence[int],
       torch.inference_mode():
     torch.manual_seed(seed)
     model.generate(**inputs, **kwargs)
-    return torch.stack([captures[l].mean() for l in layers], 1).cpu().numpy()
+    pooled = torch.stack([captures[l].mean() for l in layers], 1)
+    return pooled.cpu().numpy(), captures[layers[0]].frames
 
 
 def cache_key(revision: str, source: str, settings: dict, texts, labels,
@@ -180,19 +194,21 @@ def _partial(out: Path, key: str) -> Path:
   return part
 
 
-def _save_shard(path: Path, pooled: np.ndarray) -> None:
+def _save_shard(path: Path, pooled: np.ndarray, frames: int) -> None:
   from safetensors.numpy import save_file
   data.atomic_write(path, lambda tmp: save_file(
-      {"pooled": np.ascontiguousarray(pooled)}, tmp))
+      {"pooled": np.ascontiguousarray(pooled),
+       "frames": np.array([frames], np.int64)}, tmp))
 
 
-def _load_shard(path: Path, shape) -> np.ndarray | None:
+def _load_shard(path: Path, shape) -> tuple[np.ndarray, int] | None:
   from safetensors.numpy import load_file
   try:
-    pooled = load_file(str(path))["pooled"]
+    shard = load_file(str(path))
+    pooled, frames = shard["pooled"], int(shard["frames"][0])
   except Exception:  # pylint: disable=broad-except  # damaged: recompute
     return None
-  return pooled if pooled.shape == tuple(shape) else None
+  return (pooled, frames) if pooled.shape == tuple(shape) else None
 
 
 def extract(out: str | os.PathLike, texts: Sequence[str],
@@ -238,6 +254,7 @@ def extract(out: str | os.PathLike, texts: Sequence[str],
   starts = range(0, len(texts), batch_size)
   bar = tqdm(total=len(texts), unit="prompt", disable=not progress,
              desc=f"residual {model}")
+  frames = set()
   for b, start in enumerate(starts):
     stop = min(start + batch_size, len(texts))
     shard = part / f"batch_{b:06d}.safetensors"
@@ -246,15 +263,16 @@ def extract(out: str | os.PathLike, texts: Sequence[str],
     if done is None:
       done = pooled_batch(backend, texts[start:stop], layers, kwargs,
                           seed + b)
-      _save_shard(shard, done)
-    pooled[start:stop] = done
+      _save_shard(shard, *done)
+    pooled[start:stop] = done[0]
+    frames.add(done[1])
     bar.update(stop - start)
   bar.close()
   provenance = dict(meta or {})
   provenance.update(
       encoder=model, encoder_source=source, encoder_revision=rev,
       encoder_kind="musicgen_decoder", model=model, pooling="mean",
-      frames=max_new_tokens, max_new_tokens=max_new_tokens,
+      frames=max(frames), max_new_tokens=max_new_tokens,
       guidance_scale=guidance_scale, sampling=sampling, top_k=top_k,
       seed=seed, batch_size=batch_size, dtype=dtype, device=device,
       n_layers=len(residual_steering.decoder_layers(backend.model)),

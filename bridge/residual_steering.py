@@ -12,6 +12,10 @@ decoder batch under classifier-free guidance (modeling_musicgen.py:
 states, `decoder_input_ids.repeat((2, 1))` for the decoder). A pre-hook on
 the text encoder counts B, so a decoder batch of 2B means "first B rows
 conditional" and a batch of B means no guidance (every row conditional).
+A pre-hook on the decoder reads each call's first position from its KV
+cache: transformers 5.24's MusicGen runs the start token twice (a prefill
+whose cache is dropped, then again without a cache), and positions must
+not count it twice.
 
 Sites (emosae_jax.directions_format): {"kind": "t5_output"} steers through
 bridge.steering; {"kind": "decoder_layer", "layer": L} through this module.
@@ -82,19 +86,22 @@ def check_site(model, site: dict, d_model: int,
 
 
 class ConditionalRows:
-  """Counts the prompts of each generate call (the text encoder's batch),
-  and numbers the calls so that position counters restart with each."""
+  """Counts the prompts of each generate call (the text encoder's batch)
+  and the first position of each decoder call (`start`)."""
 
   def __init__(self):
     self.prompts: int | None = None
-    self.call = 0
+    self.start = 0
 
   def __call__(self, module, args, kwargs):
     ids = kwargs.get("input_ids", args[0] if args else None)
     if ids is None:
       ids = kwargs.get("inputs_embeds")
     self.prompts = None if ids is None else int(ids.shape[0])
-    self.call += 1
+
+  def decoder_call(self, module, args, kwargs):
+    cache = kwargs.get("cache", kwargs.get("past_key_values"))
+    self.start = int(cache.get_seq_length()) if cache is not None else 0
 
   def count(self, rows: int) -> int:
     """How many leading rows of a decoder batch of `rows` are conditional."""
@@ -111,13 +118,18 @@ def conditional_rows(model) -> Iterator[ConditionalRows]:
   """A ConditionalRows fed by a pre-hook on `model`'s text encoder."""
   rows = ConditionalRows()
   encoder = getattr(_unwrap(model), "text_encoder", None)
-  handle = (encoder.register_forward_pre_hook(rows, with_kwargs=True)
-            if encoder is not None else None)
+  blocks = decoder_layers(model)
+  decoder = getattr(_unwrap(model), "decoder", _unwrap(model)).model.decoder
+  assert decoder.layers is blocks
+  handles = [decoder.register_forward_pre_hook(rows.decoder_call,
+                                               with_kwargs=True)]
+  if encoder is not None:
+    handles.append(encoder.register_forward_pre_hook(rows, with_kwargs=True))
   try:
     yield rows
   finally:
-    if handle is not None:
-      handle.remove()
+    for h in handles:
+      h.remove()
 
 
 def layer_output(output) -> torch.Tensor:
@@ -131,13 +143,13 @@ def replace_output(output, hidden: torch.Tensor):
 
 class ResidualHook:
   """Adds per-prompt offsets [S, d] to a decoder layer's conditional rows."""
+  emosae_hook = True
 
   def __init__(self, offsets: torch.Tensor, rows: ConditionalRows,
                from_step: int = 0):
     self.offsets = offsets  # float64, so strength 0 adds exactly 0
     self.rows = rows
     self.from_step = int(from_step)
-    self.position, self._call = 0, None
     self.calls = 0
 
   def row_offsets(self, n: int) -> torch.Tensor:
@@ -149,13 +161,10 @@ class ResidualHook:
 
   def __call__(self, module, args, output):
     hidden = layer_output(output)
-    if self._call != self.rows.call:  # a new generate call: positions restart
-      self._call, self.position = self.rows.call, 0
     rows, length = hidden.shape[0], hidden.shape[1]
     n = self.rows.count(rows)
-    positions = torch.arange(self.position, self.position + length,
-                             device=hidden.device)
-    self.position += length
+    start = self.rows.start
+    positions = torch.arange(start, start + length, device=hidden.device)
     self.calls += 1
     gate = (positions >= self.from_step).double()
     offsets = self.row_offsets(n).to(hidden.device)
@@ -202,5 +211,15 @@ def steer_at(model, site: dict | None, directions, strengths,
 
 
 def active_hooks(model) -> int:
-  """Forward hooks on all decoder layers (for tests)."""
-  return sum(len(b._forward_hooks) for b in decoder_layers(model))  # pylint: disable=protected-access
+  """This module's hooks still on `model` (for tests; transformers keeps
+  hooks of its own on the layers once output_hidden_states was used)."""
+  model = _unwrap(model)
+  modules = list(decoder_layers(model)) + [
+      getattr(model, "decoder", model).model.decoder,
+      getattr(model, "text_encoder", None)]
+  hooks = [h for m in modules if m is not None
+           for d in (m._forward_hooks, m._forward_pre_hooks)  # pylint: disable=protected-access
+           for h in d.values()]
+  ours = lambda h: isinstance(getattr(h, "__self__", h), ConditionalRows) \
+      or getattr(h, "emosae_hook", False)
+  return sum(map(ours, hooks))
