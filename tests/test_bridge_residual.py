@@ -221,3 +221,21 @@ def test_killed_extraction_resumes_to_the_same_result(backend, tmp_path):
 def test_bad_layers_are_refused(backend, tmp_path):
   with pytest.raises(residual_steering.SiteError, match="2-layer decoder"):
     _extract(backend, tmp_path / "x", layers=[0, 2])
+
+
+def test_run_steering_records_and_checks_the_site(backend, tmp_path):
+  from bridge.generate import run_steering
+  vectors = np.random.default_rng(1).normal(size=(1, 32))
+  per = dict(feature_ids=[3], emotions=["happy"], selectivity=[3.0],
+             p_values=[0.01], typical_activation=[2.0])
+  fmt.write(tmp_path / "l1", vectors, dict(per, site=fmt.decoder_layer(1)))
+  run = run_steering(tmp_path / "l1", tmp_path / "out", model="tiny",
+                     prompts=PROMPTS[:1], strengths=(0.0, 2.0),
+                     settings=Settings(duration=0.1, sampling=False),
+                     prompt_edit=False, loaded_backend=backend)
+  assert run["directions"]["site"] == fmt.decoder_layer(1)
+  assert len(run["clips"]) == 3  # baseline, steer, random
+  fmt.write(tmp_path / "t5", vectors[:, :16], per)  # a t5_output site
+  with pytest.raises(Exception, match="d_model=16"):
+    run_steering(tmp_path / "t5", tmp_path / "out2", model="tiny",
+                 prompts=PROMPTS[:1], loaded_backend=backend)
