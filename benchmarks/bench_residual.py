@@ -102,7 +102,7 @@ def main():
   p.add_argument("--batch_size", type=int, default=8)
   p.add_argument("--frames", type=int, default=16)
   p.add_argument("--duration", type=float, default=1.0)
-  p.add_argument("--repeats", type=int, default=3)
+  p.add_argument("--repeats", type=int, default=5)
   p.add_argument("--threads", type=int, default=None)
   args = p.parse_args()
   if args.threads:

@@ -147,30 +147,37 @@ class ResidualHook:
 
   def __init__(self, offsets: torch.Tensor, rows: ConditionalRows,
                from_step: int = 0):
-    self.offsets = offsets  # float64, so strength 0 adds exactly 0
+    self.offsets = offsets  # float64 sums: strength 0 is exactly 0
     self.rows = rows
     self.from_step = int(from_step)
     self.calls = 0
+    self._cast = {}  # (n, dtype, device) -> [n, 1, d] offsets, made once
 
-  def row_offsets(self, n: int) -> torch.Tensor:
-    s = self.offsets.shape[0]
-    if s not in (1, n):
-      raise DirectionsError(f"{s} strengths for {n} prompts; pass one "
-                            f"strength per prompt (or one for all)")
-    return self.offsets.expand(n, -1)
+  def row_offsets(self, n: int, like: torch.Tensor) -> torch.Tensor:
+    """[n, 1, d] in `like`'s dtype and device (cached: this runs per step)."""
+    key = (n, like.dtype, like.device)
+    if key not in self._cast:
+      s = self.offsets.shape[0]
+      if s not in (1, n):
+        raise DirectionsError(f"{s} strengths for {n} prompts; pass one "
+                              f"strength per prompt (or one for all)")
+      self._cast[key] = self.offsets.expand(n, -1)[:, None, :].to(
+          device=like.device, dtype=like.dtype)
+    return self._cast[key]
 
   def __call__(self, module, args, output):
     hidden = layer_output(output)
-    rows, length = hidden.shape[0], hidden.shape[1]
-    n = self.rows.count(rows)
-    start = self.rows.start
-    positions = torch.arange(start, start + length, device=hidden.device)
+    length, start = hidden.shape[1], self.rows.start
+    if start + length <= self.from_step:
+      return output
     self.calls += 1
-    gate = (positions >= self.from_step).double()
-    offsets = self.row_offsets(n).to(hidden.device)
-    delta = gate[None, :, None] * offsets[:, None, :]
-    steered = hidden.clone()
-    steered[:n] = (hidden[:n].double() + delta).to(hidden.dtype)
+    n = self.rows.count(hidden.shape[0])
+    offsets = self.row_offsets(n, hidden)
+    if start < self.from_step:  # the call straddles from_step
+      gate = torch.arange(start, start + length, device=hidden.device)
+      offsets = offsets * (gate >= self.from_step).to(hidden.dtype)[:, None]
+    # cat, not an in-place add: the unconditional rows stay the very values.
+    steered = torch.cat([hidden[:n] + offsets, hidden[n:]])
     return replace_output(output, steered)
 
 
