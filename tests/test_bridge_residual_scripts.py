@@ -54,3 +54,27 @@ def test_steer_script_refuses_a_layer_the_model_lacks(work):
   assert bad.returncode == 2
   assert "decoder layer 9" in last_line(bad.stderr)
   assert "Traceback" not in bad.stderr
+
+
+def test_layer_scan_on_residual_sets(work, tmp_path):
+  """Probe accuracy per layer beside its shuffled-label null."""
+  from bridge import residual
+  from bridge.generate import TransformersBackend
+  records = prompts.generate_prompts(36, seed=1)
+  names, labels, groups, heldout = prompts.label_arrays(records)
+  be = TransformersBackend.__new__(TransformersBackend)
+  be.model, be.processor = tiny.tiny_musicgen(d_model=32)
+  be.device = "cpu"
+  residual.extract(tmp_path / "res", [r["text"] for r in records], labels,
+                   names, groups, model="tiny", loaded_backend=be,
+                   max_new_tokens=4, batch_size=12, progress=False,
+                   meta=dict(heldout_groups=heldout))
+  run = run_script("layer_scan.py", f"--sets={tmp_path / 'res'}",
+                   f"--out={tmp_path / 'scan'}", "--shuffles=3")
+  assert run.returncode == 0, run.stderr[-2000:]
+  scan = json.loads((tmp_path / "scan" / "layer_scan.json").read_text())
+  assert [r["site"] for r in scan["rows"]] == ["layer 0", "layer 1"]
+  for row in scan["rows"]:
+    assert len(row["null"]) == 3 and row["split"] == "templates"
+    assert 0 <= row["accuracy"] <= 1 and row["n_test"] > 0
+  assert (tmp_path / "scan" / "layer_scan.png").stat().st_size > 1000
