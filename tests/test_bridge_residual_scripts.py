@@ -78,3 +78,13 @@ def test_layer_scan_on_residual_sets(work, tmp_path):
     assert len(row["null"]) == 3 and row["split"] == "templates"
     assert 0 <= row["accuracy"] <= 1 and row["n_test"] > 0
   assert (tmp_path / "scan" / "layer_scan.png").stat().st_size > 1000
+
+
+def test_residual_modules_never_import_jax():
+  import subprocess
+  import sys
+  from conftest import ROOT
+  code = ("import sys; import bridge.residual, bridge.residual_steering; "
+          "assert not [m for m in sys.modules if m.split('.')[0] in "
+          "('jax', 'jaxlib', 'flax')], 'jax imported'")
+  subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
