@@ -2,7 +2,7 @@ r"""Residual-stream extraction and steering: batching gain, hook overhead, cost.
 
   python benchmarks/bench_residual.py [--size=tiny|small] [--device=cpu]
       [--n=32] [--batch_size=8] [--frames=16] [--duration=1.0]
-      [--repeats=3] [--threads=N]
+      [--repeats=5] [--threads=N] [--parts=extraction,overhead]
 
 1. Extraction (bridge.residual.pooled_batch, every layer, sampling, guidance
    3, --frames new tokens): --n prompts in batches of --batch_size against
@@ -104,6 +104,8 @@ def main():
   p.add_argument("--duration", type=float, default=1.0)
   p.add_argument("--repeats", type=int, default=5)
   p.add_argument("--threads", type=int, default=None)
+  p.add_argument("--parts", default="extraction,overhead",
+                 help="which measurements to run")
   args = p.parse_args()
   if args.threads:
     torch.set_num_threads(args.threads)
@@ -116,6 +118,14 @@ def main():
         f"{residual_steering.decoder_width(backend.model)}) on {args.device} "
         f"(threads {torch.get_num_threads()})")
 
+  parts = args.parts.split(",")
+  if "extraction" in parts:
+    report_extraction(backend, texts, args, n_layers)
+  if "overhead" in parts:
+    report_overhead(backend, args, n_layers)
+
+
+def report_extraction(backend, texts, args, n_layers):
   batched, looped = extraction(backend, texts, args.batch_size, args.frames,
                                args.device)
   print(f"extraction, {args.n} prompts, {args.frames} frames, all "
@@ -125,6 +135,8 @@ def main():
   print(f"  one prompt per call : {looped / args.n:8.4f} s per prompt")
   print(f"  speed-up: {looped / batched:.2f}x (target >= 5x)")
 
+
+def report_overhead(backend, args, n_layers):
   settings = Settings(duration=args.duration, sampling=False)
   t = overhead(backend, settings, args.repeats, args.device)
   print(f"one {args.duration:g} s clip, greedy, guidance 3, best of "
