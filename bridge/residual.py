@@ -161,8 +161,10 @@ def pooled_batch(backend, texts: Sequence[str], layers: Sequence[int],
 def cache_key(revision: str, source: str, settings: dict, texts, labels,
               label_names, groups) -> str:
   h = hashlib.sha256()
-  h.update(json.dumps([revision if t5._is_content_id(revision)  # pylint: disable=protected-access
-                       else f"{source}@{revision}", settings],
+  content_id = t5._is_content_id(revision)  # pylint: disable=protected-access
+  # As in t5.cache_key: a branch name names weights only with the repo.
+  h.update(json.dumps([revision if content_id else f"{source}@{revision}",
+                       settings],
                       sort_keys=True).encode())
   h.update(json.dumps([list(texts), [int(x) for x in labels],
                        list(label_names), list(groups)]).encode())
