@@ -29,7 +29,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from bridge import steering
+from bridge import residual_steering, steering
 from bridge.directions import Directions, DirectionsError, load_directions
 from emosae_jax import hub
 from emosae_jax.data import atomic_write, atomic_write_json
@@ -192,14 +192,20 @@ def backend_d_model(backend) -> int:
 
 def generate(backend, prompts: Sequence[str],
              directions: Directions | torch.Tensor | None = None,
-             strengths=0.0, settings: Settings = Settings()) -> np.ndarray:
+             strengths=0.0, settings: Settings = Settings(),
+             site: dict | None = None) -> np.ndarray:
   """Audio [B, channels, samples] for B prompts, row b steered by strength b.
 
-  strengths: scalar, [B] or [B, n] (see steering.strength_matrix). The
-  torch RNG is seeded with settings.seed just before the call.
+  strengths: scalar, [B] or [B, n] (see steering.strength_matrix). site:
+  where to add (directions_format); default: the Directions' own site, else
+  the T5 output. The torch RNG is seeded with settings.seed just before
+  the call.
   """
+  if site is None and isinstance(directions, Directions):
+    site = directions.meta.get("site")
   ctx = (contextlib.nullcontext() if directions is None else
-         steering.steer(backend.model, directions, strengths))
+         residual_steering.steer_at(backend.model, site, directions,
+                                    strengths))
   with ctx:
     torch.manual_seed(settings.seed)
     return backend.generate(prompts, settings)
@@ -342,7 +348,11 @@ def run_steering(directions: str | os.PathLike, out: str | os.PathLike,
     raise DirectionsError(f"{directions} holds no directions")
   prompts = list(prompts or NEUTRAL_PROMPTS)
   be = loaded_backend or load_backend(backend, model, device, dtype)
-  chosen.check_d_model(backend_d_model(be), f"model {model!r}")
+  site = chosen.meta.get("site") or {"kind": "t5_output"}
+  if site["kind"] == "t5_output":
+    chosen.check_d_model(backend_d_model(be), f"model {model!r}")
+  residual_steering.check_site(be.model, site, chosen.d_model,
+                               f"model {model!r}")
   control = chosen.random_like(settings.seed)
   table = torch.cat([chosen.steering_vectors(), control.steering_vectors()])
   clips = plan_clips(prompts, chosen, strengths, random_baseline, prompt_edit)
@@ -356,7 +366,7 @@ def run_steering(directions: str | os.PathLike, out: str | os.PathLike,
       if clips[i].column is not None:
         matrix[r, clips[i].column] = clips[i].strength
     audio = generate(be, [clips[i].prompt for i in rows], table, matrix,
-                     dataclasses.replace(settings, seed=seed))
+                     dataclasses.replace(settings, seed=seed), site)
     for r, i in enumerate(rows):
       clips[i].path, clips[i].seed = f"clips/{_clip_name(i, clips[i])}", seed
       write_wav(out / clips[i].path, audio[r], be.sample_rate)
@@ -377,7 +387,7 @@ def run_steering(directions: str | os.PathLike, out: str | os.PathLike,
           "emotions": list(chosen.emotions),
           "typical_activation": chosen.typical_activation.tolist(),
           "norms": chosen.vectors.norm(dim=1).tolist(),
-          "encoder": chosen.meta.get("encoder"),
+          "encoder": chosen.meta.get("encoder"), "site": site,
           "source": chosen.meta.get("source")},
       "generate_calls": calls,
       "generate_seconds": round(time.perf_counter() - start, 3),

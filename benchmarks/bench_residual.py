@@ -1,0 +1,154 @@
+r"""Residual-stream extraction and steering: batching gain, hook overhead, cost.
+
+  python benchmarks/bench_residual.py [--size=tiny|small] [--device=cpu]
+      [--n=32] [--batch_size=8] [--frames=16] [--duration=1.0]
+      [--repeats=5] [--threads=N] [--parts=extraction,overhead]
+
+1. Extraction (bridge.residual.pooled_batch, every layer, sampling, guidance
+   3, --frames new tokens): --n prompts in batches of --batch_size against
+   one generate call per prompt; seconds per prompt and the speed-up
+   (target >= 5x).
+2. Hook overhead: a plain generate of one --duration clip against the same
+   call with the residual steering hook at the middle layer, and against
+   the same call with every layer captured (greedy, so all do identical
+   work); target <= 5%. Each is the best of --repeats, calls interleaved so
+   that drift on a shared machine hits all three alike.
+3. Seconds per clip of steered generation (the hooked call above).
+
+--size=small is a random-weight MusicGen with musicgen-small's architecture
+(benchmarks/bench_steer_batch.py: T5-base encoder, 24 x 1024 decoder, 4 x
+2048 codes, 32 kHz Encodec), built from a hand-written config: the real
+model's cost without its weights. tiny is bridge.tiny's test model.
+"""
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import torch  # noqa: E402
+
+from bench_steer_batch import build  # noqa: E402
+from bridge import residual, residual_steering  # noqa: E402
+from bridge.generate import Settings  # noqa: E402
+
+PROMPTS = ("a piano piece with soft strings", "sad slow violin melody",
+           "happy upbeat rock song with drums", "dark ambient synth",
+           "calm acoustic guitar", "tense cinematic score with low brass",
+           "joyful folk tune", "an electronic track with a steady beat")
+
+
+def _sync(device):
+  if device.startswith("cuda"):
+    torch.cuda.synchronize()
+
+
+def timed(fn, device):
+  _sync(device)
+  start = time.perf_counter()
+  fn()
+  _sync(device)
+  return time.perf_counter() - start
+
+
+def extraction(backend, texts, batch_size, frames, device):
+  """(seconds batched, seconds one by one) for all of `texts`."""
+  layers = list(range(len(residual_steering.decoder_layers(backend.model))))
+  kwargs = residual.generate_kwargs(frames, 3.0, True, 250)
+  run = lambda size: [residual.pooled_batch(
+      backend, texts[i:i + size], layers, kwargs, i)
+                      for i in range(0, len(texts), size)]
+  run(batch_size)  # warm-up
+  return timed(lambda: run(batch_size), device), timed(lambda: run(1), device)
+
+
+def overhead(backend, settings, repeats, device):
+  """Best-of-repeats seconds: plain, steering hook, all layers captured."""
+  model = backend.model
+  layers = residual_steering.decoder_layers(model)
+  width = residual_steering.decoder_width(model)
+  direction = torch.randn(width, generator=torch.Generator().manual_seed(0))
+  prompt = [PROMPTS[0]]
+
+  def plain():
+    torch.manual_seed(0)
+    backend.generate(prompt, settings)
+
+  def steered():
+    with residual_steering.steer(model, direction, 0.5, len(layers) // 2):
+      plain()
+
+  def captured():
+    with residual.capture(model, range(len(layers))):
+      plain()
+
+  plain()  # warm-up
+  times = {"plain": [], "steered": [], "captured": []}
+  for _ in range(repeats):
+    for name, fn in (("plain", plain), ("steered", steered),
+                     ("captured", captured)):
+      times[name].append(timed(fn, device))
+  return {k: min(v) for k, v in times.items()}
+
+
+def main():
+  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  p.add_argument("--size", choices=["tiny", "small"], default="tiny")
+  p.add_argument("--device", default="cpu")
+  p.add_argument("--n", type=int, default=32)
+  p.add_argument("--batch_size", type=int, default=8)
+  p.add_argument("--frames", type=int, default=16)
+  p.add_argument("--duration", type=float, default=1.0)
+  p.add_argument("--repeats", type=int, default=5)
+  p.add_argument("--threads", type=int, default=None)
+  p.add_argument("--parts", default="extraction,overhead",
+                 help="which measurements to run")
+  args = p.parse_args()
+  if args.threads:
+    torch.set_num_threads(args.threads)
+  if args.device.startswith("cuda") and not torch.cuda.is_available():
+    raise SystemExit(f"error: --device={args.device} but torch sees no GPU")
+  backend = build(args.size, "transformers", args.device)
+  n_layers = len(residual_steering.decoder_layers(backend.model))
+  texts = [PROMPTS[i % len(PROMPTS)] + f" {i}" for i in range(args.n)]
+  print(f"{args.size} MusicGen ({n_layers} layers x "
+        f"{residual_steering.decoder_width(backend.model)}) on {args.device} "
+        f"(threads {torch.get_num_threads()})")
+
+  parts = args.parts.split(",")
+  if "extraction" in parts:
+    report_extraction(backend, texts, args, n_layers)
+  if "overhead" in parts:
+    report_overhead(backend, args, n_layers)
+
+
+def report_extraction(backend, texts, args, n_layers):
+  batched, looped = extraction(backend, texts, args.batch_size, args.frames,
+                               args.device)
+  print(f"extraction, {args.n} prompts, {args.frames} frames, all "
+        f"{n_layers} layers, guidance 3:")
+  print(f"  batched (batch {args.batch_size}): {batched / args.n:8.4f} s per "
+        f"prompt")
+  print(f"  one prompt per call : {looped / args.n:8.4f} s per prompt")
+  print(f"  speed-up: {looped / batched:.2f}x (target >= 5x)")
+
+
+def report_overhead(backend, args, n_layers):
+  settings = Settings(duration=args.duration, sampling=False)
+  t = overhead(backend, settings, args.repeats, args.device)
+  print(f"one {args.duration:g} s clip, greedy, guidance 3, best of "
+        f"{args.repeats}:")
+  print(f"  plain generate     : {t['plain']:8.3f} s")
+  print(f"  steered (layer {n_layers // 2:2d}) : {t['steered']:8.3f} s "
+        f"(+{100 * (t['steered'] / t['plain'] - 1):.1f}%, target <= 5%)")
+  print(f"  all layers captured: {t['captured']:8.3f} s "
+        f"(+{100 * (t['captured'] / t['plain'] - 1):.1f}%)")
+  print(f"  steered generation: {t['steered'] / args.duration:.3f} s per "
+        f"second of audio")
+
+
+if __name__ == "__main__":
+  main()
