@@ -100,7 +100,7 @@ def test_bridge_reads_export_as_torch(analysed, tmp_path):
 
 
 def test_sweep_member_export(tmp_path):
-  sweep, perm = helpers.fake_sweep(tmp_path)
+  sweep, perm = helpers.permuted_sweep(tmp_path)
   result = analysis.analyze(sweep, settings=analysis.Settings(
       **helpers.RANDOM_SETTINGS, member_batch=1))
   analysis.write(result, sweep, report=False)
@@ -130,7 +130,7 @@ def test_export_errors(analysed, tmp_path, kwargs, message):
 def test_export_needs_an_analysis(tmp_path):
   es = helpers.labelled_set()
   es_path = data.save_embedding_set(es, tmp_path / "data")
-  run = helpers.write_run(tmp_path / "run", es_path, es,
+  run = helpers.write_run(tmp_path / "run", es_path,
                           helpers.random_params(16, 32, 0), 32, 4)
   with pytest.raises(data.DataError, match="run scripts/analyze.py"):
     export.export_directions(run, tmp_path / "d")
