@@ -210,3 +210,15 @@ def transfer_sweep() -> tuple[Path, Path]:
   workdir = _ROOT / "transfer_sweep"
   sweep.run_sweep(base, overrides, workdir, progress=False)
   return workdir / "g0", val_path
+
+
+@functools.lru_cache(maxsize=None)
+def transfer_analysis():
+  """(group folder, validation folder, analysis Result) of transfer_sweep,
+  analysed with its validation set (shared by the analysis and export
+  tests)."""
+  from emosae_jax import analysis
+  workdir, val_path = transfer_sweep()
+  result = analysis.analyze(workdir, settings=analysis.Settings(
+      permutations=200, n_causal=32), validation=[str(val_path)])
+  return workdir, val_path, result

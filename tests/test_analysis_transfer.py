@@ -16,10 +16,7 @@ from emosae_jax import analysis, data
 
 @pytest.fixture(scope="module")
 def transfer():
-  workdir, val_path = helpers.transfer_sweep()
-  result = analysis.analyze(workdir, settings=analysis.Settings(
-      permutations=200, n_causal=32), validation=[str(val_path)])
-  return workdir, val_path, result
+  return helpers.transfer_analysis()
 
 
 def _planted_feature(result, i, direction):
