@@ -4,7 +4,9 @@ The format (directions.safetensors + directions.json, raw T5 units, with a
 `site`) is defined once, in emosae_jax/directions_format.py (numpy only);
 this module turns it into torch tensors. Strength is in units of a
 feature's typical activation: steering adds
-strength * typical_activation * direction.
+strength * typical_activation * direction. Besides SAE features an export
+may hold consensus directions across seeds and class-mean baselines (see
+`kinds`; their feature ids are negative), robust ones first.
 
 This module never imports jax: the bridge runs in environments without it.
 """
@@ -29,11 +31,15 @@ RANDOM_EMOTION_PREFIX = "random:"
 
 @dataclasses.dataclass(frozen=True)
 class Directions:
-  """n steering directions with their per-feature metadata.
+  """n steering directions with their per-direction metadata.
 
   vectors: float [n, d_model], raw T5 units.
   typical_activation: float [n], same dtype and device as `vectors`.
-  meta: the rest of directions.json (encoder, source, ...).
+  selectivity, p_values: NaN for directions that are not features.
+  kinds: "feature" | "consensus" | "class_mean" per direction (default:
+    all features); robust: per direction (default: none); details: each
+    direction's kind-specific record (consensus: spread, n_seeds, ...).
+  meta: the rest of directions.json (encoder, source, site, ...).
   """
   vectors: torch.Tensor
   feature_ids: tuple[int, ...]
@@ -42,6 +48,16 @@ class Directions:
   p_values: tuple[float, ...]
   typical_activation: torch.Tensor
   meta: dict = dataclasses.field(default_factory=dict)
+  kinds: tuple[str, ...] = ()
+  robust: tuple[bool, ...] = ()
+  details: tuple[dict, ...] = ()
+
+  def __post_init__(self):
+    n = self.vectors.shape[0]
+    for name, default in (("kinds", "feature"), ("robust", False),
+                          ("details", None)):
+      if not getattr(self, name):
+        object.__setattr__(self, name, (default,) * n)
 
   def __len__(self) -> int:
     return self.vectors.shape[0]
@@ -70,7 +86,9 @@ class Directions:
         self, vectors=self.vectors[index], feature_ids=pick(self.feature_ids),
         emotions=pick(self.emotions), selectivity=pick(self.selectivity),
         p_values=pick(self.p_values),
-        typical_activation=self.typical_activation[index])
+        typical_activation=self.typical_activation[index],
+        kinds=pick(self.kinds), robust=pick(self.robust),
+        details=pick(self.details))
 
   def select(self, features: Iterable[int] | None = None,
              emotions: Iterable[str] | None = None) -> Directions:
@@ -126,16 +144,20 @@ def load_directions(path: str | os.PathLike,
                     device: torch.device | str = "cpu") -> Directions:
   """Reads an export folder; DirectionsError on a missing or malformed one."""
   vectors, meta = fmt.read(Path(path))
-  per = {k: meta.pop(k) for k in _PER_FEATURE}
+  per = {k: meta.pop(k) for k in _PER_FEATURE + tuple(
+      fmt.OPTIONAL_PER_DIRECTION)}
+  number = lambda x: float("nan") if x is None else float(x)
   return Directions(
       vectors=torch.from_numpy(vectors).to(device=device, dtype=dtype),
       feature_ids=tuple(int(f) for f in per["feature_ids"]),
       emotions=tuple(str(e) for e in per["emotions"]),
-      selectivity=tuple(float(s) for s in per["selectivity"]),
-      p_values=tuple(float(p) for p in per["p_values"]),
+      selectivity=tuple(number(s) for s in per["selectivity"]),
+      p_values=tuple(number(p) for p in per["p_values"]),
       typical_activation=torch.tensor(per["typical_activation"], dtype=dtype,
                                       device=device),
-      meta=meta)
+      meta=meta, kinds=tuple(str(k) for k in per["kinds"]),
+      robust=tuple(bool(r) for r in per["robust"]),
+      details=tuple(per["details"]))
 
 
 def save_directions(path: str | os.PathLike, directions: np.ndarray,

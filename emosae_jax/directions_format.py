@@ -11,6 +11,25 @@ it into torch tensors). An export is a folder holding
                           "p_values", "typical_activation", "encoder":
                           {"name", "revision"}, "source": {"workdir",
                           "member", "data_hash", ...}, ...}
+Kinds of direction (per-direction list "kinds"; files without it hold
+features only):
+  feature     an SAE decoder row; feature_ids[i] is the feature.
+  consensus   the consensus across seeds of one configuration's robust
+              features of an emotion (emosae_jax/analysis/consensus.py):
+              a unit direction in normalised units, mapped to raw units
+              (/ scale); typical_activation is the analysis' `scale`, the
+              best single feature's typical displacement, so strength s
+              adds s * scale * consensus / normaliser.scale.
+  class_mean  the baseline: mean normalised training embedding of the
+              emotion minus the others' mean, as a unit direction in
+              normalised units mapped to raw units, with the same
+              typical_activation as the emotion's consensus.
+Directions that are not features have negative feature_ids (-1, -2, ...
+in export order), unique in the export, and null selectivity / p_values.
+"robust" marks robust directions (every consensus; a feature significant,
+reappearing across seeds and holding on validation). "details" holds each
+direction's kind-specific record (consensus: spread, n_seeds, features).
+Exports list robust directions first.
 `site` says where in the model the directions live and are added:
 {"kind": "t5_output"} (the T5 encoder's output, what MusicGen conditions
 on) or {"kind": "decoder_layer", "layer": L}. Files written before the
@@ -39,6 +58,11 @@ TENSOR_NAME = "directions"
 # Per-feature lists in directions.json, each of length n.
 PER_FEATURE = ("feature_ids", "emotions", "selectivity", "p_values",
                "typical_activation")
+# Optional per-direction lists, with the value files written before them
+# imply.
+OPTIONAL_PER_DIRECTION = {"kinds": "feature", "robust": False,
+                          "details": None}
+KINDS = ("feature", "consensus", "class_mean")
 T5_OUTPUT = {"kind": "t5_output"}
 SITE_KINDS = ("t5_output", "decoder_layer")
 
@@ -79,6 +103,15 @@ def check(shape: Sequence[int], meta: dict, where: str) -> None:
       raise DirectionsError(
           f"{where}: {key} has {len(meta[key])} entries for {shape[0]} "
           f"directions")
+  for key in OPTIONAL_PER_DIRECTION:
+    if key in meta and len(meta[key]) != shape[0]:
+      raise DirectionsError(
+          f"{where}: {key} has {len(meta[key])} entries for {shape[0]} "
+          f"directions")
+  unknown = sorted(set(meta.get("kinds", ())) - set(KINDS))
+  if unknown:
+    raise DirectionsError(f"{where}: unknown direction kind(s) {unknown}; "
+                          f"known: {list(KINDS)}")
   check_site(meta.get("site", T5_OUTPUT), where)
 
 
@@ -119,6 +152,8 @@ def read_meta(path: str | Path) -> dict:
         f"{meta_path} has format_version {version}; this code reads "
         f"version {FORMAT_VERSION}")
   meta.setdefault("site", dict(T5_OUTPUT))  # written before sites existed
+  for key, value in OPTIONAL_PER_DIRECTION.items():  # features only then
+    meta.setdefault(key, [value] * len(meta.get("feature_ids", ())))
   return meta
 
 

@@ -1,15 +1,29 @@
-"""Exports SAE decoder directions for steering (read by bridge/directions.py).
+"""Exports steering directions (read by bridge/directions.py).
 
 The export format (directions.safetensors + directions.json) is defined in
-emosae_jax/directions_format.py. Directions are in RAW embedding units: the
-decoder row W_dec[f] (normalised units) mapped back through the input
-normalisation, Normalizer.direction_to_raw(W_dec[f]) = W_dec[f] / scale.
-typical_activation is the feature's mean activation on its emotion's prompts
-where it fires, in the SAE's activation units, so typical_activation *
-direction is the raw-unit displacement the feature usually makes (decoding
-is linear: a_f W_dec[f] in normalised units is a_f W_dec[f] / scale raw).
-The SAEs are read only through emosae_jax.runs, which pairs a sweep's
-global member indices with their parameter rows.
+emosae_jax/directions_format.py. Directions are in RAW embedding units. Three
+kinds (directions.json "kinds"):
+  consensus   per emotion, the consensus across seeds of the member's
+              configuration's robust features (analysis/consensus.py), a
+              unit direction in normalised units / scale; typical_activation
+              is the analysis' `scale` (the best single feature's typical
+              displacement), so the vector added at strength 1 is
+              consensus * scale / normaliser.scale. Always robust.
+  feature     the decoder row W_dec[f] (normalised units) mapped back through
+              the input normalisation, Normalizer.direction_to_raw(W_dec[f])
+              = W_dec[f] / scale. typical_activation is the feature's mean
+              activation on its emotion's prompts where it fires, in the
+              SAE's activation units, so typical_activation * direction is
+              the raw-unit displacement the feature usually makes (decoding
+              is linear). Robust when analysis' directions/robust says so.
+  class_mean  the baseline per emotion: the unit class-mean direction
+              (normalised units) / scale, with the emotion's consensus scale
+              (else the class-mean difference's own norm).
+Order: robust consensus directions first, then robust features, then the
+rest (other features, then class means), so that steering the first
+directions per emotion steers the robust ones. With --features only those
+features are exported. The SAEs are read only through emosae_jax.runs, which
+pairs a sweep's global member indices with their parameter rows.
 """
 
 from __future__ import annotations
@@ -38,8 +52,10 @@ def member_position(summary: dict, member: int | None) -> int:
 
 def select_features(summary: dict, arrays: dict, position: int,
                     emotions: Sequence[str] | None = None,
-                    top_per_emotion: int = 1) -> list[int]:
-  """The best significant features per emotion (lowest p, then AUROC)."""
+                    top_per_emotion: int = 1,
+                    robust: np.ndarray | None = None) -> list[int]:
+  """The best significant features per emotion: robust ones first (when
+  `robust`, Bool[m], is given), then lowest p, then highest AUROC."""
   names = summary["data"]["label_names"]
   wanted = list(emotions) if emotions else names
   unknown = [e for e in wanted if e not in names]
@@ -52,10 +68,11 @@ def select_features(summary: dict, arrays: dict, position: int,
   emo = arrays["emotion"][position]
   p = arrays["p_value"][position]
   stat = arrays["statistic"][position]
+  not_robust = (np.ones_like(sig) if robust is None else ~robust)
   chosen, missing = [], []
   for name in wanted:
     feats = np.flatnonzero(sig & (emo == names.index(name)))
-    order = np.lexsort((-stat[feats], p[feats]))
+    order = np.lexsort((-stat[feats], p[feats], not_robust[feats]))
     chosen += [int(f) for f in feats[order][:top_per_emotion]]
     if not len(feats):
       missing.append(name)
@@ -94,11 +111,13 @@ def export_directions(workdir: str | Path, out: str | Path,
                       analysis_dir: str | Path | None = None) -> Path:
   """Writes directions.safetensors + directions.json into `out`.
 
-  Features come from the analysis in `analysis_dir` (default: the workdir):
-  the `top_per_emotion` best significant ones per emotion (all emotions, or
-  `emotions`), or exactly `features`. `member` is a sweep's global member
-  index; `workdir` may be its group or the sweep's top folder (the member's
-  group is found), and the analysis defaults to that group's folder.
+  From the analysis in `analysis_dir` (default: the workdir): per emotion
+  (all emotions, or `emotions`) the consensus direction where the analysis
+  found one, the `top_per_emotion` best significant features (robust ones
+  first) and the class-mean baseline; or exactly `features`. `member` is a
+  sweep's global member index; `workdir` may be its group or the sweep's
+  top folder (the member's group is found), and the analysis defaults to
+  that group's folder.
   """
   if features is not None and emotions:
     raise ValueError("pass either --features or --emotions, not both")
@@ -123,9 +142,12 @@ def export_directions(workdir: str | Path, out: str | Path,
     raise data.DataError(f"the analysis has {arrays['statistic'].shape[-1]} "
                          f"features but {workdir} has d_sae={m}; rerun "
                          "scripts/analyze.py on this workdir")
+  robust = arrays.get(ROBUST, np.zeros((position + 1, m), bool))[position]
+  derived = []
   if features is None:
     features = select_features(summary, arrays, position, emotions,
-                               top_per_emotion)
+                               top_per_emotion, robust)
+    derived = derived_entries(summary, arrays, index, emotions)
   features = [int(f) for f in features]
   bad = [f for f in features if not 0 <= f < m]
   if bad:
@@ -134,31 +156,126 @@ def export_directions(workdir: str | Path, out: str | Path,
   if dead:
     raise data.DataError(f"feature(s) {dead} never fire on the analysed "
                          "prompts; their typical activation is undefined")
+  normalizer = checkpoint.normalizer_of(members.info)
+  entries = order_entries(
+      [feature_entry(summary, arrays, position, f, w_dec, normalizer,
+                     bool(robust[f])) for f in features]
+      + [dict(e, vector=normalizer.direction_to_raw(e["vector"]))
+         for e in derived])
+  meta = entries_meta(entries)
+  meta.update(
+      site=dict(fmt.T5_OUTPUT), encoder=_encoder(members.info, summary),
+      source={"workdir": str(Path(members.workdir).resolve()),
+              "member": index,
+              "data_hash": members.info.get("content_hash"),
+              "analysis_data_hash": summary["source"].get("data_hash"),
+              "arch": members.configs[row]["model"]["arch"], "d_sae": m})
+  vectors = np.stack([e["vector"] for e in entries]).astype(np.float32)
+  return write_export(out, vectors, meta)
+
+
+# --------------------------------------------------------------------------
+# Entries: one per exported direction
+
+
+ROBUST = "directions/robust"
+_PER_ENTRY = {"feature_ids": "id", "emotions": "emotion",
+              "selectivity": "selectivity", "p_values": "p_value",
+              "q_values": "q_value", "auroc": "auroc",
+              "significant": "significant",
+              "typical_activation": "typical_activation", "kinds": "kind",
+              "robust": "robust", "details": "details"}
+
+
+def feature_entry(summary: dict, arrays: dict, position: int, f: int,
+                  w_dec: np.ndarray, normalizer: data.Normalizer,
+                  robust: bool) -> dict:
+  e = int(arrays["emotion"][position, f])
+  pick = lambda key: float(arrays[key][position, f])
+  return {"kind": "feature", "id": f,
+          "emotion": summary["data"]["label_names"][e],
+          "vector": normalizer.direction_to_raw(w_dec[f]),
+          "selectivity": pick("selectivity"), "p_value": pick("p_value"),
+          "q_value": pick("q_value"),
+          "auroc": float(arrays["auroc"][position, e, f]),
+          "significant": bool(arrays["significant"][position, f]),
+          "typical_activation": pick("typical_activation"),
+          "robust": robust, "details": None}
+
+
+def derived_entries(summary: dict, arrays: dict, index: int,
+                    emotions: Sequence[str] | None = None) -> list[dict]:
+  """The consensus (where found) and class-mean entries per emotion of
+  member `index`'s configuration, vectors in NORMALISED units. Empty for
+  an analysis written before directions existed."""
+  dirs = summary.get("directions")
+  if not dirs or "directions/class_mean" not in arrays:
+    return []
+  g = next(g for g, group in enumerate(dirs["groups"])
+           if index in group["members"])
   names = summary["data"]["label_names"]
-  pick = lambda key: [float(arrays[key][position, f]) for f in features]
-  emo = [int(arrays["emotion"][position, f]) for f in features]
-  directions = raw_directions(w_dec, checkpoint.normalizer_of(members.info),
-                              features)
-  meta = {
-      "site": dict(fmt.T5_OUTPUT),
-      "feature_ids": features,
-      "emotions": [names[e] for e in emo],
-      "selectivity": pick("selectivity"),
-      "p_values": pick("p_value"),
-      "q_values": pick("q_value"),
-      "auroc": [float(arrays["auroc"][position, e, f])
-                for e, f in zip(emo, features)],
-      "significant": [bool(arrays["significant"][position, f])
-                      for f in features],
-      "typical_activation": pick("typical_activation"),
-      "encoder": _encoder(members.info, summary),
-      "source": {"workdir": str(Path(members.workdir).resolve()),
-                 "member": index,
-                 "data_hash": members.info.get("content_hash"),
-                 "analysis_data_hash": summary["source"].get("data_hash"),
-                 "arch": members.configs[row]["model"]["arch"], "d_sae": m},
-  }
-  return write_export(out, directions, meta)
+  out = []
+  for name in emotions or names:
+    e = names.index(name)
+    record = dirs["groups"][g]["emotions"].get(name) or {}
+    comparison = record.get("comparison") or {}
+    scale = float(arrays["directions/scale"][g, e])
+    consensus = arrays["directions/consensus"][g, e]
+    if np.all(np.isfinite(consensus)):
+      out.append(_derived("consensus", name, consensus, scale, True, dict(
+          record["consensus"], **comparison.get("consensus", {}),
+          configuration=dirs["groups"][g]["overrides"])))
+    mean = arrays["directions/class_mean"][e].astype(np.float64)
+    norm = float(np.linalg.norm(mean))
+    if norm > 0:
+      out.append(_derived(
+          "class_mean", name, mean / norm, scale if np.isfinite(scale)
+          else norm, False, dict(comparison.get("class_mean", {}), norm=norm,
+                                 scale=("best feature's typical displacement"
+                                        if np.isfinite(scale)
+                                        else "class-mean difference norm"))))
+  return out
+
+
+def _derived(kind: str, emotion: str, unit: np.ndarray, scale: float,
+             robust: bool, details: dict) -> dict:
+  return {"kind": kind, "id": None, "emotion": emotion,
+          "vector": np.asarray(unit, np.float64), "selectivity": None,
+          "p_value": None, "q_value": None,
+          "auroc": details.get("auroc_corpus"), "significant": None,
+          "typical_activation": scale, "robust": robust, "details": details}
+
+
+def order_entries(entries: list[dict]) -> list[dict]:
+  """Robust consensus, robust features, then the rest (features before
+  class means), each in emotion order as given; non-feature directions get
+  ids -1, -2, ... in that order."""
+  rank = lambda e: (0 if e["robust"] and e["kind"] == "consensus" else
+                    1 if e["robust"] else 2 if e["kind"] == "feature" else 3)
+  entries = sorted(entries, key=rank)
+  ids = iter(range(-1, -len(entries) - 1, -1))
+  return [e if e["kind"] == "feature" else dict(e, id=next(ids))
+          for e in entries]
+
+
+def entries_meta(entries: list[dict]) -> dict:
+  """The per-direction lists of directions.json."""
+  return {key: [e[field] for e in entries]
+          for key, field in _PER_ENTRY.items()}
+
+
+def steering_choice(meta: dict, per_emotion: int) -> list[int]:
+  """Feature ids (negative for consensus directions) to steer with: per
+  emotion the first `per_emotion` directions in export order, class-mean
+  baselines left out, so robust directions are steered first."""
+  kinds = meta.get("kinds") or ["feature"] * len(meta["feature_ids"])
+  taken: dict[str, int] = {}
+  chosen = []
+  for f, e, kind in zip(meta["feature_ids"], meta["emotions"], kinds):
+    if kind != "class_mean" and taken.get(e, 0) < per_emotion:
+      taken[e] = taken.get(e, 0) + 1
+      chosen.append(int(f))
+  return chosen
 
 
 def write_export(out: str | Path, directions: np.ndarray, meta: dict) -> Path:

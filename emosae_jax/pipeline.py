@@ -329,7 +329,14 @@ def stage_export(ctx: Context) -> dict:
     note = (f"no significant features ({e}); exported the {n_fallback} "
             "lowest-p features instead, which are NOT significant")
   meta = export.load_meta(ctx.path("directions"))
-  record = {"features": meta["feature_ids"], "emotions": meta["emotions"]}
+  # Steer per emotion the first directions of the export (robust consensus,
+  # then robust features, then the rest; class means are not steered), or
+  # every fallback feature.
+  steer = (meta["feature_ids"] if note else export.steering_choice(
+      meta, ctx.config.steer.top_per_emotion))
+  record = {"features": meta["feature_ids"], "emotions": meta["emotions"],
+            "kinds": meta["kinds"], "robust": meta["robust"],
+            "steer": steer}
   return record | ({"note": note} if note else {})
 
 
@@ -352,12 +359,15 @@ def stage_steer(ctx: Context) -> dict:
   if reason:
     return {"skipped": reason}
   s = ctx.config.steer
+  steer = ctx.state["stages"].get("export", {}).get("record", {}).get(
+      "steer")
+  chosen = [f"--features={','.join(map(str, steer))}"] if steer else []
   _run_bridge(ctx.config, [
       _script("steer.py"), f"--directions={ctx.path('directions')}",
       f"--model={ctx.models.music}", f"--out={ctx.path('steering')}",
       f"--strengths={s.strengths}", f"--duration={s.duration}",
       f"--prompts={ctx.path('neutral.txt')}", f"--backend={s.backend}",
-      f"--device={ctx.config.device}"], "steering")
+      f"--device={ctx.config.device}", *chosen], "steering")
   run = json.loads(ctx.path("steering", "steering.json").read_text())
   return {"clips": len(run["clips"])}
 

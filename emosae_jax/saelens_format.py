@@ -49,7 +49,7 @@ from typing import Callable
 import numpy as np
 from safetensors.numpy import save_file
 
-from emosae_jax import data
+from emosae_jax import data, runs
 
 SAELENS_VERSION = "6.54.12"  # the version whose format this writes
 WEIGHTS_FILE = "sae_weights.safetensors"
@@ -154,42 +154,28 @@ def write_saelens(out: str | Path, tensors: dict, cfg: dict) -> Path:
 
 def export_run(workdir: str | Path, out: str | Path,
                member: int | None = None) -> Path:
-  """Writes member `member` (default: the first) of a run or sweep group as
-  a SAELens folder in `out`."""
-  # The run is read through the analysis' loader (jax), so exports follow
-  # its member indexing; this module itself stays numpy-only.
-  from emosae_jax import analysis, checkpoint
-  members = analysis.load_members(workdir)
-  index = members.indices[0] if member is None else member
-  if index not in members.indices:
-    raise data.DataError(f"{workdir}: no finished member {index}; it has "
-                         f"members {members.indices}")
-  row = members.indices.index(index)
+  """Writes member `member` (default: the first) of a run, sweep group or
+  (with `member`) sweep top folder as a SAELens folder in `out`. The run is
+  read through emosae_jax.runs (numpy only), which pairs a sweep's global
+  member indices with their parameter rows."""
+  members = runs.load_members(workdir, member)
+  index, row = members.indices[0], 0
   params = {k: v[row] for k, v in members.params.items()}
+  model = members.configs[row]["model"]
   sidecar_path = Path(members.info.get("path") or "") / data.SIDECAR_FILE
   sidecar = (json.loads(sidecar_path.read_text())
              if members.info.get("path") and sidecar_path.exists() else None)
-  normalizer = checkpoint.normalizer_of(members.info)
+  normalizer = data.Normalizer.from_dict(members.info["normalizer"])
   info = {k: v for k, v in members.info.items()
           if k not in ("train_index", "val_index", "normalizer")}
   metadata = dict(hook_metadata(members.info, sidecar), emosae={
-      "arch": members.sae.arch, "decoder_norm": members.sae.decoder_norm,
-      "workdir": str(Path(workdir).resolve()), "member": index,
+      "arch": model["arch"], "decoder_norm": model.get("decoder_norm"),
+      "workdir": str(Path(members.workdir).resolve()), "member": index,
       "normalizer_folded": True, "normalizer": normalizer.to_dict(),
-      "config": _member_config(workdir, members, index), "data_info": info})
-  tensors, cfg = to_saelens(members.sae.arch, members.sae.k, params,
+      "config": members.configs[row], "data_info": info})
+  tensors, cfg = to_saelens(model["arch"], model.get("k", 0), params,
                             normalizer, metadata)
   return write_saelens(out, tensors, cfg)
-
-
-def _member_config(workdir: str | Path, members, index: int) -> dict:
-  """The resolved config of one member (sweep.json holds each member's)."""
-  if members.is_sweep:
-    sweep = json.loads((Path(workdir) / "sweep.json").read_text())
-    for entry in sweep["members"]:
-      if entry["index"] == index and "config" in entry:
-        return entry["config"]
-  return members.config
 
 
 # --------------------------------------------------------------------------
@@ -314,17 +300,13 @@ def from_saelens(tensors: dict, cfg: dict
 
 def write_run(workdir: str | Path, params: dict, config: dict, info: dict,
               summary: dict) -> Path:
-  """The files of a finished emosae run that analysis and export read:
-  config.json, data_info.json, params.safetensors, summary.json (last).
-  The one place this module writes a run (the run layout's owner is to
-  take it over)."""
-  workdir = Path(workdir)
-  workdir.mkdir(parents=True, exist_ok=True)
-  data.atomic_write_json(workdir / "config.json", config)
-  data.atomic_write_json(workdir / "data_info.json", info)
-  data.atomic_write(workdir / "params.safetensors",
-                    lambda tmp: save_file(_f32(params), tmp))
-  data.atomic_write_json(workdir / "summary.json", summary)
+  """The files of a finished emosae run that analysis and export read,
+  through the run layout's writers (summary.json last)."""
+  workdir = runs.prepare_workdir(workdir)
+  runs.write_config(workdir, config)
+  runs.write_data_info(workdir, info)
+  runs.write_params(workdir, params)
+  runs.write_summary(workdir, summary)
   return workdir
 
 
@@ -340,7 +322,8 @@ def import_sae(src: str | Path, workdir: str | Path,
   """
   src, workdir = Path(src), Path(workdir)
   tensors, cfg = read_saelens(src)
-  if (workdir / "config.json").exists() or (workdir / "sweep.json").exists():
+  if any((workdir / name).exists()
+         for name in (runs.CONFIG_FILE, runs.SWEEP_FILE, runs.PARAMS_FILE)):
     raise data.DataError(f"{workdir} already holds a run; use a new "
                          "--workdir")
   arch, model, params, normalizer = from_saelens(tensors, cfg)

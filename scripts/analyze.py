@@ -75,6 +75,8 @@ def main(argv):
               f"{c['consensus']['auroc_validation'][0]:.3f}, best feature "
               f"{c['best_feature']['auroc_validation'][0]:.3f}, class mean "
               f"{c['class_mean']['auroc_validation'][0]:.3f}")
+  for verdict in analysis.class_mean_verdicts(result.summary):
+    print(verdict["text"])
   print(f"wrote {path} and {path.parent / 'report.html'}")
 
 

@@ -9,9 +9,13 @@ analysis is read from there unless --analysis says otherwise.
   python scripts/export.py --workdir=runs/seed --features=12,873 --out=DIR
   python scripts/export.py --format=saelens --workdir=runs/sweep/g0 \
       --member=3 --out=DIR
-Features come from the analysis (run scripts/analyze.py first): the best
-significant features per emotion, or exactly --features. Writes
-directions.safetensors and directions.json (read by bridge/directions.py).
+Directions come from the analysis (run scripts/analyze.py first): per
+emotion the consensus direction across seeds (where the analysis found
+robust features), the best significant features (robust ones first) and
+the class-mean baseline, robust directions first; or exactly --features.
+Directions that are not features get negative ids (-1, -2, ...; pass them
+to steer.py --features). Writes directions.safetensors and directions.json
+(read by bridge/directions.py; kinds, robust and details per direction).
 --format=saelens writes the whole SAE as a folder SAELens's
 SAE.load_from_disk reads, in raw T5 units (see emosae_jax/saelens_format.py);
 it needs no analysis.
@@ -61,8 +65,11 @@ def main(argv):
       emotions=_EMOTIONS.value, top_per_emotion=_TOP.value,
       analysis_dir=_ANALYSIS.value)
   meta = export.load_meta(out)
-  rows = ", ".join(f"{f} ({e})" for f, e in zip(meta["feature_ids"],
-                                                  meta["emotions"]))
+  rows = ", ".join(
+      (f"feature {f}" if kind == "feature" else f"{kind} {f}")
+      + f" ({e}{', robust' if robust else ''})"
+      for f, e, kind, robust in zip(meta["feature_ids"], meta["emotions"],
+                                    meta["kinds"], meta["robust"]))
   print(f"wrote {len(meta['feature_ids'])} directions to {out}: {rows}")
 
 

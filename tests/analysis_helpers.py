@@ -1,8 +1,10 @@
 """Builders shared by the analysis and export tests (cached per process).
 
-`random_run()`   a run workdir written by hand: a randomly initialised topk
-                 SAE on small labelled data with template groups (no
-                 training; for exact comparisons and error cases).
+`random_run()`   a run workdir of a randomly initialised topk SAE on small
+                 labelled data with template groups (no training; for
+                 exact comparisons and error cases), written by the run
+                 layout's writers (emosae_jax.runs) with the data record
+                 training itself writes (prepare(config).info()).
 `planted_run()`  a topk SAE trained on planted-dictionary data whose labels
                  own features (for the recall / false-discovery tests).
 Both are built once per test process into a temporary folder.
@@ -12,7 +14,6 @@ from __future__ import annotations
 
 import atexit
 import functools
-import json
 import shutil
 import tempfile
 from pathlib import Path
@@ -21,8 +22,7 @@ import jax
 import numpy as np
 
 from conftest import tiny_config
-from emosae_jax import data, saes
-from emosae_jax.train_run import save_params
+from emosae_jax import data, runs, saes
 
 _ROOT = Path(tempfile.mkdtemp(prefix="emosae_analysis_tests_"))
 atexit.register(shutil.rmtree, _ROOT, ignore_errors=True)
@@ -49,21 +49,18 @@ def labelled_set(n_per=50, k=3, d=16, n_groups=10, shift=1.5, seed=0,
       encoder={"name": "test-encoder", "revision": "r1"}, **meta)
 
 
-def write_run(workdir: Path, es_path: Path, es: data.EmbeddingSet,
-              params: dict, d_sae: int, k: int) -> Path:
-  """A run workdir (config.json, data_info.json, params.safetensors)."""
-  workdir.mkdir(parents=True, exist_ok=True)
-  config = tiny_config("topk", model__d_in=es.dim, model__d_sae=d_sae,
-                       model__k=k, data__synthetic=False,
+def write_run(workdir: Path, es_path: Path, params: dict, d_sae: int,
+              k: int) -> Path:
+  """A finished run of `params` on the set at es_path, as training writes
+  it: runs' writers, the data record of prepare(config)."""
+  from emosae_jax.prepare import prepare
+  config = tiny_config("topk", model__d_in=len(params["b_dec"]),
+                       model__d_sae=d_sae, model__k=k, data__synthetic=False,
                        data__path=str(es_path))
-  normalizer = data.fit_normalizer(es.embeddings)
-  data.atomic_write_json(workdir / "config.json", config.to_dict())
-  data.atomic_write_json(workdir / "data_info.json", {
-      "path": str(es_path), "content_hash": es.meta["content_hash"],
-      "n": len(es), "d": es.dim, "label_names": es.label_names,
-      "encoder": es.meta.get("encoder"), "train_index": [], "val_index": [],
-      "normalizer": normalizer.to_dict(), "synthetic": False})
-  save_params(workdir / "params.safetensors", params)
+  runs.prepare_workdir(workdir)
+  runs.write_config(workdir, config.to_dict())
+  runs.write_data_info(workdir, prepare(config).info())
+  runs.write_params(workdir, params)
   return workdir
 
 
@@ -82,7 +79,7 @@ def random_params(d: int, m: int, seed: int) -> dict:
 def random_run() -> Path:
   es = labelled_set()
   es_path = data.save_embedding_set(es, _ROOT / "random_data")
-  return write_run(_ROOT / "random_run", es_path, es,
+  return write_run(_ROOT / "random_run", es_path,
                    random_params(es.dim, 32, 0), 32, 4)
 
 
@@ -118,25 +115,29 @@ def scratch(name: str) -> Path:
   return path
 
 
-def fake_sweep(tmp_path: Path) -> tuple[Path, np.ndarray]:
-  """Members: 0 = the random run, 1 = failed, 2 = member 0 with its
-  features permuted (so every feature reappears, at cosine 1)."""
-  from emosae_jax import checkpoint
-  run = random_run()
-  sweep = tmp_path / "sweep"
-  shutil.copytree(run, sweep)
-  params = checkpoint.load_params(run)
+def permuted_sweep(tmp_path: Path) -> tuple[Path, np.ndarray]:
+  """A one-group sweep written by runs' writers (its group folder is
+  returned): member 0 = the random run, 1 = failed (NaN parameters),
+  2 = member 0 with its features permuted (so every feature reappears, at
+  cosine 1). Rows follow the global indices here; tests/test_runs.py covers
+  groups whose rows do not."""
+  run = runs.load_members(random_run())
+  params = {k: v[0] for k, v in run.params.items()}
   perm = np.random.default_rng(3).permutation(params["W_dec"].shape[0])
   permuted = dict(params, W_dec=params["W_dec"][perm],
                   W_enc=params["W_enc"][:, perm], b_enc=params["b_enc"][perm])
   broken = {k: np.full_like(v, np.nan) for k, v in params.items()}
   stacked = {k: np.stack([params[k], broken[k], permuted[k]]) for k in params}
-  save_params(sweep / "params.safetensors", stacked)
-  config = json.loads((sweep / "config.json").read_text())
-  data.atomic_write_json(sweep / "sweep.json", {"members": [
-      {"index": i, "overrides": {"seed": i}, "config": config, "seed": i,
-       "status": status} for i, status in enumerate(["ok", "failed", "ok"])]})
-  return sweep, perm
+  top = runs.prepare_workdir(tmp_path / "sweep")
+  overrides = [{"seed": i} for i in range(3)]
+  runs.write_config(top, {"base": run.config, "overrides": overrides})
+  entries = [{"index": i, "group": 0, "overrides": overrides[i], "seed": i,
+              "config": dict(run.config, seed=i), "status": status}
+             for i, status in enumerate(["ok", "failed", "ok"])]
+  gdir = runs.prepare_workdir(runs.group_dir(top, 0))
+  entries = runs.write_group(gdir, entries, stacked, run.config, run.info)
+  runs.write_sweep(top, entries, [gdir.name])
+  return gdir, perm
 
 
 # --------------------------------------------------------------------------
@@ -209,3 +210,15 @@ def transfer_sweep() -> tuple[Path, Path]:
   workdir = _ROOT / "transfer_sweep"
   sweep.run_sweep(base, overrides, workdir, progress=False)
   return workdir / "g0", val_path
+
+
+@functools.lru_cache(maxsize=None)
+def transfer_analysis():
+  """(group folder, validation folder, analysis Result) of transfer_sweep,
+  analysed with its validation set (shared by the analysis and export
+  tests)."""
+  from emosae_jax import analysis
+  workdir, val_path = transfer_sweep()
+  result = analysis.analyze(workdir, settings=analysis.Settings(
+      permutations=200, n_causal=32), validation=[str(val_path)])
+  return workdir, val_path, result

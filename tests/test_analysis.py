@@ -307,7 +307,7 @@ def test_progress_bar_only_on_a_terminal(capsys, monkeypatch):
 
 
 def test_sweep_members_and_stability(tmp_path):
-  sweep, perm = helpers.fake_sweep(tmp_path)
+  sweep, perm = helpers.permuted_sweep(tmp_path)
   result = analysis.analyze(sweep, settings=settings(member_batch=1))
   a = result.arrays
   assert [m["index"] for m in result.summary["members"]] == [0, 2]
@@ -339,7 +339,7 @@ def test_match_features_is_one_to_one():
 
 def _bad_run(tmp_path, es, d_sae=32):
   es_path = data.save_embedding_set(es, tmp_path / "data")
-  return helpers.write_run(tmp_path / "run", es_path, es,
+  return helpers.write_run(tmp_path / "run", es_path,
                            helpers.random_params(es.dim, d_sae, 0), d_sae, 4)
 
 

@@ -16,10 +16,7 @@ from emosae_jax import analysis, data
 
 @pytest.fixture(scope="module")
 def transfer():
-  workdir, val_path = helpers.transfer_sweep()
-  result = analysis.analyze(workdir, settings=analysis.Settings(
-      permutations=200, n_causal=32), validation=[str(val_path)])
-  return workdir, val_path, result
+  return helpers.transfer_analysis()
 
 
 def _planted_feature(result, i, direction):
@@ -184,3 +181,29 @@ def test_script_validation_flag_and_fallback_shuffle(tmp_path):
   assert summary["permutation"]["scheme"] == "within groups"
   assert "What holds on other labelled sets" in (
       tmp_path / "report.html").read_text()
+
+
+def test_report_says_whether_sae_directions_reach_the_class_mean(transfer):
+  """Per emotion and validation set: the best SAE-derived direction's
+  validation AUROC against the class mean's, said in one sentence."""
+  from emosae_jax.analysis import report_sections
+  _, val_path, result = transfer
+  verdicts = analysis.class_mean_verdicts(result.summary)
+  groups = result.summary["directions"]["groups"]
+  assert len(verdicts) == len(groups) * 3
+  for v in verdicts:
+    group = next(g for g in groups if g["overrides"] == v["configuration"])
+    c = group["emotions"][v["emotion"]]["comparison"]
+    best = max(c["consensus"]["auroc_validation"][0],
+               c["best_feature"]["auroc_validation"][0])
+    base = c["class_mean"]["auroc_validation"][0]
+    assert v["set"] == str(val_path)
+    assert v["best_auroc"] == best and v["class_mean_auroc"] == base
+    assert v["gap"] == pytest.approx(best - base)
+    assert v["reaches"] == (best >= base)
+    word = "reaches" if best >= base else "does NOT reach"
+    assert f"{word} the class-mean direction's AUROC {base:.3f}" in v["text"]
+    assert f"{abs(best - base):.3f})" in v["text"]
+  body = report_sections.directions_section(result.summary).body
+  from emosae_jax.report import esc
+  assert all(esc(v["text"]) in body for v in verdicts)

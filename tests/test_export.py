@@ -36,10 +36,17 @@ def test_round_trip_equals_decoder_row_in_raw_units(analysed, tmp_path):
                                  top_per_emotion=2)
   tensors = load_file(str(out / "directions.safetensors"))
   meta = json.loads((out / "directions.json").read_text())
-  directions = tensors["directions"]
   w_dec, normalizer, _ = _decoder_and_normalizer(analysed)
-  assert directions.dtype == np.float32
-  assert directions.shape == (len(meta["feature_ids"]), meta["d_model"])
+  assert tensors["directions"].dtype == np.float32
+  assert tensors["directions"].shape == (len(meta["feature_ids"]),
+                                         meta["d_model"])
+  # A single run has no other seeds: no consensus, nothing robust; the
+  # class-mean baselines follow the features.
+  n = len(meta["kinds"]) - 3
+  assert meta["kinds"] == ["feature"] * n + ["class_mean"] * 3
+  assert not any(meta["robust"])
+  directions = tensors["directions"][:n]
+  meta = {k: v[:n] if isinstance(v, list) else v for k, v in meta.items()}
   for row, f in zip(directions, meta["feature_ids"]):
     np.testing.assert_allclose(row, w_dec[f] / normalizer.scale, rtol=1e-6)
     np.testing.assert_allclose(row, normalizer.direction_to_raw(w_dec[f]))
@@ -100,7 +107,7 @@ def test_bridge_reads_export_as_torch(analysed, tmp_path):
 
 
 def test_sweep_member_export(tmp_path):
-  sweep, perm = helpers.fake_sweep(tmp_path)
+  sweep, perm = helpers.permuted_sweep(tmp_path)
   result = analysis.analyze(sweep, settings=analysis.Settings(
       **helpers.RANDOM_SETTINGS, member_batch=1))
   analysis.write(result, sweep, report=False)
@@ -130,7 +137,7 @@ def test_export_errors(analysed, tmp_path, kwargs, message):
 def test_export_needs_an_analysis(tmp_path):
   es = helpers.labelled_set()
   es_path = data.save_embedding_set(es, tmp_path / "data")
-  run = helpers.write_run(tmp_path / "run", es_path, es,
+  run = helpers.write_run(tmp_path / "run", es_path,
                           helpers.random_params(16, 32, 0), 32, 4)
   with pytest.raises(data.DataError, match="run scripts/analyze.py"):
     export.export_directions(run, tmp_path / "d")
@@ -146,3 +153,120 @@ def test_export_script(analysed, tmp_path):
                     f"--out={tmp_path / 'e'}", "--emotions=joy")
   assert proc.returncode == 2
   assert last_line(proc.stderr).startswith("error: unknown emotion(s)")
+
+
+# --------------------------------------------------------------------------
+# Consensus and class-mean directions: planted data with known answers
+
+
+@pytest.fixture(scope="module")
+def transfer_export(tmp_path_factory):
+  """The planted sweep (general features hold on validation, corpus-
+  specific ones do not) analysed with its validation set, and exported."""
+  workdir, _, result = helpers.transfer_analysis()
+  out = tmp_path_factory.mktemp("transfer")
+  analysis.write(result, out / "analysis", report=False)
+  dirs = export.export_directions(workdir, out / "dirs", top_per_emotion=2,
+                                  analysis_dir=out / "analysis")
+  return workdir, out / "analysis", dirs
+
+
+def _unit(v):
+  return v / np.linalg.norm(v)
+
+
+def test_consensus_export_is_the_planted_direction(transfer_export):
+  """Raw-unit consensus per emotion = the planted general direction (the
+  data is built in raw units); its steering vector at strength 1 is
+  consensus * scale / normaliser.scale."""
+  workdir, analysis_dir, out = transfer_export
+  directions, meta = export.load_export(out)
+  arrays = analysis.load_arrays(analysis_dir)
+  normalizer = checkpoint.normalizer_of(analysis.load_members(workdir).info)
+  general = helpers.transfer_dictionary()["general"]
+  names = ["happy", "sad", "tense"]
+  assert meta["kinds"][:3] == ["consensus"] * 3
+  assert meta["emotions"][:3] == names and meta["feature_ids"][:3] == [
+      -1, -2, -3]
+  for e in range(3):
+    details = meta["details"][e]
+    assert meta["robust"][e] and details["n_seeds"] == 3
+    assert details["spread"] > 0.95
+    assert _unit(directions[e]) @ general[e] > 0.95
+    g = 0  # member 0's configuration (lr 6e-3, seeds 0-2)
+    np.testing.assert_allclose(
+        directions[e] * meta["typical_activation"][e],
+        arrays["directions/consensus"][g, e] * arrays["directions/scale"][
+            g, e] / normalizer.scale, rtol=1e-5, atol=1e-7)
+    assert meta["p_values"][e] is None and meta["selectivity"][e] is None
+
+
+def test_export_orders_robust_first_and_marks_kinds(transfer_export):
+  workdir, analysis_dir, out = transfer_export
+  directions, meta = export.load_export(out)
+  arrays = analysis.load_arrays(analysis_dir)
+  robust = arrays["directions/robust"][0]
+  rank = [0 if k == "consensus" else 1 if r else 2 if k == "feature" else 3
+          for k, r in zip(meta["kinds"], meta["robust"])]
+  assert rank == sorted(rank) and rank.count(0) == 3 and rank.count(3) == 3
+  dic = helpers.transfer_dictionary()
+  names = ["happy", "sad", "tense"]
+  w_dec, normalizer, _ = _decoder_and_normalizer(workdir)
+  seen = set()
+  for row, f, kind, r, e in zip(directions, meta["feature_ids"],
+                                meta["kinds"], meta["robust"],
+                                meta["emotions"]):
+    if kind != "feature":
+      continue
+    assert r == bool(robust[f])
+    np.testing.assert_allclose(row, w_dec[f] / normalizer.scale, rtol=1e-6)
+    if e not in seen:  # an emotion's first feature: its general direction
+      seen.add(e)
+      assert r and _unit(w_dec[f]) @ dic["general"][names.index(e)] > 0.8
+    if not r:  # robust significant features of the emotion come first
+      e_index = names.index(e)
+      others = np.flatnonzero(robust & arrays["significant"][0]
+                              & (arrays["emotion"][0] == e_index))
+      assert set(others) <= set(meta["feature_ids"]), (e, others)
+  assert seen == set(names)
+  # Class means: the baseline, unit in normalised units, then raw.
+  class_mean = arrays["directions/class_mean"]
+  for i in range(len(directions) - 3, len(directions)):
+    assert meta["kinds"][i] == "class_mean" and not meta["robust"][i]
+    e = ["happy", "sad", "tense"].index(meta["emotions"][i])
+    np.testing.assert_allclose(directions[i], _unit(class_mean[e])
+                               / normalizer.scale, rtol=1e-5)
+  # The pipeline steers per emotion the first direction: the consensus.
+  assert export.steering_choice(meta, 1) == [-1, -2, -3]
+  assert len(export.steering_choice(meta, 9)) == len(directions) - 3
+
+
+def test_bridge_loads_consensus_directions_as_torch(transfer_export):
+  torch = pytest.importorskip("torch")
+  from bridge.directions import load_directions
+  _, _, out = transfer_export
+  vectors, meta = export.load_export(out)
+  loaded = load_directions(out, dtype=torch.float64)
+  assert loaded.kinds == tuple(meta["kinds"])
+  assert loaded.robust == tuple(meta["robust"])
+  np.testing.assert_allclose(loaded.vectors.numpy(), vectors)
+  assert np.isnan(loaded.p_values[0]) and loaded.details[0]["n_seeds"] == 3
+  happy = loaded.select(features=[-1])
+  assert happy.kinds == ("consensus",) and happy.emotions == ("happy",)
+  np.testing.assert_allclose(happy.steering_vectors().numpy()[0],
+                             vectors[0] * meta["typical_activation"][0],
+                             rtol=1e-6)
+  sad = loaded.select(emotions=["sad"])
+  assert sad.kinds[0] == "consensus" and sad.kinds[-1] == "class_mean"
+
+
+def test_bridge_reads_exports_without_kinds_as_features(tmp_path):
+  torch = pytest.importorskip("torch")
+  from bridge.directions import load_directions, save_directions
+  save_directions(tmp_path / "old", np.ones((2, 4)), dict(
+      feature_ids=[3, 5], emotions=["a", "b"], selectivity=[2.0, 3.0],
+      p_values=[0.01, 0.02], typical_activation=[1.0, 1.0]))
+  loaded = load_directions(tmp_path / "old", dtype=torch.float32)
+  assert loaded.kinds == ("feature", "feature")
+  assert loaded.robust == (False, False)
+  assert loaded.take([1]).feature_ids == (5,)

@@ -4,14 +4,16 @@ foreign folders (SAELens options emosae folds away), and bad input."""
 
 import json
 import shutil
+import subprocess
+import sys
 
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
 
-from conftest import last_line, run_script, tiny_config
-from emosae_jax import analysis, checkpoint, data, saes
+from conftest import ROOT, last_line, run_script, tiny_config
+from emosae_jax import analysis, checkpoint, data, runs, saes
 from emosae_jax import saelens_format as slf
 from emosae_jax import train_run
 
@@ -239,7 +241,7 @@ def test_import_refuses_what_emosae_cannot_represent(exported, tmp_path,
   folder = _edit(exported, tmp_path / "bad", change)
   r = run_script("import_sae.py", f"--src={folder}",
                  f"--workdir={tmp_path / 'w'}")
-  assert r.returncode != 0 and "Traceback" not in r.stderr
+  assert r.returncode == 2 and "Traceback" not in r.stderr
   assert message in last_line(r.stderr)
   assert not (tmp_path / "w").exists()
 
@@ -267,12 +269,12 @@ def _without(folder, dst, name):
 def test_scripts_give_one_line_for_bad_input(tmp_path):
   r = run_script("import_sae.py", f"--src={tmp_path / 'nowhere'}",
                  f"--workdir={tmp_path / 'w'}")
-  assert r.returncode != 0 and "Traceback" not in r.stderr
+  assert r.returncode == 2 and "Traceback" not in r.stderr
   assert last_line(r.stderr).startswith("error: ")
   assert "no cfg.json; not a SAELens SAE folder" in r.stderr
   r = run_script("export.py", "--format=saelens",
                  f"--workdir={tmp_path / 'nowhere'}", f"--out={tmp_path}/o")
-  assert r.returncode != 0 and "Traceback" not in r.stderr
+  assert r.returncode == 2 and "Traceback" not in r.stderr
   assert "not a run workdir" in last_line(r.stderr)
 
 
@@ -283,6 +285,23 @@ def test_export_of_a_run_on_an_embedding_set_names_its_encoder(tmp_path):
   meta = json.loads((out / "cfg.json").read_text())["metadata"]
   assert meta["model_name"] == "test-encoder"
   assert meta["hook_name"] == "encoder.last_hidden_state.mean_pooled"
+
+
+@only_relu_l1
+def test_export_and_import_need_no_jax(run, tmp_path):
+  """The format module reads and writes runs through emosae_jax.runs
+  (numpy only), so the torch side can export and import without jax."""
+  code = (
+      "import sys\n"
+      "from emosae_jax import saelens_format as slf\n"
+      f"out = slf.export_run({str(run)!r}, {str(tmp_path / 'sae')!r})\n"
+      f"slf.import_sae(out, {str(tmp_path / 'back')!r}, lambda arch: 1 / 0)\n"
+      "assert 'jax' not in sys.modules, 'jax was imported'\n")
+  r = subprocess.run([sys.executable, "-c", code], capture_output=True,
+                     text=True, cwd=ROOT, check=False)
+  assert r.returncode == 0, r.stderr[-2000:]
+  assert runs.load_members(tmp_path / "back").configs[0]["model"][
+      "arch"] == "relu_l1"
 
 
 @only_relu_l1

@@ -79,7 +79,8 @@ from emosae_jax.analysis.loading import (Members, check_inputs, check_labels,
 from emosae_jax.analysis.settings import DeviceSpec, Settings
 from emosae_jax.analysis.stability import (match_features, reappearing_share,
                                            same_config_groups, stability)
-from emosae_jax.analysis.summary import (FORMAT_VERSION, Result, count_entry,
+from emosae_jax.analysis.summary import (FORMAT_VERSION, Result,
+                                         class_mean_verdicts, count_entry,
                                          feature_records, member_counts,
                                          summarize)
 from emosae_jax.analysis.validation import (ValidationSet,

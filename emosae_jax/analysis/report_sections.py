@@ -4,6 +4,7 @@ seeds, robust directions. `report.analysis_sections` places them."""
 
 from __future__ import annotations
 
+from emosae_jax.analysis.summary import class_mean_verdicts
 from emosae_jax.report import (Cell, Section, cell, count_html, esc, fmt,
                                p_cell, table)
 
@@ -121,5 +122,9 @@ def directions_section(summary: dict) -> Section | None:
   note = (f'<p class="note">{esc(dirs["definition"])}. Random: the mean over'
           " random unit directions. Emotions without robust features have "
           "no consensus row.</p>")
-  return Section("Robust directions vs baselines", note + table(columns, rows),
-                 "directions")
+  verdicts = "".join(f"<li>{esc(v['text'])}</li>"
+                     for v in class_mean_verdicts(summary))
+  lead = ("<p>Does the best SAE-derived direction reach the class-mean "
+          f"baseline?</p><ul>{verdicts}</ul>" if verdicts else "")
+  return Section("Robust directions vs baselines",
+                 lead + note + table(columns, rows), "directions")

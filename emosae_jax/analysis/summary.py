@@ -183,3 +183,49 @@ def summarize(members: Members, es: data.EmbeddingSet, arrays: dict,
               "null_statistic_hist")} for i in range(len(members.indices))]},
       "members": member_out,
   }
+
+
+def class_mean_verdicts(summary: dict) -> list[dict]:
+  """Per configuration, emotion and validation set (the corpus when there
+  is none): does the best SAE-derived direction (consensus or best single
+  feature) reach the class-mean direction's AUROC, and by how much. Each
+  verdict's "text" says it in one sentence."""
+  dirs = summary.get("directions") or {"groups": []}
+  sets = [v["path"] for v in summary.get("validation") or []]
+  out = []
+  for group in dirs["groups"]:
+    config = ", ".join(f"{k}={v}" for k, v in group["overrides"].items())
+    where = f" ({config})" if config else ""
+    for name, r in group["emotions"].items():
+      if r is None:
+        out.append({"configuration": group["overrides"], "emotion": name,
+                    "reaches": None, "text": f"{name}{where}: no significant "
+                    "feature, so no SAE-derived direction to compare"})
+        continue
+      c = r["comparison"]
+      scored = [(j, p, "auroc_validation") for j, p in enumerate(sets)] or [
+          (None, "the corpus", "auroc_corpus")]
+      for j, place, key in scored:
+        auroc = lambda kind: (c[kind][key] if j is None else
+                              c[kind][key][j]) if kind in c else None
+        sae = [(auroc(k), k) for k in ("consensus", "best_feature")
+               if _finite(auroc(k))]
+        base = auroc("class_mean")
+        if not sae or not _finite(base):
+          continue
+        best, kind = max(sae)
+        gap = best - base
+        verdict = ("reaches" if gap >= 0 else "does NOT reach")
+        out.append({
+            "configuration": group["overrides"], "emotion": name,
+            "set": place, "best_kind": kind, "best_auroc": best,
+            "class_mean_auroc": base, "gap": gap, "reaches": gap >= 0,
+            "text": f"{name}{where} on {place}: the best SAE-derived "
+                    f"direction ({kind.replace('_', ' ')}, AUROC {best:.3f}) "
+                    f"{verdict} the class-mean direction's AUROC {base:.3f} "
+                    f"({'+' if gap >= 0 else '-'}{abs(gap):.3f})"})
+  return out
+
+
+def _finite(x) -> bool:
+  return x is not None and bool(np.isfinite(x))
