@@ -164,7 +164,9 @@ def export_directions(workdir: str | Path, out: str | Path,
          for e in derived])
   meta = entries_meta(entries)
   meta.update(
-      site=dict(fmt.T5_OUTPUT), encoder=_encoder(members.info, summary),
+      site=fmt.check_site(members.info.get("site") or dict(fmt.T5_OUTPUT),
+                          str(members.workdir)),
+      encoder=_encoder(members.info, summary),
       source={"workdir": str(Path(members.workdir).resolve()),
               "member": index,
               "data_hash": members.info.get("content_hash"),

@@ -28,6 +28,9 @@ class PreparedData:
             "content_hash": es.meta.get("content_hash"),
             "n": len(es), "d": es.dim, "label_names": es.label_names,
             "encoder": es.meta.get("encoder"),
+            # where in the model the embeddings were read (T5 output when
+            # the set does not say): exports steer at the same site
+            "site": es.meta.get("site"),
             "train_index": self.train_index.tolist(),
             "val_index": self.val_index.tolist(),
             "normalizer": self.normalizer.to_dict(),

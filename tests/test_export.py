@@ -270,3 +270,21 @@ def test_bridge_reads_exports_without_kinds_as_features(tmp_path):
   assert loaded.kinds == ("feature", "feature")
   assert loaded.robust == (False, False)
   assert loaded.take([1]).feature_ids == (5,)
+
+
+def test_export_names_the_site_its_data_came_from(tmp_path):
+  """An SAE trained on a decoder layer's set exports directions that steer
+  at that layer, not at T5's output."""
+  from emosae_jax import directions_format, runs
+  es = helpers.labelled_set(site=directions_format.decoder_layer(3))
+  es_path = data.save_embedding_set(es, tmp_path / "layer_03")
+  run = helpers.write_run(tmp_path / "run", es_path,
+                          helpers.random_params(es.dim, 32, 0), 32, 4)
+  assert runs.load_members(run).info["site"] == {"kind": "decoder_layer",
+                                                 "layer": 3}
+  result = analysis.analyze(run, settings=analysis.Settings(
+      **helpers.RANDOM_SETTINGS))
+  analysis.write(result, run, report=False)
+  out = export.export_directions(run, tmp_path / "dirs", top_per_emotion=1)
+  meta = json.loads((out / "directions.json").read_text())
+  assert meta["site"] == {"kind": "decoder_layer", "layer": 3}
