@@ -351,7 +351,7 @@ def heldout_style_split(es: data.EmbeddingSet
   return np.flatnonzero(~is_test), test, test_only
 
 
-def _style_probe(es: data.EmbeddingSet, seed: int) -> dict | None:
+def heldout_style_probe(es: data.EmbeddingSet, seed: int) -> dict | None:
   """The probe trained on the training split, scored on the whole held-out
   split (templates + words + style) and on the held-out style alone; C is
   chosen on the training split. None when the set has no held-out style."""
@@ -407,7 +407,7 @@ def phase0(es: data.EmbeddingSet, out_dir: str | Path, n_folds: int = 5,
                                   names, seed)
       by_words["heldout_words"] = held_words
   step("held-out templates and words")
-  by_style = _style_probe(es, seed)
+  by_style = heldout_style_probe(es, seed)
   step("held-out caption style")
   cosine = cosine_similarity_test(x, y, names, n_permutations, seed)
   cosine_c = cosine_similarity_test(x, y, names, n_permutations, seed,

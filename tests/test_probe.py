@@ -138,7 +138,7 @@ def _corpus_set(signal: float, seed: int = 0):
   corpus (templates, held-out templates, emotion words, label -1 for mixed
   and negated), with emotion planted at strength `signal` over noise."""
   from emosae_jax import prompts
-  recs = prompts.generate_prompts(270, seed=seed)
+  recs = prompts.generate_prompts(180, seed=seed)
   names, labels, groups, heldout = prompts.label_arrays(recs)
   rng = np.random.default_rng(seed)
   means = rng.normal(size=(len(names), 24))
@@ -153,7 +153,8 @@ def _corpus_set(signal: float, seed: int = 0):
 
 def test_phase0_scores_the_heldout_caption_style_split(tmp_path):
   es = _corpus_set(signal=2.0)
-  res = probe.phase0(es, tmp_path, n_permutations=20, progress=False)
+  res = probe.phase0(es, tmp_path, n_folds=3, n_permutations=10,
+                     progress=False)
   st = res["probe_heldout_style"]
   assert st["heldout_styles"] == ["brief"]
   only, whole = st["heldout_style_only"], st["heldout_split"]
@@ -167,10 +168,8 @@ def test_phase0_scores_the_heldout_caption_style_split(tmp_path):
   on_disk = json.loads((tmp_path / "phase0.json").read_text())
   assert on_disk["probe_heldout_style"] == st
   # No emotion in the embeddings: the same code path reports chance.
-  null = probe.phase0(_corpus_set(signal=0.0), tmp_path / "null",
-                      n_permutations=20, progress=False)
-  assert null["probe_heldout_style"]["heldout_style_only"][
-      "balanced_accuracy"] < 1 / 9 + 0.15
+  null = probe.heldout_style_probe(_corpus_set(signal=0.0), seed=0)
+  assert null["heldout_style_only"]["balanced_accuracy"] < 1 / 9 + 0.15
 
 
 def test_heldout_style_split_needs_a_style_absent_from_training(synthetic):

@@ -78,12 +78,12 @@ def test_corpus_check_rejects_emotion_words_outside_the_lexicon(
   bad = dataclasses.replace(corpus_data, slots=dict(
       corpus_data.slots, use=corpus_data.slots["use"] + ["a joyful parade"]))
   with pytest.raises(prompts.PromptError, match="joyful"):
-    prompts.corpus.check_corpus(bad, tax)
+    prompts.check_corpus(bad, tax)
   sad = corpus_data.families["sad"]
   bad = dataclasses.replace(corpus_data, families=dict(
       corpus_data.families, happy=corpus_data.families["happy"] + sad[:1]))
   with pytest.raises(prompts.PromptError, match="belongs to"):
-    prompts.corpus.check_corpus(bad, tax)
+    prompts.check_corpus(bad, tax)
 
 
 def test_single_emotion_prompts_name_their_emotion_only(corpus, tax,

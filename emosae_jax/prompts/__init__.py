@@ -1,6 +1,7 @@
 """Emotion-labelled music prompts: corpus, taxonomy, files, caption import.
 
-- `corpus`: the emotion corpus (`generate_prompts`), its held-out split.
+- `corpus`: the emotion corpus (`generate_prompts`).
+- `lexicon`: its vocabulary (prompt_data/corpus.json) and held-out split.
 - `taxonomy`: emotions and their caption-import words, neutral prompts.
 - `files`: prompts.jsonl I/O, caption import, label arrays.
 
@@ -14,10 +15,10 @@ A prompt record is a dict:
    "intensity", "emotions", "negated", "emotion_words".
 """
 
-from emosae_jax.prompts.corpus import (CORPUS_FILE, DEFAULT_HELDOUT_STYLE,
-                                       DEFAULT_N, Corpus, Family, Split,
-                                       generate_prompts, load_corpus,
-                                       make_split, n_words, word_pattern)
+from emosae_jax.prompts.corpus import DEFAULT_N, generate_prompts, n_words
+from emosae_jax.prompts.lexicon import (CORPUS_FILE, DEFAULT_HELDOUT_STYLE,
+                                        Corpus, Family, Split, check_corpus,
+                                        load_corpus, make_split, word_pattern)
 from emosae_jax.prompts.files import (CaptionImport, emotion_words,
                                       import_captions, label_arrays,
                                       label_text, load_prompt_file,
