@@ -239,7 +239,7 @@ def plot_pca(x: np.ndarray, y: np.ndarray, label_names: list[str],
   cmap = plt.get_cmap("tab10" if len(label_names) <= 10 else "tab20")
   for ax, (pts_all, xlabel, ylabel, sub) in zip(axes, panels):
     if np.any(y < 0):
-      ax.scatter(*pts_all[y < 0].T, s=5, c="lightgrey", label="neutral")
+      ax.scatter(*pts_all[y < 0].T, s=5, c="lightgrey", label="unlabelled")
     for c, name in enumerate(label_names):
       pts = pts_all[y == c]
       ax.scatter(*pts.T, s=5, alpha=0.5, color=cmap(c % cmap.N), label=name)
