@@ -19,9 +19,11 @@ from typing import Any
 
 import numpy as np
 from sklearn.linear_model import LogisticRegression
-from sklearn.model_selection import StratifiedKFold
+from sklearn.metrics import balanced_accuracy_score
+from sklearn.model_selection import GroupKFold, StratifiedKFold
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
+from tqdm import tqdm
 
 from emosae_jax import data
 
@@ -60,16 +62,23 @@ def kfold_accuracy(x: np.ndarray, y: np.ndarray, n_folds: int = 5,
 
 def heldout_accuracy(x: np.ndarray, y: np.ndarray, train: np.ndarray,
                      test: np.ndarray, label_names: list[str] | None = None,
-                     seed: int = 0, C: float = 1.0) -> dict:
+                     seed: int = 0, C: float = 1.0,
+                     by: list[str] | None = None) -> dict:
   """Trains on rows `train`, scores on rows `test` (e.g. unseen templates).
 
-  Also trains on shuffled training labels: its test accuracy is an
-  empirical chance level that accounts for class imbalance and overfit.
+  Rows labelled -1 (neutral, mixed, negated) are left out of both. Also
+  trains on shuffled training labels: its test accuracy is an empirical
+  chance level that accounts for class imbalance and overfit. Balanced
+  accuracy (mean per-class recall) has chance 1/K whatever the imbalance.
+  `by` (a tag per row, e.g. caption style) adds balanced accuracy per tag.
   """
+  train = np.asarray(train)[y[train] >= 0]
+  test = np.asarray(test)[y[test] >= 0]
   probe = _probe(C, seed).fit(x[train], y[train])
   pred = probe.predict(x[test])
   rng = np.random.default_rng(seed)
   shuffled = _probe(C, seed).fit(x[train], rng.permutation(y[train]))
+  shuffled_pred = shuffled.predict(x[test])
   k = int(y.max()) + 1
   confusion = np.zeros((k, k), np.int64)
   np.add.at(confusion, (y[test], pred), 1)
@@ -79,10 +88,43 @@ def heldout_accuracy(x: np.ndarray, y: np.ndarray, train: np.ndarray,
     per_class[name] = float(np.mean(pred[y[test] == c] == c))
   chance = chance_levels(y[train], y[test])
   return dict(accuracy=float(np.mean(pred == y[test])),
+              balanced_accuracy=float(balanced_accuracy_score(y[test], pred)),
               chance=chance["majority"], chance_uniform=chance["uniform"],
-              shuffled_label_accuracy=float(shuffled.score(x[test], y[test])),
-              n_train=int(len(train)), n_test=int(len(test)),
-              per_emotion=per_class, confusion=confusion.tolist())
+              shuffled_label_accuracy=float(np.mean(shuffled_pred
+                                                    == y[test])),
+              shuffled_label_balanced_accuracy=float(
+                  balanced_accuracy_score(y[test], shuffled_pred)),
+              n_train=int(len(train)), n_test=int(len(test)), C=C,
+              per_emotion=per_class, confusion=confusion.tolist(),
+              by=_balanced_by(y[test], pred, by, test) if by else None)
+
+
+def _balanced_by(y: np.ndarray, pred: np.ndarray, tags: list[str],
+                 rows: np.ndarray) -> dict:
+  tags = np.asarray(tags, dtype=object)[rows].astype(str)
+  return {t: dict(balanced_accuracy=float(balanced_accuracy_score(
+      y[tags == t], pred[tags == t])), n=int(np.sum(tags == t)))
+          for t in sorted(set(tags))}
+
+
+def choose_C(x: np.ndarray, y: np.ndarray, train: np.ndarray,
+             groups: list[str], Cs: tuple[float, ...] = (0.01, 0.1, 1.0),
+             seed: int = 0) -> dict:
+  """The C with the best template-grouped 3-fold balanced accuracy on the
+  training rows alone (the test rows never choose it)."""
+  train = np.asarray(train)[y[train] >= 0]
+  g = np.asarray(groups, dtype=object)[train].astype(str)
+  if len(np.unique(g)) < 3:
+    return dict(C=1.0, scores={}, how="default (fewer than 3 templates)")
+  scores = {}
+  for C in Cs:
+    folds = []
+    for a, b in GroupKFold(3).split(x[train], y[train], g):
+      p = _probe(C, seed).fit(x[train[a]], y[train[a]]).predict(x[train[b]])
+      folds.append(balanced_accuracy_score(y[train[b]], p))
+    scores[str(C)] = float(np.mean(folds))
+  best = max(Cs, key=lambda C: scores[str(C)])
+  return dict(C=best, scores=scores, how="template-grouped 3-fold CV")
 
 
 # --------------------------------------------------------------------------
@@ -197,7 +239,7 @@ def plot_pca(x: np.ndarray, y: np.ndarray, label_names: list[str],
   cmap = plt.get_cmap("tab10" if len(label_names) <= 10 else "tab20")
   for ax, (pts_all, xlabel, ylabel, sub) in zip(axes, panels):
     if np.any(y < 0):
-      ax.scatter(*pts_all[y < 0].T, s=5, c="lightgrey", label="neutral")
+      ax.scatter(*pts_all[y < 0].T, s=5, c="lightgrey", label="unlabelled")
     for c, name in enumerate(label_names):
       pts = pts_all[y == c]
       ax.scatter(*pts.T, s=5, alpha=0.5, color=cmap(c % cmap.N), label=name)
@@ -284,8 +326,54 @@ def heldout_words_split(words: list[list[str]], labels: np.ndarray,
   return train, test, sorted(held)
 
 
+def style_of(group: str) -> str:
+  """A corpus template id's caption style: 'brief.03' -> 'brief'."""
+  return group.split(".", 1)[0] if "." in group else ""
+
+
+def heldout_style_split(es: data.EmbeddingSet
+                        ) -> tuple[np.ndarray, np.ndarray, list[str]]:
+  """(train rows, test rows, held-out styles) of the caption-style split.
+
+  Train: rows of templates make_prompts kept for training. Test: rows of
+  held-out templates whose style no training row has (the held-out caption
+  style: its templates, and its emotion words, never appear in training).
+  Empty test when the set has no held-out style (e.g. captions).
+  """
+  held = set(es.meta.get("heldout_groups") or ())
+  styles = np.array([style_of(g) for g in es.groups], dtype=object)
+  is_test = np.isin(np.asarray(es.groups), sorted(held))
+  train_styles = set(styles[~is_test])
+  test_only = sorted(set(styles[is_test]) - train_styles - {""})
+  test = np.flatnonzero(is_test & np.isin(styles, test_only))
+  if not held or not len(test):
+    return np.arange(0), np.arange(0), []
+  return np.flatnonzero(~is_test), test, test_only
+
+
+def heldout_style_probe(es: data.EmbeddingSet, seed: int) -> dict | None:
+  """The probe trained on the training split, scored on the whole held-out
+  split (templates + words + style) and on the held-out style alone; C is
+  chosen on the training split. None when the set has no held-out style."""
+  train, style_test, styles = heldout_style_split(es)
+  y = es.labels
+  if not len(style_test) or len(np.unique(y[style_test][y[style_test] >= 0])
+                               ) < 2:
+    return None
+  x, names = es.embeddings, es.label_names
+  held = np.isin(np.asarray(es.groups), es.meta["heldout_groups"])
+  chosen = choose_C(x, y, train, es.groups, seed=seed)
+  by = [style_of(g) for g in es.groups]
+  whole = heldout_accuracy(x, y, train, np.flatnonzero(held), names, seed,
+                           chosen["C"], by=by)
+  style = heldout_accuracy(x, y, train, style_test, names, seed, chosen["C"])
+  return dict(heldout_styles=styles, C_choice=chosen, heldout_split=whole,
+              heldout_style_only=style)
+
+
 def phase0(es: data.EmbeddingSet, out_dir: str | Path, n_folds: int = 5,
-           n_permutations: int = 1000, seed: int = 0) -> dict:
+           n_permutations: int = 1000, seed: int = 0,
+           progress: bool = True) -> dict:
   """Probe, similarity test and plots for the labelled rows of `es`.
 
   Writes out_dir/phase0.json, pca.png and similarity.png (atomically) and
@@ -297,8 +385,14 @@ def phase0(es: data.EmbeddingSet, out_dir: str | Path, n_folds: int = 5,
   if len(np.unique(labelled.labels)) < 2:
     raise data.DataError("phase 0 needs at least two emotions with labels")
   x, y, names = labelled.embeddings, labelled.labels, labelled.label_names
+  bar = tqdm(total=6, desc="phase0", unit="step", disable=not progress)
+
+  def step(what: str) -> None:
+    bar.set_postfix_str(what)
+    bar.update(1)
   train, test, how = heldout_split(labelled, seed)
   kfold = kfold_accuracy(x, y, n_folds, seed)
+  step("k-fold probe")
   heldout = heldout_accuracy(x, y, train, test, names, seed)
   heldout["split"] = how
   heldout["test_groups"] = sorted(set(labelled.groups[i] for i in test))
@@ -312,21 +406,28 @@ def phase0(es: data.EmbeddingSet, out_dir: str | Path, n_folds: int = 5,
       by_words = heldout_accuracy(es.embeddings, es.labels, wtrain, wtest,
                                   names, seed)
       by_words["heldout_words"] = held_words
+  step("held-out templates and words")
+  by_style = heldout_style_probe(es, seed)
+  step("held-out caption style")
   cosine = cosine_similarity_test(x, y, names, n_permutations, seed)
   cosine_c = cosine_similarity_test(x, y, names, n_permutations, seed,
                                     center=True)
+  step("cosine permutation tests")
   plot_similarity(cosine, out_dir / "similarity.png")
   pca = plot_pca(es.embeddings, es.labels, es.label_names,
                  out_dir / "pca.png",
                  f"PCA of {es.meta.get('encoder', 'embeddings')} by emotion")
+  step("plots")
   counts = {n: int(np.sum(y == c)) for c, n in enumerate(names)}
   result: dict[str, Any] = dict(
       n=len(es), n_labelled=len(labelled), d=es.dim, emotions=names,
       counts=counts, encoder=es.meta.get("encoder"),
       content_hash=es.meta.get("content_hash"),
       probe_kfold=kfold, probe_heldout=heldout,
-      probe_heldout_words=by_words,
+      probe_heldout_words=by_words, probe_heldout_style=by_style,
       cosine=cosine, cosine_centered=cosine_c, pca=pca,
       plots=["pca.png", "similarity.png"], seed=seed)
   data.atomic_write_json(out_dir / "phase0.json", result)
+  step("written")
+  bar.close()
   return result

@@ -3,8 +3,12 @@ r"""Phase 0 first look at an embedding set: probes, similarity test, PCA.
   python scripts/phase0.py --data=/tmp/emosae/emb_minilm --out=/tmp/emosae/phase0
 
 Writes phase0.json (probe accuracy on held-out templates, on held-out emotion
-words and by k-fold, each beside chance; within- vs between-emotion cosine
-similarity with a permutation p-value) and PNG plots.
+words and by k-fold, each beside chance; for a corpus from make_prompts, the
+balanced accuracy of a probe trained on the training split and scored on the
+held-out split (templates + emotion words + caption style) and on the
+held-out caption style alone, beside 1/K and a shuffled-label probe;
+within- vs between-emotion cosine similarity with a permutation p-value) and
+PNG plots.
 """
 
 import sys
@@ -33,6 +37,15 @@ def main(argv):
   print(f"held-out {h['split']} probe accuracy {h['accuracy']:.3f} "
         f"(chance {h['chance']:.3f}, shuffled labels "
         f"{h['shuffled_label_accuracy']:.3f}; {h['n_test']} test prompts)")
+  s = r["probe_heldout_style"]
+  if s:
+    for name, part in (("held-out split", s["heldout_split"]),
+                       (f"held-out style {'+'.join(s['heldout_styles'])}",
+                        s["heldout_style_only"])):
+      print(f"{name}: balanced accuracy {part['balanced_accuracy']:.3f} "
+            f"(chance {part['chance_uniform']:.3f}, shuffled labels "
+            f"{part['shuffled_label_balanced_accuracy']:.3f}; "
+            f"{part['n_test']} test prompts, C={part['C']})")
   w = r["probe_heldout_words"]
   if w:
     print(f"held-out emotion words probe accuracy {w['accuracy']:.3f} "

@@ -117,6 +117,75 @@ def test_heldout_words_split_keeps_words_apart():
   assert not set(train) & set(test) and np.all(labels[train] >= 0)
 
 
+def test_heldout_accuracy_skips_unlabelled_rows_balanced_accuracy(synthetic):
+  x, y = synthetic.embeddings, synthetic.labels.copy()
+  y[::7] = -1  # mixed/negated prompts: no class to score
+  train, test = _split(synthetic)
+  res = probe.heldout_accuracy(x, y, train, test, synthetic.label_names,
+                               by=[f"s{i % 2}" for i in range(len(y))])
+  assert res["n_test"] == int(np.sum(y[test] >= 0))
+  assert res["n_train"] == int(np.sum(y[train] >= 0))
+  # Balanced accuracy = mean recall over the emotions present.
+  assert res["balanced_accuracy"] == pytest.approx(
+      np.mean(list(res["per_emotion"].values())))
+  assert set(res["by"]) == {"s0", "s1"}
+  assert sum(v["n"] for v in res["by"].values()) == res["n_test"]
+  assert res["shuffled_label_balanced_accuracy"] < 0.25 + 0.2
+
+
+def _corpus_set(signal: float, seed: int = 0):
+  """An embedding set laid out as extract.py writes one for a small real
+  corpus (templates, held-out templates, emotion words, label -1 for mixed
+  and negated), with emotion planted at strength `signal` over noise."""
+  from emosae_jax import prompts
+  recs = prompts.generate_prompts(180, seed=seed)
+  names, labels, groups, heldout = prompts.label_arrays(recs)
+  rng = np.random.default_rng(seed)
+  means = rng.normal(size=(len(names), 24))
+  x = rng.normal(size=(len(recs), 24))
+  y = np.asarray(labels)
+  x[y >= 0] += signal * means[y[y >= 0]]
+  return data.make_embedding_set(
+      x, labels, names, [r["text"] for r in recs], groups,
+      heldout_groups=heldout,
+      emotion_words=[prompts.emotion_words(r) for r in recs])
+
+
+def test_phase0_scores_the_heldout_caption_style_split(tmp_path):
+  es = _corpus_set(signal=2.0)
+  res = probe.phase0(es, tmp_path, n_folds=3, n_permutations=10,
+                     progress=False)
+  st = res["probe_heldout_style"]
+  assert st["heldout_styles"] == ["brief"]
+  only, whole = st["heldout_style_only"], st["heldout_split"]
+  brief = [i for i, g in enumerate(es.groups) if g.startswith("brief.")]
+  assert only["n_test"] == int(np.sum(es.labels[brief] >= 0))
+  assert whole["n_test"] > only["n_test"]
+  assert whole["by"]["brief"]["n"] == only["n_test"]
+  assert only["balanced_accuracy"] > 0.9  # the planted signal
+  assert only["shuffled_label_balanced_accuracy"] < 1 / 9 + 0.15
+  assert st["C_choice"]["C"] in (0.01, 0.1, 1.0)
+  on_disk = json.loads((tmp_path / "phase0.json").read_text())
+  assert on_disk["probe_heldout_style"] == st
+  # No emotion in the embeddings: the same code path reports chance.
+  null = probe.heldout_style_probe(_corpus_set(signal=0.0), seed=0)
+  assert null["heldout_style_only"]["balanced_accuracy"] < 1 / 9 + 0.15
+
+
+def test_heldout_style_split_needs_a_style_absent_from_training(synthetic):
+  # Template ids without a style, or a style also in training: no split.
+  assert not len(probe.heldout_style_split(synthetic)[1])
+  groups = [("a." if g in ("t1", "t6") else "b.") + g
+            for g in synthetic.groups]
+  es = data.make_embedding_set(synthetic.embeddings, synthetic.labels,
+                               synthetic.label_names, groups=groups,
+                               heldout_groups=["a.t1", "a.t6"])
+  train, test, styles = probe.heldout_style_split(es)
+  assert styles == ["a"] and len(test) == 2 * K * PER_CLASS_GROUP
+  es.meta["heldout_groups"] = ["a.t1"]  # a.t6 trains: style a is seen
+  assert not len(probe.heldout_style_split(es)[1])
+
+
 def test_phase0_writes_json_and_plots(synthetic, tmp_path):
   res = probe.phase0(synthetic, tmp_path, n_permutations=100)
   on_disk = json.loads((tmp_path / "phase0.json").read_text())
@@ -124,6 +193,7 @@ def test_phase0_writes_json_and_plots(synthetic, tmp_path):
       "accuracy"]
   assert on_disk["probe_heldout"]["split"] == "templates"
   assert on_disk["probe_heldout_words"] is None  # no emotion_words in meta
+  assert on_disk["probe_heldout_style"] is None  # no caption styles
   for key in ("probe_kfold", "probe_heldout", "cosine", "cosine_centered",
               "pca", "counts"):
     assert key in on_disk
