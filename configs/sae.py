@@ -27,6 +27,7 @@ def get_config(arg=None):
   config.data.val_fraction = 0.1  # held out by group (template) id
   config.data.split_seed = 0
   config.data.normalize = True  # centre + scale to mean norm sqrt(d)
+  config.data.scale_inputs = True  # False: centre only (raw units)
   # Planted-dictionary data, used when synthetic=True.
   config.data.n_examples = 8192
   config.data.n_features = 256
@@ -44,6 +45,14 @@ def get_config(arg=None):
   config.model.decoder_norm = "unit"  # relu_l1: unit | weighted
   config.model.bandwidth = 1e-3  # jumprelu
   config.model.threshold_init = 1e-3  # jumprelu
+  config.model.init = "tied"  # tied | reference (saes/base.py)
+  # tied: initial decoder row norm. 0.1 for ReLU+L1 (as SAELens): at 1.0 a
+  # wide one starts with half its latents firing at full size (FVU ~10);
+  # TopK caps that by k, and BatchTopK's inference threshold (an EMA) lags
+  # behind activations that grow 10x from a small start.
+  config.model.init_scale = 0.1 if arg.arch == "relu_l1" else 1.0
+  config.model.learn_pre_bias = True  # False: b_dec fixed at the data mean
+  config.model.sparsity_over_latents = "sum"  # relu_l1 L1: sum | mean
 
   config.train = ml_collections.ConfigDict()
   config.train.lr = 3e-4
@@ -55,8 +64,12 @@ def get_config(arg=None):
   config.train.aux_coeff = 1 / 32  # AuxK (topk / batchtopk)
   config.train.dead_window = 100  # steps without firing = dead
   config.train.resample_every = 0  # relu_l1: resample dead latents (steps)
+  config.train.resample = "data"  # data (Bricken, capped) | reference
   config.train.patience = 20  # early stopping on validation loss (epochs)
   config.train.max_grad_norm = 1.0
+  # A validation loss above this many times its best (after the warm-ups)
+  # restores the best parameters with fresh Adam moments; 0 turns it off.
+  config.train.divergence_factor = 3.0
   config.train.epochs_per_call = 10  # epochs per compiled call / log line
   config.train.checkpoint_every_epochs = 50
 
@@ -65,19 +78,28 @@ def get_config(arg=None):
   if arg.arch == "jumprelu":
     config.train.sparsity_coeff = 1e-3
 
-  if arg.reference:  # the reference system's hyperparameters
+  if arg.reference:  # the reference system, as it is (issue 12)
+    config.data.val_fraction = 0.15  # (its 15% test set is held out apart)
+    config.data.scale_inputs = False  # raw units, centred on the train mean:
+    config.model.learn_pre_bias = False  # = its fixed pre-bias
     config.model.arch = "relu_l1"
+    config.model.init = "reference"
+    config.model.decoder_norm = "unit"
+    config.model.sparsity_over_latents = "mean"
     config.train.lr = 1e-3
     config.train.batch_size = 16
     config.train.epochs = 500
     config.train.sparsity_coeff = 3e-3
     config.train.patience = 50
     config.train.warmup_steps = 0
+    config.train.dead_window = 100
     config.train.resample_every = 100
+    config.train.resample = "reference"
     config.train.max_grad_norm = 0.0  # the reference clips nothing
+    config.train.divergence_factor = 0.0  # nor guards
     config.train.epochs_per_call = 50
-    # The whole run takes about a minute here; an orbax save of its 151 MB
-    # state takes about 0.5 s, so saving every 50 epochs cost 7% of it.
+    # An orbax save of its 151 MB state takes about 0.5 s; saving every 50
+    # epochs cost 7% of the run.
     config.train.checkpoint_every_epochs = 250
 
   if arg.runlocal:

@@ -44,6 +44,8 @@ class StaticSpec:
   patience: int
   max_grad_norm: float
   eval_chunk: int
+  divergence_factor: float = 0.0  # restore when val loss > this x best; 0: off
+  resample: str = "data"  # "data" (Bricken, capped) or "reference" (random)
 
 
 @flax.struct.dataclass
@@ -71,13 +73,18 @@ def static_spec_from_config(config, n_train: int) -> StaticSpec:
   m, t = config.model, config.train
   sae = saes.SAESpec(arch=m.arch, d_in=m.d_in, d_sae=m.d_sae, k=m.k,
                      k_aux=m.k_aux, decoder_norm=m.decoder_norm,
-                     bandwidth=m.bandwidth, threshold_init=m.threshold_init)
+                     bandwidth=m.bandwidth, threshold_init=m.threshold_init,
+                     init=m.init, init_scale=m.init_scale,
+                     learn_pre_bias=m.learn_pre_bias,
+                     sparsity_over_latents=m.sparsity_over_latents)
   batch = min(t.batch_size, n_train)
   return StaticSpec(sae=sae, batch_size=batch,
                     steps_per_epoch=max(1, n_train // batch),
                     dead_window=t.dead_window,
                     resample_every=t.resample_every, patience=t.patience,
-                    max_grad_norm=t.max_grad_norm, eval_chunk=2048)
+                    max_grad_norm=t.max_grad_norm, eval_chunk=2048,
+                    divergence_factor=t.divergence_factor,
+                    resample=t.resample)
 
 
 def _optimizer(spec: StaticSpec) -> optax.GradientTransformation:
@@ -156,6 +163,22 @@ def train_step(spec: StaticSpec, hp: HParams, state: TrainState, xb):
   return state, metrics
 
 
+def _resample_reference(spec: StaticSpec, state: TrainState) -> TrainState:
+  """The reference system's resampling: dead latents get a fresh random
+  (reference-init) encoder column and decoder row, zero bias; Adam's moments
+  are left as they are."""
+  dead = state.steps_since_fired >= spec.dead_window
+  key = jax.random.fold_in(jax.random.fold_in(state.rng, 1 << 21), state.step)
+  fresh = saes.init_params(dataclasses.replace(spec.sae, init="reference"),
+                           key)
+  params = dict(state.params)
+  params["W_dec"] = jnp.where(dead[:, None], fresh["W_dec"], params["W_dec"])
+  params["W_enc"] = jnp.where(dead[None, :], fresh["W_enc"], params["W_enc"])
+  params["b_enc"] = jnp.where(dead, 0.0, params["b_enc"])
+  return state.replace(params=params, steps_since_fired=jnp.where(
+      dead, 0, state.steps_since_fired))
+
+
 def _resample(spec: StaticSpec, x_train, state: TrainState) -> TrainState:
   """Re-initialises dead latents on badly reconstructed inputs (Bricken et
   al. 2023): the decoder row points at a high-loss input and the encoder
@@ -173,6 +196,8 @@ def _resample(spec: StaticSpec, x_train, state: TrainState) -> TrainState:
   latents' output (linear in that scale: zero bias, ReLU) is at most 0.2x
   the rms residual on the sampled inputs.
   """
+  if spec.resample == "reference":
+    return _resample_reference(spec, state)
   dead = state.steps_since_fired >= spec.dead_window
   params = state.params
   key = jax.random.fold_in(jax.random.fold_in(state.rng, 1 << 20), state.step)
@@ -271,6 +296,26 @@ def _resample_due(spec: StaticSpec, epoch) -> jax.Array:
   return end // spec.resample_every > start // spec.resample_every
 
 
+def _guard_divergence(spec: StaticSpec, hp: HParams, state: TrainState,
+                      val_loss, active):
+  """Catches a blow-up: once both warm-ups are over, a validation loss above
+  `divergence_factor` x the best so far puts back the best parameters, with
+  fresh Adam moments (their old ones drove the blow-up) and a fresh dead
+  window. Returns (state, restored)."""
+  if spec.divergence_factor <= 0:
+    return state, jnp.zeros((), bool)
+  warm = jnp.maximum(hp["warmup_steps"], hp["sparsity_warmup_steps"])
+  restored = (active & (state.step.astype(jnp.float32) > warm)
+              & ~(val_loss <= spec.divergence_factor * state.best_val))
+
+  def restore(s):
+    params = jax.tree.map(jnp.copy, s.best_params)
+    return s.replace(params=params, opt_state=_optimizer(spec).init(params),
+                     steps_since_fired=jnp.zeros_like(s.steps_since_fired))
+
+  return jax.lax.cond(restored, restore, lambda s: s, state), restored
+
+
 def _epoch(spec: StaticSpec, hp: HParams, x_train, x_val, state: TrainState,
            global_epoch):
   """One epoch; `global_epoch` is the same for every sweep member (members
@@ -290,6 +335,7 @@ def _epoch(spec: StaticSpec, hp: HParams, x_train, x_val, state: TrainState,
                        functools.partial(_resample, spec, x_train),
                        lambda s: s, state)
   val = evaluate(spec, hp, state.params, x_val)
+  state, restored = _guard_divergence(spec, hp, state, val["loss"], active)
   improved = (val["loss"] < state.best_val) & active & ~state.failed
   bad = jnp.where(improved, 0, state.bad_epochs + active)
   state = state.replace(
@@ -306,6 +352,7 @@ def _epoch(spec: StaticSpec, hp: HParams, x_train, x_val, state: TrainState,
       state.steps_since_fired >= spec.dead_window)
   metrics["lr"] = hp["lr"] * _warmup(state.step.astype(jnp.float32) - 1,
                                      hp["warmup_steps"])
+  metrics["restored"] = restored
   metrics["active"] = active
   metrics["epoch"] = state.epoch
   return state, metrics

@@ -202,6 +202,8 @@ def train_and_evaluate(config, workdir: str | Path,
   summary, hist = final_report(spec, hp, state.best_params, prepared)
   summary.update(epochs_run=int(state.epoch), steps=int(state.step),
                  best_epoch=int(state.best_epoch),
+                 divergence_restores=int(sum(r.get("restored", 0)
+                                             for r in rows)),
                  early_stopped=bool(state.stopped))
   save_params(workdir / "params.safetensors", state.best_params)
   data.atomic_write_json(workdir / "summary.json",

@@ -46,6 +46,8 @@ def encode(spec: SAESpec, params: Params, x: jax.Array,
 
 def forward(spec: SAESpec, params: Params, x: jax.Array, train: bool):
   """Returns (x_hat, acts, pre)."""
+  if not spec.learn_pre_bias:  # a fixed pre-bias (the data's centring)
+    params = dict(params, b_dec=jax.lax.stop_gradient(params["b_dec"]))
   pre = pre_activation(params, x)
   acts = get_arch(spec.arch).activation(spec, params, pre, train)
   return decode(params, acts), acts, pre

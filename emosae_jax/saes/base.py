@@ -35,14 +35,23 @@ class SAESpec:
   decoder_norm: str = "unit"  # relu_l1: "unit" rows or "weighted" L1
   bandwidth: float = 1e-3  # jumprelu: STE kernel width
   threshold_init: float = 1e-3  # jumprelu: initial threshold
+  init: str = "tied"  # "tied" or "reference" (see SparseAutoencoder)
+  init_scale: float = 1.0  # tied: initial decoder row norm
+  learn_pre_bias: bool = True  # False: b_dec stays at its initial 0
+  sparsity_over_latents: str = "sum"  # relu_l1 L1: "sum" or "mean"
 
 
 class SparseAutoencoder(nn.Module):
   """Flax module holding the shared parameters; init gives the param dict.
 
-  Decoder rows start at unit norm and the encoder as their transpose (the
-  usual tied initialisation), which puts every latent on a data direction
-  from step 0.
+  init="tied": decoder rows of norm `init_scale` and the encoder as their
+  transpose, which puts every latent on a data direction from step 0; a
+  small scale (SAELens and Anthropic use 0.1) keeps the first
+  reconstructions small: at 1.0 a 768 -> 6144 SAE starts with half its
+  latents firing at full size and an FVU near 10.
+  init="reference": the reference system's, encoder Kaiming-uniform x 0.1
+  and decoder rows (its columns) orthogonal, then unit norm.
+  Biases start at 0.
   """
 
   spec: SAESpec
@@ -52,12 +61,18 @@ class SparseAutoencoder(nn.Module):
   def __call__(self, x):
     d, m = self.spec.d_in, self.spec.d_sae
 
-    def init_dec(key, shape):
-      w = jax.random.normal(key, shape)
+    def unit_rows(w):
       return w / jnp.linalg.norm(w, axis=1, keepdims=True)
 
-    w_dec = self.param("W_dec", init_dec, (m, d))
-    w_enc = self.param("W_enc", lambda key, shape: w_dec.T, (d, m))
+    if self.spec.init == "reference":
+      w_dec = self.param("W_dec", lambda key, shape: unit_rows(
+          nn.initializers.orthogonal()(key, shape)), (m, d))
+      w_enc = self.param("W_enc", lambda key, shape: 0.1 * (
+          nn.initializers.he_uniform()(key, shape)), (d, m))
+    else:
+      w_dec = self.param("W_dec", lambda key, shape: self.spec.init_scale
+                         * unit_rows(jax.random.normal(key, shape)), (m, d))
+      w_enc = self.param("W_enc", lambda key, shape: w_dec.T, (d, m))
     b_enc = self.param("b_enc", nn.initializers.zeros, (m,))
     b_dec = self.param("b_dec", nn.initializers.zeros, (d,))
     for name, init in self.extra_params:
