@@ -151,7 +151,7 @@ def train_step(spec: StaticSpec, hp: HParams, state: TrainState, xb):
                                                state.params)
   lr = jnp.where(frozen, 0.0, hp["lr"] * _warmup(step_f, hp["warmup_steps"]))
   params = jax.tree.map(lambda p, u: p - lr * u, state.params, updates)
-  stats = (arch.batch_stats(spec.sae, params, pre)
+  stats = (arch.batch_stats(spec.sae, params, pre, acts)
            if hasattr(arch, "batch_stats") else None)
   params = arch.post_update(spec.sae, params, stats)
   fired = jnp.any(acts != 0, axis=0)

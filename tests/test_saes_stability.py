@@ -19,6 +19,9 @@ def _reference_shaped_config(tmp_path, **overrides):
   settings = dict(
       data__synthetic=False, data__path=str(tmp_path / "set"),
       data__val_fraction=0.3, model__d_in=64, model__d_sae=2048,
+      # The settings the blow-up was seen with (the old `seed` preset): unit
+      # decoder rows and a full-size tied init, under which latents die.
+      model__decoder_norm="unit", model__init_scale=1.0,
       train__batch_size=16, train__lr=1e-3, train__epochs=150,
       train__epochs_per_call=50, train__warmup_steps=0,
       train__max_grad_norm=0.0, train__patience=1000,

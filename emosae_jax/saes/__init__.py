@@ -6,7 +6,8 @@ Each architecture is a small module with the same four functions:
   loss_terms(spec, params, x, x_hat, pre, acts, dead_mask, hp)
                                     -> {"mse", "sparsity", "aux"}
   post_update(spec, params, batch_stats) -> params   (after each optimizer step)
-and optionally batch_stats(spec, params, pre) (statistics post_update needs).
+and optionally batch_stats(spec, params, pre, acts) (statistics post_update
+needs).
 """
 
 from __future__ import annotations

@@ -123,6 +123,12 @@ def decode(params: Params, acts: jax.Array) -> jax.Array:
   return acts @ params["W_dec"] + params["b_dec"]
 
 
+def unit_decoder_rows(params: Params) -> Params:
+  """Decoder rows rescaled to unit norm (after an optimizer step)."""
+  w = params["W_dec"]
+  return dict(params, W_dec=w / jnp.linalg.norm(w, axis=1, keepdims=True))
+
+
 def decoder_norms(params: Params) -> jax.Array:
   return jnp.linalg.norm(params["W_dec"], axis=1)
 
@@ -145,15 +151,22 @@ def aux_k_loss(spec: SAESpec, params: Params, x, x_hat, pre, dead_mask):
   The top `k_aux` pre-activations among dead latents try to explain
   x - x_hat; the loss is normalised by the residual's variance so that its
   scale does not depend on how good the main reconstruction already is.
-  Zero when no latent is dead.
+  Zero when no latent is dead, and then not computed: a real branch (its
+  top-k over all latents and its decoder matmul cost about a fifth of a
+  TopK step); under vmap (sweeps) it becomes a select and runs anyway.
   """
-  k_aux = min(spec.k_aux, spec.d_sae)
-  masked = jnp.where(dead_mask[None, :], pre, -jnp.inf)
-  aux_acts = jax.nn.relu(topk_mask_rows(masked, k_aux))
-  aux_acts = jnp.where(jnp.isfinite(aux_acts), aux_acts, 0.0)
-  residual = jax.lax.stop_gradient(x - x_hat)
-  residual_hat = aux_acts @ params["W_dec"]
-  err = jnp.sum(jnp.square(residual - residual_hat), axis=-1)
-  var = jnp.sum(jnp.square(residual - residual.mean(0)), axis=-1)
-  loss = jnp.mean(err) / jnp.maximum(jnp.mean(var), 1e-8)
-  return jnp.where(jnp.any(dead_mask), loss, 0.0)
+  def loss(operands):
+    params, x, x_hat, pre = operands
+    k_aux = min(spec.k_aux, spec.d_sae)
+    masked = jnp.where(dead_mask[None, :], pre, -jnp.inf)
+    aux_acts = jax.nn.relu(topk_mask_rows(masked, k_aux))
+    aux_acts = jnp.where(jnp.isfinite(aux_acts), aux_acts, 0.0)
+    residual = jax.lax.stop_gradient(x - x_hat)
+    residual_hat = aux_acts @ params["W_dec"]
+    err = jnp.sum(jnp.square(residual - residual_hat), axis=-1)
+    var = jnp.sum(jnp.square(residual - residual.mean(0)), axis=-1)
+    return jnp.mean(err) / jnp.maximum(jnp.mean(var), 1e-8)
+
+  return jax.lax.cond(jnp.any(dead_mask), loss,
+                      lambda operands: jnp.zeros((), pre.dtype),
+                      (params, x, x_hat, pre))

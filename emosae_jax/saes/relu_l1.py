@@ -39,6 +39,5 @@ def loss_terms(spec, params, x, x_hat, pre, acts, dead_mask, hp):
 def post_update(spec, params, batch_stats):
   del batch_stats
   if spec.decoder_norm == "unit":
-    w = params["W_dec"]
-    params = dict(params, W_dec=w / jnp.linalg.norm(w, axis=1, keepdims=True))
+    params = base.unit_decoder_rows(params)
   return params
