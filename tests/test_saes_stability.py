@@ -37,15 +37,15 @@ def _val_fvu(workdir):
 
 
 def test_resampling_on_few_inputs_does_not_blow_up(tmp_path):
-  """Many dead latents re-seeded from 70 inputs: validation FVU after the
-  first 10 epochs never exceeds twice its best (the guard is off, so this
-  is the resampling itself). Before the fix it reached 15x its best."""
+  """Many dead latents re-seeded from 70 inputs: after the first 10 epochs
+  validation FVU never exceeds twice its best so far (the guard is off, so
+  this is the resampling itself). Before the fix it reached 14x."""
   config = _reference_shaped_config(tmp_path)
   summary = train_run.train_and_evaluate(config, tmp_path / "run",
                                          progress=False)
   fvu = _val_fvu(tmp_path / "run")[10:]
   assert summary["dead_fraction"] > 0.05  # resampling had work to do
-  assert np.max(fvu) <= 2 * np.min(fvu), fvu
+  assert np.all(fvu <= 2 * np.minimum.accumulate(fvu)), fvu
 
 
 @pytest.mark.parametrize("factor", [3.0, 0.0])
