@@ -67,7 +67,7 @@ def run(es, workdir, epochs, seed=0):
   train_x = es.embeddings[fit][info["train_index"]]
   _, train_acts = sae_apply(params, (train_x - mean) * scale)
   rows = train_run.read_metrics(Path(f"{workdir}/work/metrics.jsonl"))
-  train_fvu = [r["train_mse"] / np.mean(np.var((train_x - mean) * scale, 0))
+  train_fvu = [r["step_mse"] / np.mean(np.var((train_x - mean) * scale, 0))
                for r in rows]
   best = np.minimum.accumulate(train_fvu)
   return {"seconds": seconds, "epochs": summary["epochs_run"],

@@ -35,6 +35,12 @@ def heldout_fvu(x_test, x_hat, train_mean) -> float:
                / total)
 
 
+def summary_metric(summary: dict, name: str):
+  """A run's (or sweep member's) "fvu" / "l0" / "mse" on its evaluation set:
+  summaries name them heldout_* or, without held-out rows, train_*."""
+  return summary.get(f"{summary.get('eval_set', 'heldout')}_{name}")
+
+
 def l0(acts):
   """Mean number of non-zero latents per example; acts: [N, d_sae]."""
   return jnp.mean(jnp.sum(acts != 0, axis=-1))

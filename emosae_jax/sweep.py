@@ -290,7 +290,9 @@ def train_group(configs, members: list[int], workdir: Path,
     state, metrics = runner.epochs(n, state, hp, x_train, x_val, done)
     for slot, member in enumerate(members):
       rows += [dict(r, member=member)
-               for r in train_run.epoch_rows(metrics, member=slot)]
+               for r in train_run.epoch_rows(
+                   metrics, member=slot,
+                   eval_set=train_run.eval_set_name(prepared))]
     train_run.write_metrics(metrics_path, rows)
     done += n
     bar.update(n)
@@ -431,7 +433,8 @@ def pareto_plot(members: list[dict], path: Path) -> None:
   if not ok:
     return
   import matplotlib.pyplot as plt
-  points = [(m["val_l0"], m["val_fvu"]) for m in ok]
+  points = [(train_run.summary_metric(m, "l0"),
+             train_run.summary_metric(m, "fvu")) for m in ok]
   front = sorted(pareto_front(points), key=lambda i: points[i][0])
   fig, ax = plt.subplots(figsize=(6, 4.5))
   ax.scatter(*zip(*points), c="tab:blue", label="member")

@@ -257,7 +257,12 @@ def _reset_moments(opt_state, dead):
 
 
 def evaluate(spec: StaticSpec, hp: HParams, params: Params, x):
-  """Loss, MSE, FVU and L0 on x [n, d_in], in chunks to bound memory."""
+  """Loss, MSE, FVU and L0 on x [n, d_in], in chunks to bound memory.
+
+  FVU = sum ||x - x_hat||^2 / sum ||x - mean(x)||^2 with x's own mean (x
+  being validation or training rows); the denominator is floored at 1e-12
+  (all rows equal) so it stays finite. Cross-library comparisons use
+  metrics.heldout_fvu, which centres on the training mean instead."""
   n = x.shape[0]
   chunk = min(spec.eval_chunk, n)
   n_chunks = -(-n // chunk)
@@ -283,7 +288,8 @@ def evaluate(spec: StaticSpec, hp: HParams, params: Params, x):
   total = jnp.sum(jnp.square(x - x.mean(0)))
   mse = jnp.sum(sq) / (n * d)
   loss = mse + hp["sparsity_coeff"] * jnp.sum(sparsity) / n
-  return {"loss": loss, "mse": mse, "fvu": jnp.sum(sq) / total,
+  return {"loss": loss, "mse": mse,
+          "fvu": jnp.sum(sq) / jnp.maximum(total, 1e-12),
           "l0": jnp.sum(nz) / n}
 
 
@@ -346,9 +352,15 @@ def _epoch(spec: StaticSpec, hp: HParams, x_train, x_val, state: TrainState,
                                state.best_params, state.params),
       bad_epochs=bad,
       stopped=state.stopped | (bad >= spec.patience))
-  metrics = {f"train_{k}": jnp.mean(v) for k, v in step_metrics.items()}
-  metrics.update({f"val_{k}": v for k, v in val.items()})
-  metrics["dead_fraction"] = jnp.mean(
+  # step_*: means over this epoch's training steps (each at its own
+  # parameters); eval_*: the epoch's final parameters on x_val, which the
+  # driver names heldout_* or, when x_val is the training set, train_*.
+  metrics = {f"step_{k}": jnp.mean(v) for k, v in step_metrics.items()}
+  metrics.update({f"eval_{k}": v for k, v in val.items()})
+  # Latents that have not fired for dead_window steps (what resampling and
+  # AuxK treat as dead); the summary's never_fires_fraction is another
+  # measure: latents that fire on no training example.
+  metrics["dead_window_fraction"] = jnp.mean(
       state.steps_since_fired >= spec.dead_window)
   metrics["lr"] = hp["lr"] * _warmup(state.step.astype(jnp.float32) - 1,
                                      hp["warmup_steps"])

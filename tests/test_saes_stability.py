@@ -33,7 +33,7 @@ def _reference_shaped_config(tmp_path, **overrides):
 
 def _val_fvu(workdir):
   rows = train_run.read_metrics(workdir / "metrics.jsonl")
-  return np.array([r["val_fvu"] for r in rows])
+  return np.array([r["heldout_fvu"] for r in rows])
 
 
 def test_resampling_on_few_inputs_does_not_blow_up(tmp_path):
@@ -44,7 +44,7 @@ def test_resampling_on_few_inputs_does_not_blow_up(tmp_path):
   summary = train_run.train_and_evaluate(config, tmp_path / "run",
                                          progress=False)
   fvu = _val_fvu(tmp_path / "run")[10:]
-  assert summary["dead_fraction"] > 0.05  # resampling had work to do
+  assert summary["never_fires_fraction"] > 0.05  # resampling had work to do
   assert np.all(fvu <= 2 * np.minimum.accumulate(fvu)), fvu
 
 
