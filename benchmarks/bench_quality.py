@@ -133,10 +133,18 @@ def run_saelens(python, spec: dict, tmp: Path) -> dict:
 # ------------------------------------------------------------------ quality
 
 
+def pareto(front):
+  """The points no other point beats on both L0 and FVU. A too-strong
+  norm-weighted L1 can collapse an SAE (decoder rows -> 0, FVU 1.0 while
+  latents still "fire"); such points are dominated and dropped."""
+  return sorted(p for p in front if not any(
+      q[0] <= p[0] and q[1] <= p[1] and q[:2] != p[:2] for q in front))
+
+
 def interpolate(front, l0):
-  """Ours at SAELens's L0: linear in log L0 between our two nearest points
-  (None outside our range)."""
-  pts = sorted(front)
+  """Ours at SAELens's L0: linear in log L0 between the two nearest points
+  of our Pareto front (None outside its range)."""
+  pts = pareto(front)
   for (l0a, fa, da), (l0b, fb, db) in zip(pts, pts[1:]):
     if l0a <= l0 <= l0b:
       t = (np.log(l0) - np.log(l0a)) / max(np.log(l0b) - np.log(l0a), 1e-9)
@@ -177,8 +185,9 @@ def quality(name, python, quick):
       fvu = metrics.heldout_fvu(x_test, np.load(tmp / f"{j['name']}.xhat.npy"),
                                 mean)
       fronts[j["arch"]][1].append((r["l0"], fvu, r["dead"]))
-  runs = [("relu_l1", dict(coeff=c)) for c in ours_l1] + [
-      ("topk", dict(k=k)) for k in ks]
+  # The same learning rate as SAELens got (the project's default is 3e-4).
+  runs = [("relu_l1", dict(coeff=c, lr=3e-4)) for c in ours_l1] + [
+      ("topk", dict(k=k, lr=1e-3)) for k in ks]
   ours_wall = 0.0
   for arch, kw in runs:
     x_hat, l0, dead, seconds = train_ours(arch, x_train, x_test, d_sae, batch,
@@ -187,11 +196,12 @@ def quality(name, python, quick):
     fronts[arch][0].append((l0, metrics.heldout_fvu(x_test, x_hat, mean),
                             dead))
   for arch, (ours, theirs_front) in fronts.items():
-    print(f"-- {arch}: held-out FVU / L0 / dead (never fires on train)")
+    print(f"-- {arch}: held-out FVU@L0 (dead = never fires on train), all "
+          "points; then ours on our Pareto front at SAELens's Pareto L0s")
     for label, front in (("emosae ", ours), ("SAELens", theirs_front)):
       print(f"   {label} " + "  ".join(f"{f:.3f}@{l0:.0f} ({d:.0%})"
                                         for l0, f, d in sorted(front)))
-    for l0, fvu, dead in sorted(theirs_front):
+    for l0, fvu, dead in pareto(theirs_front):
       mine = interpolate(ours, l0)
       if mine:
         print(f"   at L0 {l0:.0f}: emosae {mine[0]:.3f} ({mine[1]:.0%} dead) "
