@@ -27,6 +27,7 @@ def get_config(arg=None):
   config.data.val_fraction = 0.1  # held out by group (template) id
   config.data.split_seed = 0
   config.data.normalize = True  # centre + scale to mean norm sqrt(d)
+  config.data.scale_inputs = True  # False: centre only (raw units)
   # Planted-dictionary data, used when synthetic=True.
   config.data.n_examples = 8192
   config.data.n_features = 256
@@ -41,9 +42,23 @@ def get_config(arg=None):
   config.model.d_sae = 6144
   config.model.k = 32  # topk / batchtopk
   config.model.k_aux = 384  # AuxK latents (topk / batchtopk)
-  config.model.decoder_norm = "unit"  # relu_l1: unit | weighted
+  # unit: decoder rows renormalised after each step (relu_l1, topk);
+  # weighted: rows free, relu_l1's L1 weighted by row norm (as SAELens). On
+  # the MiniLM corpus weighted ReLU+L1 reached FVU 0.417 at L0 250 where
+  # unit reached 0.495 at L0 154 (bench_quality.py); unit rows helped TopK.
+  config.model.decoder_norm = "weighted" if arg.arch == "relu_l1" else "unit"
   config.model.bandwidth = 1e-3  # jumprelu
   config.model.threshold_init = 1e-3  # jumprelu
+  config.model.init = "tied"  # tied | reference (saes/base.py)
+  # tied: initial decoder row norm (encoder = its transpose). 0.1 as SAELens:
+  # at 1.0 a wide ReLU SAE starts with half its latents firing at full size
+  # (FVU ~10), and a small encoder lets Adam's fixed-size steps move it
+  # faster relative to its size (TopK k=16 on MiniLM: FVU 0.316 vs 0.344).
+  # BatchTopK keeps 1.0: its inference threshold (an EMA) lagged behind
+  # activations growing 10x from a small start.
+  config.model.init_scale = 1.0 if arg.arch == "batchtopk" else 0.1
+  config.model.learn_pre_bias = True  # False: b_dec fixed at the data mean
+  config.model.sparsity_over_latents = "sum"  # relu_l1 L1: sum | mean
 
   config.train = ml_collections.ConfigDict()
   config.train.lr = 3e-4
@@ -55,8 +70,12 @@ def get_config(arg=None):
   config.train.aux_coeff = 1 / 32  # AuxK (topk / batchtopk)
   config.train.dead_window = 100  # steps without firing = dead
   config.train.resample_every = 0  # relu_l1: resample dead latents (steps)
+  config.train.resample = "data"  # data (Bricken, capped) | reference
   config.train.patience = 20  # early stopping on validation loss (epochs)
   config.train.max_grad_norm = 1.0
+  # A validation loss above this many times its best (after the warm-ups)
+  # restores the best parameters with fresh Adam moments; 0 turns it off.
+  config.train.divergence_factor = 3.0
   config.train.epochs_per_call = 10  # epochs per compiled call / log line
   config.train.checkpoint_every_epochs = 50
 
@@ -65,19 +84,29 @@ def get_config(arg=None):
   if arg.arch == "jumprelu":
     config.train.sparsity_coeff = 1e-3
 
-  if arg.reference:  # the reference system's hyperparameters
+  if arg.reference:  # the reference system, as it is (issue 12)
+    config.data.val_fraction = 0.15  # (its 15% test set is held out apart)
+    config.data.scale_inputs = False  # raw units, centred on the train mean:
+    config.model.learn_pre_bias = False  # = its fixed pre-bias
     config.model.arch = "relu_l1"
+    config.model.init = "reference"
+    config.model.decoder_norm = "unit"
+    config.model.sparsity_over_latents = "mean"
     config.train.lr = 1e-3
     config.train.batch_size = 16
     config.train.epochs = 500
     config.train.sparsity_coeff = 3e-3
     config.train.patience = 50
     config.train.warmup_steps = 0
+    config.train.dead_window = 100
     config.train.resample_every = 100
+    config.train.resample = "reference"
     config.train.max_grad_norm = 0.0  # the reference clips nothing
+    # The guard is this project's: it acts only on a blow-up (validation loss
+    # > 3x its best), so a healthy run is the reference's own.
     config.train.epochs_per_call = 50
-    # The whole run takes about a minute here; an orbax save of its 151 MB
-    # state takes about 0.5 s, so saving every 50 epochs cost 7% of it.
+    # An orbax save of its 151 MB state takes about 0.5 s; saving every 50
+    # epochs cost 7% of the run.
     config.train.checkpoint_every_epochs = 250
 
   if arg.runlocal:

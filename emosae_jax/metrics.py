@@ -6,6 +6,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from emosae_jax.runs import summary_metric  # noqa: F401  (defined with the layout)
+
 
 def mse(x, x_hat):
   """Mean squared error per element."""
@@ -13,10 +15,26 @@ def mse(x, x_hat):
 
 
 def fvu(x, x_hat):
-  """sum((x - x_hat)^2) / sum((x - mean(x))^2); x, x_hat: [N, d]."""
+  """Fraction of variance unexplained on x [N, d] itself:
+  sum((x - x_hat)^2) / sum((x - mean(x))^2), the mean being x's own; a
+  denominator of 0 (all rows equal) is floored at 1e-12 so the ratio stays
+  finite."""
   resid = jnp.sum(jnp.square(x - x_hat))
   total = jnp.sum(jnp.square(x - jnp.mean(x, axis=0)))
   return resid / jnp.maximum(total, 1e-12)
+
+
+def heldout_fvu(x_test, x_hat, train_mean) -> float:
+  """Held-out FVU (numpy; the one function every library is scored by):
+  sum((x_test - x_hat)^2) / sum((x_test - train_mean)^2), so predicting the
+  training mean scores 1.0. Raises ValueError when the denominator is 0."""
+  x_test = np.asarray(x_test, np.float64)
+  total = np.sum(np.square(x_test - np.asarray(train_mean, np.float64)))
+  if not total > 0:
+    raise ValueError("held-out FVU undefined: every test row equals the "
+                     "training mean")
+  return float(np.sum(np.square(x_test - np.asarray(x_hat, np.float64)))
+               / total)
 
 
 def l0(acts):

@@ -275,7 +275,7 @@ def _sae_base_config(ctx: Context, d_model: int):
 
 
 def stage_sweep(ctx: Context) -> dict:
-  from emosae_jax import sweep
+  from emosae_jax import metrics, sweep
   es = data.load_embedding_set(ctx.path("embeddings"))
   base = _sae_base_config(ctx, es.dim)
   lrs = [float(v) for v in ctx.config.sweep.learning_rates.split(",")]
@@ -286,7 +286,7 @@ def stage_sweep(ctx: Context) -> dict:
   if not ok:
     raise PipelineError("every sweep member failed; see sweep/sweep.json")
   return {"members": len(result["members"]), "ok": len(ok),
-          "best_fvu": min(m["val_fvu"] for m in ok)}
+          "best_fvu": min(metrics.summary_metric(m, "fvu") for m in ok)}
 
 
 def _first_group(ctx: Context) -> Path:

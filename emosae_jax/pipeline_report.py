@@ -77,8 +77,9 @@ def sweep_section(ctx) -> r.Section | None:
   if result is None:
     return None
   rows = [[r.cell(m["index"]), r.cell(json.dumps(m["overrides"])),
-           r.cell(m["status"]), r.cell(m.get("val_fvu")),
-           r.cell(m.get("val_l0")), r.cell(m.get("dead_fraction"))]
+           r.cell(m["status"]), r.cell(runs.summary_metric(m, "fvu")),
+           r.cell(runs.summary_metric(m, "l0")),
+           r.cell(m.get("never_fires_fraction"))]
           for m in result["members"]]
   body = r.table(["member", "overrides", "status", "FVU (held out)", "L0",
                   "dead fraction"], rows)

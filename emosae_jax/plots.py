@@ -11,6 +11,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from emosae_jax.data import atomic_write_bytes  # noqa: E402
+from emosae_jax.runs import summary_metric  # noqa: E402
 
 
 def save_figure(fig, path: str | Path) -> None:
@@ -23,11 +24,14 @@ def save_figure(fig, path: str | Path) -> None:
 def training_curves(rows: list[dict], path: str | Path) -> None:
   """Loss, FVU, L0 and dead fraction against epoch, from metrics.jsonl rows."""
   epochs = [r["epoch"] for r in rows]
+  ev = "heldout" if "heldout_fvu" in rows[0] else "train"
   fig, axes = plt.subplots(1, 4, figsize=(16, 3.5))
-  panels = [("loss", ["train_loss", "val_loss"], True),
-            ("FVU (validation)", ["val_fvu"], True),
-            ("L0", ["train_l0", "val_l0"], False),
-            ("dead fraction", ["dead_fraction"], False)]
+  panels = [("loss", ["step_loss", f"{ev}_loss"], True),
+            (f"FVU ({'held out' if ev == 'heldout' else 'training set'})",
+             [f"{ev}_fvu"], True),
+            ("L0", ["step_l0", f"{ev}_l0"], False),
+            ("dead (unfired for dead_window steps)",
+             ["dead_window_fraction"], False)]
   for ax, (title, keys, log) in zip(axes, panels):
     for k in keys:
       ax.plot(epochs, [r[k] for r in rows], label=k)
@@ -64,7 +68,7 @@ def pareto(members: list[dict], path: Path) -> None:
   ok = [m for m in members if m.get("status") == "ok"]
   if not ok:
     return
-  points = [(m["val_l0"], m["val_fvu"]) for m in ok]
+  points = [(summary_metric(m, "l0"), summary_metric(m, "fvu")) for m in ok]
   front = sorted(pareto_front(points), key=lambda i: points[i][0])
   fig, ax = plt.subplots(figsize=(6, 4.5))
   ax.scatter(*zip(*points), c="tab:blue", label="member")

@@ -62,6 +62,10 @@ def prepare(config) -> PreparedData:
   x = es.embeddings
   normalizer = (data.fit_normalizer(x[train_idx]) if config.data.normalize
                 else data.Normalizer.identity(es.dim))
+  if config.data.normalize and not config.data.get("scale_inputs", True):
+    # Centred on the training mean, raw units: the same as a fixed pre-bias
+    # equal to that mean (the reference system's), with b_dec frozen at 0.
+    normalizer = data.Normalizer(normalizer.mean, 1.0)
   x_train = jnp.asarray(normalizer.apply(x[train_idx]))
   x_val = jnp.asarray(normalizer.apply(x[val_idx])) if len(val_idx) else (
       x_train)

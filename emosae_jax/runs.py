@@ -368,3 +368,9 @@ def lock(workdir: str | Path, name: str = LOCK_FILE):
   finally:
     if (_read_lock(path) or {}).get("pid") == me["pid"]:
       path.unlink(missing_ok=True)
+
+
+def summary_metric(summary: dict, name: str):
+  """A run's (or sweep member's) "fvu" / "l0" / "mse" on its evaluation set:
+  summaries name them heldout_* or, without held-out rows, train_*."""
+  return summary.get(f"{summary.get('eval_set', 'heldout')}_{name}")

@@ -296,7 +296,9 @@ def train_group(configs, members: list[int], workdir: Path,
     state, metrics = runner.epochs(n, state, hp, x_train, x_val, done)
     for slot, member in enumerate(members):
       rows += [dict(r, member=member)
-               for r in train_run.epoch_rows(metrics, member=slot)]
+               for r in train_run.epoch_rows(
+                   metrics, member=slot,
+                   eval_set=train_run.eval_set_name(prepared))]
     train_run.write_metrics(metrics_path, rows)
     done += n
     bar.update(n)

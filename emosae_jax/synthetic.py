@@ -60,3 +60,39 @@ def make_synthetic(n_examples: int = 8192, d: int = 64,
       pooling="none")
   return SyntheticData(es, features.astype(np.float32),
                        coefficients.astype(np.float32), label_features)
+
+
+def make_reference_like(n_examples: int = 100, d: int = 768, rank: int = 48,
+                        n_features: int = 192, avg_active: float = 6.0,
+                        signal_fraction: float = 0.6, spread: float = 0.1,
+                        offset: float = 0.15, n_labels: int = 4,
+                        seed: int = 0) -> SyntheticData:
+  """A stand-in for the reference system's 100 mean-pooled t5-base
+  embeddings (which are not available here), in raw units like them.
+
+  Each example is a shared offset (per-dimension std `offset`: every T5
+  embedding sits far from the origin) plus a planted-dictionary part whose
+  features lie in a `rank`-dimensional subspace (sentences share structure)
+  and isotropic noise, which a held-out example cannot borrow from the
+  training set. The varying part has per-dimension std `spread`, of which
+  `signal_fraction` of the variance is the planted part.
+  """
+  rng = np.random.default_rng(seed)
+  basis = np.linalg.qr(rng.normal(size=(d, rank)))[0]  # [d, rank]
+  inner = make_synthetic(n_examples, rank, n_features, avg_active, 0.0,
+                         n_labels=n_labels, seed=seed)
+  signal = inner.embedding_set.embeddings @ basis.T
+  signal -= signal.mean(0)
+  signal *= np.sqrt(signal_fraction * d) * spread / np.sqrt(
+      np.mean(np.sum(signal ** 2, 1)))
+  noise = rng.normal(size=(n_examples, d))
+  noise *= np.sqrt((1 - signal_fraction) * d) * spread / np.sqrt(
+      np.mean(np.sum(noise ** 2, 1)))
+  x = offset * rng.normal(size=d) + signal + noise
+  es = inner.embedding_set
+  es = data.make_embedding_set(
+      x, es.labels, es.label_names, texts=es.texts,
+      encoder={"name": "synthetic-reference-like", "revision": f"seed{seed}"},
+      pooling="none")
+  return SyntheticData(es, (inner.features @ basis.T).astype(np.float32),
+                       inner.coefficients, inner.label_features)

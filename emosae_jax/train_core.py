@@ -41,6 +41,8 @@ class StaticSpec:
   patience: int
   max_grad_norm: float
   eval_chunk: int
+  divergence_factor: float = 0.0  # restore when val loss > this x best; 0: off
+  resample: str = "data"  # "data" (Bricken, capped) or "reference" (random)
 
 
 @flax.struct.dataclass
@@ -68,13 +70,18 @@ def static_spec_from_config(config, n_train: int) -> StaticSpec:
   m, t = config.model, config.train
   sae = saes.SAESpec(arch=m.arch, d_in=m.d_in, d_sae=m.d_sae, k=m.k,
                      k_aux=m.k_aux, decoder_norm=m.decoder_norm,
-                     bandwidth=m.bandwidth, threshold_init=m.threshold_init)
+                     bandwidth=m.bandwidth, threshold_init=m.threshold_init,
+                     init=m.init, init_scale=m.init_scale,
+                     learn_pre_bias=m.learn_pre_bias,
+                     sparsity_over_latents=m.sparsity_over_latents)
   batch = min(t.batch_size, n_train)
   return StaticSpec(sae=sae, batch_size=batch,
                     steps_per_epoch=max(1, n_train // batch),
                     dead_window=t.dead_window,
                     resample_every=t.resample_every, patience=t.patience,
-                    max_grad_norm=t.max_grad_norm, eval_chunk=2048)
+                    max_grad_norm=t.max_grad_norm, eval_chunk=2048,
+                    divergence_factor=t.divergence_factor,
+                    resample=t.resample)
 
 
 def _optimizer(spec: StaticSpec) -> optax.GradientTransformation:
@@ -141,7 +148,7 @@ def train_step(spec: StaticSpec, hp: HParams, state: TrainState, xb):
                                                state.params)
   lr = jnp.where(frozen, 0.0, hp["lr"] * _warmup(step_f, hp["warmup_steps"]))
   params = jax.tree.map(lambda p, u: p - lr * u, state.params, updates)
-  stats = (arch.batch_stats(spec.sae, params, pre)
+  stats = (arch.batch_stats(spec.sae, params, pre, acts)
            if hasattr(arch, "batch_stats") else None)
   params = arch.post_update(spec.sae, params, stats)
   fired = jnp.any(acts != 0, axis=0)
@@ -153,10 +160,41 @@ def train_step(spec: StaticSpec, hp: HParams, state: TrainState, xb):
   return state, metrics
 
 
+def _resample_reference(spec: StaticSpec, state: TrainState) -> TrainState:
+  """The reference system's resampling: dead latents get a fresh random
+  (reference-init) encoder column and decoder row, zero bias; Adam's moments
+  are left as they are."""
+  dead = state.steps_since_fired >= spec.dead_window
+  key = jax.random.fold_in(jax.random.fold_in(state.rng, 1 << 21), state.step)
+  fresh = saes.init_params(dataclasses.replace(spec.sae, init="reference"),
+                           key)
+  params = dict(state.params)
+  params["W_dec"] = jnp.where(dead[:, None], fresh["W_dec"], params["W_dec"])
+  params["W_enc"] = jnp.where(dead[None, :], fresh["W_enc"], params["W_enc"])
+  params["b_enc"] = jnp.where(dead, 0.0, params["b_enc"])
+  return state.replace(params=params, steps_since_fired=jnp.where(
+      dead, 0, state.steps_since_fired))
+
+
 def _resample(spec: StaticSpec, x_train, state: TrainState) -> TrainState:
   """Re-initialises dead latents on badly reconstructed inputs (Bricken et
-  al. 2023): the decoder row points at a high-loss input, the encoder column
-  is that direction at 0.2x the mean live encoder norm, Adam moments reset."""
+  al. 2023): the decoder row points at a high-loss input and the encoder
+  column along it, at 0.2x the mean live encoder norm or less (below).
+
+  On a small training set Bricken's recipe diverged (the reference workload:
+  ~2,000 dead latents re-seeded from 70 inputs; training FVU went from 0.02
+  to 20-90 after each resampling). Dozens of new latents shared each input,
+  so (1) their summed output overshot the residual, and (2) Adam, which
+  moves every parameter by about lr whatever its gradient, moved the
+  identical copies together, so even tiny copies overshot within a few
+  steps. Hence each input seeds at most one latent per resampling (inputs
+  drawn without replacement, weighted by loss; latents left over stay dead
+  until the next one), and the encoder scale is capped so that the new
+  latents' output (linear in that scale: zero bias, ReLU) is at most 0.2x
+  the rms residual on the sampled inputs.
+  """
+  if spec.resample == "reference":
+    return _resample_reference(spec, state)
   dead = state.steps_since_fired >= spec.dead_window
   params = state.params
   key = jax.random.fold_in(jax.random.fold_in(state.rng, 1 << 20), state.step)
@@ -166,37 +204,62 @@ def _resample(spec: StaticSpec, x_train, state: TrainState) -> TrainState:
                                  replace=False)]
   x_hat = saes.forward(spec.sae, params, xb, train=False)[0]
   err = jnp.sum(jnp.square(xb - x_hat), axis=-1)
-  picks = jax.random.categorical(key, jnp.log(err + 1e-12),
-                                 shape=(spec.sae.d_sae,))
-  directions = xb[picks] - params["b_dec"]
+  picks = jax.random.choice(key, n_sample, (n_sample,), replace=False,
+                            p=err / jnp.maximum(jnp.sum(err), 1e-30))
+  rank = jnp.cumsum(dead) - 1  # the i-th dead latent takes the i-th pick
+  reseed = dead & (rank < n_sample)
+  directions = xb[picks[jnp.clip(rank, 0, n_sample - 1)]] - params["b_dec"]
   directions /= jnp.linalg.norm(directions, axis=1, keepdims=True) + 1e-8
   enc_norms = jnp.linalg.norm(params["W_enc"], axis=0)
   live_norm = jnp.sum(jnp.where(dead, 0, enc_norms)) / jnp.maximum(
       jnp.sum(~dead), 1)
+  new_acts = jax.nn.relu((xb - params["b_dec"]) @ directions.T) * reseed
+  new_out = jnp.mean(jnp.sum(jnp.square(new_acts @ directions), -1))
+  cap = 0.2 * jnp.sqrt(jnp.mean(err) / jnp.maximum(new_out, 1e-30))
+  scale = jnp.minimum(0.2 * jnp.where(jnp.any(~dead), live_norm, 1.0), cap)
   new = dict(params)
-  new["W_dec"] = jnp.where(dead[:, None], directions, params["W_dec"])
-  new["W_enc"] = jnp.where(dead[None, :], 0.2 * live_norm * directions.T,
+  new["W_dec"] = jnp.where(reseed[:, None], directions, params["W_dec"])
+  new["W_enc"] = jnp.where(reseed[None, :], scale * directions.T,
                            params["W_enc"])
-  new["b_enc"] = jnp.where(dead, 0.0, params["b_enc"])
-
-  def reset(tree):
-    out = dict(tree)
-    out["W_dec"] = jnp.where(dead[:, None], 0.0, tree["W_dec"])
-    out["W_enc"] = jnp.where(dead[None, :], 0.0, tree["W_enc"])
-    out["b_enc"] = jnp.where(dead, 0.0, tree["b_enc"])
-    return out
-
-  opt_state = tuple(
-      s._replace(mu=reset(s.mu), nu=reset(s.nu))
-      if isinstance(s, optax.ScaleByAdamState) else s
-      for s in state.opt_state)
+  new["b_enc"] = jnp.where(reseed, 0.0, params["b_enc"])
+  opt_state = _reset_moments(state.opt_state, reseed)
   return state.replace(params=new, opt_state=opt_state,
-                       steps_since_fired=jnp.where(dead, 0,
+                       steps_since_fired=jnp.where(reseed, 0,
                                                    state.steps_since_fired))
 
 
+def _reset_moments(opt_state, dead):
+  """Adam moments of re-seeded latents: first moment 0, second moment the
+  mean of the live latents' (per tensor). Zeroing the second moment too, with
+  Adam's step count (and so its bias correction) left at its late value,
+  made the new latents' steps 3-6x larger than everyone's for hundreds of
+  steps."""
+  axes = {"W_dec": (dead[:, None], 0), "W_enc": (dead[None, :], 1),
+          "b_enc": (dead, 0)}
+
+  def reset(tree, second):
+    out = dict(tree)
+    for name, (mask, _) in axes.items():
+      t = tree[name]
+      fill = 0.0
+      if second:
+        live = jnp.broadcast_to(~mask, t.shape)
+        fill = jnp.sum(jnp.where(live, t, 0)) / jnp.maximum(jnp.sum(live), 1)
+      out[name] = jnp.where(mask, fill, t)
+    return out
+
+  return tuple(
+      s._replace(mu=reset(s.mu, False), nu=reset(s.nu, True))
+      if isinstance(s, optax.ScaleByAdamState) else s for s in opt_state)
+
+
 def evaluate(spec: StaticSpec, hp: HParams, params: Params, x):
-  """Loss, MSE, FVU and L0 on x [n, d_in], in chunks to bound memory."""
+  """Loss, MSE, FVU and L0 on x [n, d_in], in chunks to bound memory.
+
+  FVU = sum ||x - x_hat||^2 / sum ||x - mean(x)||^2 with x's own mean (x
+  being validation or training rows); the denominator is floored at 1e-12
+  (all rows equal) so it stays finite. Cross-library comparisons use
+  metrics.heldout_fvu, which centres on the training mean instead."""
   n = x.shape[0]
   chunk = min(spec.eval_chunk, n)
   n_chunks = -(-n // chunk)
@@ -222,7 +285,8 @@ def evaluate(spec: StaticSpec, hp: HParams, params: Params, x):
   total = jnp.sum(jnp.square(x - x.mean(0)))
   mse = jnp.sum(sq) / (n * d)
   loss = mse + hp["sparsity_coeff"] * jnp.sum(sparsity) / n
-  return {"loss": loss, "mse": mse, "fvu": jnp.sum(sq) / total,
+  return {"loss": loss, "mse": mse,
+          "fvu": jnp.sum(sq) / jnp.maximum(total, 1e-12),
           "l0": jnp.sum(nz) / n}
 
 
@@ -233,6 +297,26 @@ def _resample_due(spec: StaticSpec, epoch) -> jax.Array:
   start = epoch * spec.steps_per_epoch
   end = start + spec.steps_per_epoch
   return end // spec.resample_every > start // spec.resample_every
+
+
+def _guard_divergence(spec: StaticSpec, hp: HParams, state: TrainState,
+                      val_loss, active):
+  """Catches a blow-up: once both warm-ups are over, a validation loss above
+  `divergence_factor` x the best so far puts back the best parameters, with
+  fresh Adam moments (their old ones drove the blow-up) and a fresh dead
+  window. Returns (state, restored)."""
+  if spec.divergence_factor <= 0:
+    return state, jnp.zeros((), bool)
+  warm = jnp.maximum(hp["warmup_steps"], hp["sparsity_warmup_steps"])
+  restored = (active & (state.step.astype(jnp.float32) > warm)
+              & ~(val_loss <= spec.divergence_factor * state.best_val))
+
+  def restore(s):
+    params = jax.tree.map(jnp.copy, s.best_params)
+    return s.replace(params=params, opt_state=_optimizer(spec).init(params),
+                     steps_since_fired=jnp.zeros_like(s.steps_since_fired))
+
+  return jax.lax.cond(restored, restore, lambda s: s, state), restored
 
 
 def _epoch(spec: StaticSpec, hp: HParams, x_train, x_val, state: TrainState,
@@ -254,6 +338,7 @@ def _epoch(spec: StaticSpec, hp: HParams, x_train, x_val, state: TrainState,
                        functools.partial(_resample, spec, x_train),
                        lambda s: s, state)
   val = evaluate(spec, hp, state.params, x_val)
+  state, restored = _guard_divergence(spec, hp, state, val["loss"], active)
   improved = (val["loss"] < state.best_val) & active & ~state.failed
   bad = jnp.where(improved, 0, state.bad_epochs + active)
   state = state.replace(
@@ -264,12 +349,19 @@ def _epoch(spec: StaticSpec, hp: HParams, x_train, x_val, state: TrainState,
                                state.best_params, state.params),
       bad_epochs=bad,
       stopped=state.stopped | (bad >= spec.patience))
-  metrics = {f"train_{k}": jnp.mean(v) for k, v in step_metrics.items()}
-  metrics.update({f"val_{k}": v for k, v in val.items()})
-  metrics["dead_fraction"] = jnp.mean(
+  # step_*: means over this epoch's training steps (each at its own
+  # parameters); eval_*: the epoch's final parameters on x_val, which the
+  # driver names heldout_* or, when x_val is the training set, train_*.
+  metrics = {f"step_{k}": jnp.mean(v) for k, v in step_metrics.items()}
+  metrics.update({f"eval_{k}": v for k, v in val.items()})
+  # Latents that have not fired for dead_window steps (what resampling and
+  # AuxK treat as dead); the summary's never_fires_fraction is another
+  # measure: latents that fire on no training example.
+  metrics["dead_window_fraction"] = jnp.mean(
       state.steps_since_fired >= spec.dead_window)
   metrics["lr"] = hp["lr"] * _warmup(state.step.astype(jnp.float32) - 1,
                                      hp["warmup_steps"])
+  metrics["restored"] = restored
   metrics["active"] = active
   metrics["epoch"] = state.epoch
   return state, metrics

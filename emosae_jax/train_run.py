@@ -89,9 +89,20 @@ def read_metrics(path: Path, up_to_epoch: int | None = None) -> list[dict]:
   return [r for r in rows if up_to_epoch is None or r["epoch"] <= up_to_epoch]
 
 
-def epoch_rows(metric_arrays: dict, member: int | None = None) -> list[dict]:
+def eval_set_name(prepared: PreparedData) -> str:
+  """What the per-epoch evaluation measured: "heldout" rows, or the
+  "train" rows themselves when val_fraction is 0."""
+  return "heldout" if len(prepared.val_index) else "train"
+
+
+summary_metric = metrics.summary_metric
+
+
+def epoch_rows(metric_arrays: dict, member: int | None = None,
+               eval_set: str = "heldout") -> list[dict]:
   """Turns train_epochs' [n_epochs] (or [members, n_epochs]) metrics into
-  JSON rows, keeping only the epochs that actually ran."""
+  JSON rows, keeping only the epochs that actually ran; eval_* metrics are
+  named for the set they measured (eval_set_name)."""
   host = jax.device_get(metric_arrays)
   if member is not None:
     host = {k: v[member] for k, v in host.items()}
@@ -99,7 +110,8 @@ def epoch_rows(metric_arrays: dict, member: int | None = None) -> list[dict]:
   for i in range(len(host["epoch"])):
     if not host["active"][i]:
       continue
-    row = {k: float(v[i]) for k, v in host.items() if k != "active"}
+    row = {(f"{eval_set}_{k[5:]}" if k.startswith("eval_") else k):
+           float(v[i]) for k, v in host.items() if k != "active"}
     row["epoch"] = int(host["epoch"][i])
     rows.append(row)
   return rows
@@ -129,14 +141,20 @@ _evaluate = jax.jit(core.evaluate, static_argnums=0)
 
 def final_report(spec: core.StaticSpec, hp, params, prepared: PreparedData,
                  ) -> tuple[dict, dict]:
-  """Held-out metrics of `params` and its density histogram (host values)."""
+  """Metrics of `params` on the evaluation set (held-out rows, or the
+  training rows when there are none: the keys say which, see
+  eval_set_name) and its density histogram (host values).
+  never_fires_fraction: latents that fire on no training example."""
   val = jax.device_get(_evaluate(spec, hp, params, prepared.x_val))
   rates = np.asarray(firing_counts(spec, params, prepared.x_train)) / (
       prepared.x_train.shape[0])
-  summary = {"val_fvu": float(val["fvu"]), "val_mse": float(val["mse"]),
-             "val_mse_raw_units": float(val["mse"]) / prepared.normalizer.scale
-             ** 2, "val_l0": float(val["l0"]),
-             "dead_fraction": float(np.mean(rates == 0))}
+  name = eval_set_name(prepared)
+  summary = {"eval_set": name, f"{name}_fvu": float(val["fvu"]),
+             f"{name}_mse": float(val["mse"]),
+             f"{name}_mse_raw_units": float(val["mse"])
+             / prepared.normalizer.scale ** 2,
+             f"{name}_l0": float(val["l0"]),
+             "never_fires_fraction": float(np.mean(rates == 0))}
   if prepared.true_features is not None:
     summary["recovery"] = metrics.dictionary_recovery(
         prepared.true_features, np.asarray(params["W_dec"]))
@@ -182,7 +200,7 @@ def _train(config, workdir: Path, prepared: PreparedData,
     n = min(config.train.epochs_per_call, total - int(state.epoch))
     state, epoch_metrics = core.compiled_train_epochs(spec, n)(
         state, hp, prepared.x_train, prepared.x_val, int(state.epoch))
-    new_rows = epoch_rows(epoch_metrics)
+    new_rows = epoch_rows(epoch_metrics, eval_set=eval_set_name(prepared))
     if bool(state.failed):
       raise core.TrainingError(
           f"loss became NaN/inf near step {int(state.step)} (epoch "
@@ -192,9 +210,10 @@ def _train(config, workdir: Path, prepared: PreparedData,
     write_metrics(metrics_path, rows)
     bar.update(len(new_rows))
     if rows:
-      bar.set_postfix(loss=f"{rows[-1]['val_loss']:.4g}",
-                      fvu=f"{rows[-1]['val_fvu']:.3f}",
-                      l0=f"{rows[-1]['val_l0']:.1f}")
+      name = eval_set_name(prepared)
+      bar.set_postfix(loss=f"{rows[-1][f'{name}_loss']:.4g}",
+                      fvu=f"{rows[-1][f'{name}_fvu']:.3f}",
+                      l0=f"{rows[-1][f'{name}_l0']:.1f}")
     epoch = int(state.epoch)
     if (epoch % config.train.checkpoint_every_epochs == 0 or epoch >= total
         or bool(state.stopped)):
@@ -206,6 +225,8 @@ def _train(config, workdir: Path, prepared: PreparedData,
   summary, hist = final_report(spec, hp, state.best_params, prepared)
   summary.update(epochs_run=int(state.epoch), steps=int(state.step),
                  best_epoch=int(state.best_epoch),
+                 divergence_restores=int(sum(r.get("restored", 0)
+                                             for r in rows)),
                  early_stopped=bool(state.stopped))
   save_params(workdir / runs.PARAMS_FILE, state.best_params)
   runs.write_summary(workdir, dict(summary, density_histogram=hist))

@@ -14,6 +14,7 @@ from absl import flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from emosae_jax import cli  # noqa: E402
+from emosae_jax.metrics import summary_metric  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", "configs/sweep.py", "Sweep config file (get_config + "
@@ -60,8 +61,9 @@ def main(argv):
                            execution=_EXECUTION.value)
   for m in result.get("members", []):
     status = m["status"] if m["status"] != "ok" else (
-        f"fvu={m['val_fvu']:.3f} l0={m['val_l0']:.1f} "
-        f"dead={m['dead_fraction']:.2f}")
+        f"{m['eval_set']} fvu={summary_metric(m, 'fvu'):.3f} "
+        f"l0={summary_metric(m, 'l0'):.1f} "
+        f"never fires={m['never_fires_fraction']:.2f}")
     print(f"member {m['index']:3d} {m['overrides']}: {status}")
 
 

@@ -55,7 +55,7 @@ def test_every_member_equals_its_single_run(swept, tmp_path):
                                  atol=1e-5, err_msg=name)
       np.testing.assert_array_equal(serial[name][i], value, err_msg=name)
   assert (workdir / "pareto.png").exists()
-  assert {"val_fvu", "val_l0", "dead_fraction", "recovery"} <= set(
+  assert {"heldout_fvu", "heldout_l0", "never_fires_fraction", "recovery"} <= set(
       result["members"][0])
 
 
@@ -119,7 +119,7 @@ def test_nan_member_fails_alone(tmp_path):
   overrides = sweep.axis("train.lr", [3e-3, 1e30])
   result = sweep.run_sweep(base, overrides, tmp_path, progress=False)
   ok, bad = result["members"]
-  assert ok["status"] == "ok" and np.isfinite(ok["val_fvu"])
+  assert ok["status"] == "ok" and np.isfinite(ok["heldout_fvu"])
   assert bad["status"] == "failed" and "NaN" in bad["error"]
   saved = load_file(str(tmp_path / "g0" / "params.safetensors"))
   assert np.all(np.isfinite(saved["W_dec"]))

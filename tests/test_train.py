@@ -28,7 +28,7 @@ def test_recovers_planted_dictionary(tmp_path, arch, overrides):
   summary = train_run.train_and_evaluate(
       _recovery_config(arch, **overrides), tmp_path, progress=False)
   assert summary["recovery"]["true_to_learned"] >= 0.9, summary
-  assert summary["val_fvu"] < 0.5
+  assert summary["heldout_fvu"] < 0.5
 
 
 def test_resumed_run_equals_uninterrupted_and_is_deterministic(tmp_path):
@@ -74,11 +74,11 @@ def test_other_architectures_train(tmp_path, arch):
                      train__sparsity_coeff=3e-2)
   summary = train_run.train_and_evaluate(tiny_config(arch, **overrides),
                                        tmp_path, progress=False)
-  assert np.isfinite(summary["val_fvu"]) and summary["val_fvu"] < 1.0
+  assert np.isfinite(summary["heldout_fvu"]) and summary["heldout_fvu"] < 1.0
   params = load_file(str(tmp_path / "params.safetensors"))
   if arch == "batchtopk":
     assert params["threshold"] > 0  # inference threshold was learned
-    assert 1 <= summary["val_l0"] <= 3 * 4
+    assert 1 <= summary["heldout_l0"] <= 3 * 4
   else:
     assert not np.allclose(params["log_threshold"], np.log(0.2))
 

@@ -73,7 +73,7 @@ def test_import_then_train(tmp_path):
                   "--config.train.epochs=3")
   assert result.returncode == 0, result.stderr[-2000:]
   summary = json.loads((tmp_path / "work" / "summary.json").read_text())
-  assert summary["epochs_run"] == 3 and "val_fvu" in summary
+  assert summary["epochs_run"] == 3 and "heldout_fvu" in summary
   bad = run_script("import_embeddings.py", "--src=/nonexistent",
                    f"--out={tmp_path / 'x'}")
   assert bad.returncode != 0 and "not a folder" in last_line(bad.stderr)

@@ -6,7 +6,8 @@ Each architecture is a small module with the same four functions:
   loss_terms(spec, params, x, x_hat, pre, acts, dead_mask, hp)
                                     -> {"mse", "sparsity", "aux"}
   post_update(spec, params, batch_stats) -> params   (after each optimizer step)
-and optionally batch_stats(spec, params, pre) (statistics post_update needs).
+and optionally batch_stats(spec, params, pre, acts) (statistics post_update
+needs).
 """
 
 from __future__ import annotations
@@ -46,6 +47,8 @@ def encode(spec: SAESpec, params: Params, x: jax.Array,
 
 def forward(spec: SAESpec, params: Params, x: jax.Array, train: bool):
   """Returns (x_hat, acts, pre)."""
+  if not spec.learn_pre_bias:  # a fixed pre-bias (the data's centring)
+    params = dict(params, b_dec=jax.lax.stop_gradient(params["b_dec"]))
   pre = pre_activation(params, x)
   acts = get_arch(spec.arch).activation(spec, params, pre, train)
   return decode(params, acts), acts, pre

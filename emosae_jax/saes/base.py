@@ -35,14 +35,23 @@ class SAESpec:
   decoder_norm: str = "unit"  # relu_l1: "unit" rows or "weighted" L1
   bandwidth: float = 1e-3  # jumprelu: STE kernel width
   threshold_init: float = 1e-3  # jumprelu: initial threshold
+  init: str = "tied"  # "tied" or "reference" (see SparseAutoencoder)
+  init_scale: float = 1.0  # tied: initial decoder row norm
+  learn_pre_bias: bool = True  # False: b_dec stays at its initial 0
+  sparsity_over_latents: str = "sum"  # relu_l1 L1: "sum" or "mean"
 
 
 class SparseAutoencoder(nn.Module):
   """Flax module holding the shared parameters; init gives the param dict.
 
-  Decoder rows start at unit norm and the encoder as their transpose (the
-  usual tied initialisation), which puts every latent on a data direction
-  from step 0.
+  init="tied": decoder rows of norm `init_scale` and the encoder as their
+  transpose, which puts every latent on a data direction from step 0; a
+  small scale (SAELens and Anthropic use 0.1) keeps the first
+  reconstructions small: at 1.0 a 768 -> 6144 SAE starts with half its
+  latents firing at full size and an FVU near 10.
+  init="reference": the reference system's, encoder Kaiming-uniform x 0.1
+  and decoder rows (its columns) orthogonal, then unit norm.
+  Biases start at 0.
   """
 
   spec: SAESpec
@@ -52,12 +61,18 @@ class SparseAutoencoder(nn.Module):
   def __call__(self, x):
     d, m = self.spec.d_in, self.spec.d_sae
 
-    def init_dec(key, shape):
-      w = jax.random.normal(key, shape)
+    def unit_rows(w):
       return w / jnp.linalg.norm(w, axis=1, keepdims=True)
 
-    w_dec = self.param("W_dec", init_dec, (m, d))
-    w_enc = self.param("W_enc", lambda key, shape: w_dec.T, (d, m))
+    if self.spec.init == "reference":
+      w_dec = self.param("W_dec", lambda key, shape: unit_rows(
+          nn.initializers.orthogonal()(key, shape)), (m, d))
+      w_enc = self.param("W_enc", lambda key, shape: 0.1 * (
+          nn.initializers.he_uniform()(key, shape)), (d, m))
+    else:
+      w_dec = self.param("W_dec", lambda key, shape: self.spec.init_scale
+                         * unit_rows(jax.random.normal(key, shape)), (m, d))
+      w_enc = self.param("W_enc", lambda key, shape: w_dec.T, (d, m))
     b_enc = self.param("b_enc", nn.initializers.zeros, (m,))
     b_dec = self.param("b_dec", nn.initializers.zeros, (d,))
     for name, init in self.extra_params:
@@ -108,6 +123,12 @@ def decode(params: Params, acts: jax.Array) -> jax.Array:
   return acts @ params["W_dec"] + params["b_dec"]
 
 
+def unit_decoder_rows(params: Params) -> Params:
+  """Decoder rows rescaled to unit norm (after an optimizer step)."""
+  w = params["W_dec"]
+  return dict(params, W_dec=w / jnp.linalg.norm(w, axis=1, keepdims=True))
+
+
 def decoder_norms(params: Params) -> jax.Array:
   return jnp.linalg.norm(params["W_dec"], axis=1)
 
@@ -130,15 +151,22 @@ def aux_k_loss(spec: SAESpec, params: Params, x, x_hat, pre, dead_mask):
   The top `k_aux` pre-activations among dead latents try to explain
   x - x_hat; the loss is normalised by the residual's variance so that its
   scale does not depend on how good the main reconstruction already is.
-  Zero when no latent is dead.
+  Zero when no latent is dead, and then not computed: a real branch (its
+  top-k over all latents and its decoder matmul cost about a fifth of a
+  TopK step); under vmap (sweeps) it becomes a select and runs anyway.
   """
-  k_aux = min(spec.k_aux, spec.d_sae)
-  masked = jnp.where(dead_mask[None, :], pre, -jnp.inf)
-  aux_acts = jax.nn.relu(topk_mask_rows(masked, k_aux))
-  aux_acts = jnp.where(jnp.isfinite(aux_acts), aux_acts, 0.0)
-  residual = jax.lax.stop_gradient(x - x_hat)
-  residual_hat = aux_acts @ params["W_dec"]
-  err = jnp.sum(jnp.square(residual - residual_hat), axis=-1)
-  var = jnp.sum(jnp.square(residual - residual.mean(0)), axis=-1)
-  loss = jnp.mean(err) / jnp.maximum(jnp.mean(var), 1e-8)
-  return jnp.where(jnp.any(dead_mask), loss, 0.0)
+  def loss(operands):
+    params, x, x_hat, pre = operands
+    k_aux = min(spec.k_aux, spec.d_sae)
+    masked = jnp.where(dead_mask[None, :], pre, -jnp.inf)
+    aux_acts = jax.nn.relu(topk_mask_rows(masked, k_aux))
+    aux_acts = jnp.where(jnp.isfinite(aux_acts), aux_acts, 0.0)
+    residual = jax.lax.stop_gradient(x - x_hat)
+    residual_hat = aux_acts @ params["W_dec"]
+    err = jnp.sum(jnp.square(residual - residual_hat), axis=-1)
+    var = jnp.sum(jnp.square(residual - residual.mean(0)), axis=-1)
+    return jnp.mean(err) / jnp.maximum(jnp.mean(var), 1e-8)
+
+  return jax.lax.cond(jnp.any(dead_mask), loss,
+                      lambda operands: jnp.zeros((), pre.dtype),
+                      (params, x, x_hat, pre))

@@ -42,10 +42,12 @@ def loss_terms(spec, params, x, x_hat, pre, acts, dead_mask, hp):
           "aux": base.aux_k_loss(spec, params, x, x_hat, pre, dead_mask)}
 
 
-def batch_stats(spec, params, pre):
-  """The smallest kept activation of this batch (for the threshold EMA)."""
-  del params
-  return jax.lax.stop_gradient(_batch_topk(pre, spec.k)[1])
+def batch_stats(spec, params, pre, acts):
+  """The smallest kept activation of this batch (for the threshold EMA),
+  read off the training activations rather than a second top-k."""
+  del spec, params, pre
+  kept = jnp.where(acts > 0, acts, jnp.inf)
+  return jax.lax.stop_gradient(jnp.min(kept))
 
 
 def post_update(spec, params, min_kept):

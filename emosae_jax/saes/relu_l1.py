@@ -3,7 +3,8 @@
 `decoder_norm="unit"` renormalises decoder rows after every step (see
 `post_update`); `"weighted"` leaves them free and weights each latent's L1
 by its decoder norm, which removes the incentive to shrink activations while
-growing decoder rows.
+growing decoder rows. The L1 sums over latents (mean over the batch);
+`sparsity_over_latents="mean"` averages over them, as the reference does.
 """
 
 import jax
@@ -27,13 +28,16 @@ def loss_terms(spec, params, x, x_hat, pre, acts, dead_mask, hp):
   mse = base.reconstruction_mse(x, x_hat)
   weights = (base.decoder_norms(params) if spec.decoder_norm == "weighted"
              else jnp.ones((spec.d_sae,)))
-  sparsity = jnp.mean(jnp.sum(jnp.abs(acts) * weights, axis=-1))
+  per_example = jnp.abs(acts) * weights
+  # "mean" is the reference system's definition: d_sae times weaker.
+  sparsity = jnp.mean(jnp.sum(per_example, axis=-1)
+                      if spec.sparsity_over_latents == "sum"
+                      else jnp.mean(per_example, axis=-1))
   return {"mse": mse, "sparsity": sparsity, "aux": jnp.zeros(())}
 
 
 def post_update(spec, params, batch_stats):
   del batch_stats
   if spec.decoder_norm == "unit":
-    w = params["W_dec"]
-    params = dict(params, W_dec=w / jnp.linalg.norm(w, axis=1, keepdims=True))
+    params = base.unit_decoder_rows(params)
   return params

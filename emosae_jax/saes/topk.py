@@ -27,5 +27,9 @@ def loss_terms(spec, params, x, x_hat, pre, acts, dead_mask, hp):
 
 
 def post_update(spec, params, batch_stats):
-  del spec, batch_stats
-  return params
+  """With decoder_norm="unit", decoder rows are renormalised after each
+  step, so the top-k compares activations on one scale (SAELens gets the
+  same by ranking activations times decoder norms)."""
+  del batch_stats
+  return base.unit_decoder_rows(params) if spec.decoder_norm == "unit" else (
+      params)

