@@ -75,6 +75,17 @@ TINY_SAMPLE_RATE = 8000
 _TINY_RATIOS = [8, 5, 4]  # hop 160 samples -> 50 frames per second
 
 
+def random_directions(d_model: int = 32, n: int = 2, seed: int = 0):
+  """n random steering directions (at most two: happy, sad) for tests."""
+  from bridge.directions import Directions
+  gen = torch.Generator().manual_seed(seed)
+  return Directions(
+      vectors=torch.randn(n, d_model, generator=gen),
+      feature_ids=tuple(range(n)), emotions=("happy", "sad")[:n],
+      selectivity=(2.0,) * n, p_values=(0.01,) * n,
+      typical_activation=torch.tensor([1.5, 0.5][:n]))
+
+
 def _randomise_codebooks(codec, seed: int) -> None:
   """HF Encodec codebooks start as zeros (all audio equal): fill them."""
   gen = torch.Generator().manual_seed(seed)

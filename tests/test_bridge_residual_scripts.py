@@ -19,8 +19,8 @@ _META = dict(feature_ids=[3], emotions=["happy"], selectivity=[3.0],
 def work(tmp_path_factory):
   root = tmp_path_factory.mktemp("residual_scripts")
   tiny.save_tiny_musicgen(root / "musicgen", d_model=32)
-  prompts.write_prompts(prompts.generate_prompts(9, seed=0),
-                        root / "prompts.jsonl")
+  records = prompts.generate_prompts(9, seed=0)  # plus unlabelled ones
+  prompts.write_prompts(records, root / "prompts.jsonl")
   (root / "neutral.txt").write_text("a piano piece\n")
   vectors = np.random.default_rng(0).normal(size=(1, 32))
   save_directions(root / "layer9", vectors, dict(_META, site={
@@ -38,9 +38,10 @@ def test_extract_residual_script_writes_a_set_per_layer(work):
   manifest = json.loads((out / "residual.json").read_text())
   assert manifest["sets"] == ["layer_00", "layer_01"]
   es = data.load_embedding_set(out / "layer_01")
-  assert es.embeddings.shape == (9, 32) and es.meta["layer"] == 1
+  n = len(prompts.read_prompts(work / "prompts.jsonl"))
+  assert es.embeddings.shape == (n, 32) and es.meta["layer"] == 1
   assert es.meta["frames"] == 4 and es.meta["model"] == str(work / "musicgen")
-  assert len(es.label_names) >= 2 and (es.labels >= 0).all()
+  assert len(es.label_names) >= 2 and (es.labels >= 0).sum() == 9
 
 
 def test_steer_script_refuses_a_layer_the_model_lacks(work):

@@ -27,12 +27,7 @@ def musicgen():
 
 
 def _directions(d_model=32, n=2, seed=0):
-  gen = torch.Generator().manual_seed(seed)
-  return Directions(
-      vectors=torch.randn(n, d_model, generator=gen),
-      feature_ids=tuple(range(n)), emotions=("happy", "sad")[:n],
-      selectivity=(2.0,) * n, p_values=(0.01,) * n,
-      typical_activation=torch.tensor([1.5, 0.5][:n]))
+  return tiny.random_directions(d_model, n, seed)
 
 
 def _encode(model, tokenizer, texts):
