@@ -75,7 +75,8 @@ def holds_section(ctx) -> r.Section | None:
   if verdicts:
     parts.append("<p>Best SAE-derived direction vs the class-mean direction"
                  " (AUROC):</p><ul>" + "".join(
-                     f"<li>{r.esc(v['text'])}</li>" for v in verdicts)
+                     f"<li>{r.esc(_named(ctx, v['text']))}</li>"
+                     for v in verdicts)
                  + "</ul>")
   return r.Section("What holds", "".join(parts), id="holds")
 
@@ -93,6 +94,12 @@ def _split_line(split: dict) -> str:
           f"held-out split: {split['heldout']} prompts, a held-out share of "
           f"{split['heldout_share']:.0%} (templates, emotion words and a "
           "caption style not seen in training).")
+
+
+def _named(ctx, text: str) -> str:
+  for path in (ctx.path("embeddings_heldout"), ctx.path("embeddings_captions")):
+    text = text.replace(str(path), _set_name(ctx, str(path)))
+  return text
 
 
 def _set_name(ctx, path: str) -> str:

@@ -31,6 +31,10 @@ def subset(es: data.EmbeddingSet, mask: np.ndarray,
     rows = es.meta.get(key)
     if isinstance(rows, list) and len(rows) == len(es):
       out.meta[key] = [rows[i] for i in np.flatnonzero(mask)]
+  present = set(out.groups)  # the held-out templates of this part only
+  if isinstance(es.meta.get("heldout_groups"), list):
+    out.meta["heldout_groups"] = [g for g in es.meta["heldout_groups"]
+                                  if g in present]
   out.meta.update(split=split, parent_hash=es.meta.get("content_hash"),
                   parent_rows=int(len(es)))
   out.meta["content_hash"] = data.content_hash(out.embeddings, out.labels,

@@ -165,6 +165,8 @@ def test_sweep_trains_on_train_split_and_validates_on_heldout(resumed_run):
   held = data.load_embedding_set(workdir / "embeddings_heldout")
   assert held.texts == [r["text"] for r in records if r["split"] == "test"]
   assert train.texts == [r["text"] for r in records if r["split"] == "train"]
+  assert train.meta["heldout_groups"] == []  # phase0's held-out templates
+  assert set(held.meta["heldout_groups"]) == set(held.groups) - {""}
   assert held.meta["split"] == "heldout" and train.label_names == (
       data.load_embedding_set(workdir / "embeddings").label_names)
   summary = json.loads((workdir / "analysis" / "analysis.json").read_text())
