@@ -15,6 +15,10 @@ Stages (each skipped on rerun once recorded as done in pipeline.json):
   evaluate  CLAP scores, dose-response slopes         steering/evaluation.json
   report    everything on one page                    report.html
 
+Every stage lives here (over the usual ~400 lines) so that the whole flow,
+what each stage reads and when a finished stage may be reused, is read in
+one place.
+
 The torch side runs as subprocesses of scripts/extract.py, steer.py and
 evaluate.py (optionally with another environment's python, e.g. an
 audiocraft one), so this module never imports torch.

@@ -60,17 +60,14 @@ def holds_section(ctx) -> r.Section | None:
     parts.append(
         f"<h3>{r.esc(_set_name(ctx, info['path']))}</h3><p>"
         f"{info['n_labelled']} labelled examples; the probe trained on the "
-        f"corpus reaches balanced accuracy <b>{r.fmt(probe['balanced_accuracy'])}"
-        f"</b> here (chance {r.fmt(probe['chance'])}).</p>")
-    rows = [[r.cell(m["index"]), r.cell(m["validation"][j]["corpus_significant"]),
-             r.Cell(r.esc(_pct(m["validation"][j]["share_hold"]))),
-             r.Cell(r.esc(_pct(m["validation"][j]["share_hold_shuffled"]["mean"]))),
-             r.Cell(r.esc(_pct(m.get("fraction_reappearing"))))]
-            for m in summary["members"]]
-    parts.append(r.table(["member", "corpus-significant", "share holding",
-                          "share holding, shuffled labels (mean)",
-                          "share reappearing in >= half the other seeds"],
-                         rows, sortable=False))
+        "corpus reaches balanced accuracy <b>"
+        f"{r.fmt(probe['balanced_accuracy'])}</b> here (chance "
+        f"{r.fmt(probe['chance'])}).</p>")
+    parts.append(r.table(
+        ["member", "corpus-significant", "hold",
+         "share holding", "share holding, shuffled labels (mean)",
+         "share reappearing in >= half the other seeds"],
+        [_holds_row(m, j) for m in summary["members"]], sortable=False))
   verdicts = class_mean_verdicts(summary)
   if verdicts:
     parts.append("<p>Best SAE-derived direction vs the class-mean direction"
@@ -79,6 +76,15 @@ def holds_section(ctx) -> r.Section | None:
                      for v in verdicts)
                  + "</ul>")
   return r.Section("What holds", "".join(parts), id="holds")
+
+
+def _holds_row(member: dict, j: int) -> list:
+  v = member["validation"][j]
+  return [r.cell(member["index"]), r.cell(v["corpus_significant"]),
+          r.Cell(r.count_html(v["hold"]), v["hold"]["real"]),
+          r.Cell(r.esc(_pct(v["share_hold"]))),
+          r.Cell(r.esc(_pct(v["share_hold_shuffled"]["mean"]))),
+          r.Cell(r.esc(_pct(member.get("fraction_reappearing"))))]
 
 
 def _pct(x) -> str:
