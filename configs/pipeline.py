@@ -12,6 +12,8 @@ Presets (the argument after the colon):
   tiny     tiny random models built on the fly (tests, smoke runs): every
            stage runs, numbers are meaningless
 Override anything: --config.sweep.epochs=50 --config.text_model=DIR
+SAEs train on the corpus's train split; the analysis validates them on the
+held-out split and on --config.validation_captions=FILE when given.
 """
 
 import ml_collections
@@ -37,6 +39,12 @@ def get_config(arg=None):
   config.bridge_python = ""  # python of a torch/audiocraft env; "" = this one
   config.device = "cpu"  # torch device for extraction and steering
 
+  # A caption file (CSV/TSV/JSONL) to validate on besides the held-out
+  # split: labelled by the caption import (taxonomy words in
+  # validation_text_column), embedded with the pipeline's text model.
+  config.validation_captions = ""
+  config.validation_text_column = "caption"
+
   config.prompts = ml_collections.ConfigDict()
   config.prompts.n = 2700
   config.prompts.seed = 0
@@ -56,6 +64,7 @@ def get_config(arg=None):
   config.analysis.min_support = 5
   # Other labelled embedding sets (comma list of folders) on which every
   # feature is tested too: which corpus-significant features hold there.
+  # The held-out split and validation_captions are always validated on.
   config.analysis.validation = ""
 
   config.steer = ml_collections.ConfigDict()

