@@ -10,6 +10,9 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+# Scripts run in subprocesses, some at once: no shared persistent compilation
+# cache (test_train_script checks the cache on a folder of its own).
+os.environ.setdefault("EMOSAE_JAX_CACHE", "0")
 
 
 def tiny_config(arch="topk", **overrides):

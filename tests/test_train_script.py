@@ -77,3 +77,22 @@ def test_import_then_train(tmp_path):
   bad = run_script("import_embeddings.py", "--src=/nonexistent",
                    f"--out={tmp_path / 'x'}")
   assert bad.returncode != 0 and "not a folder" in last_line(bad.stderr)
+
+
+def test_rerun_reads_the_persistent_compilation_cache(tmp_path, monkeypatch):
+  """The first run fills the cache folder; a rerun from it trains the same
+  parameters bit for bit."""
+  from safetensors.numpy import load_file
+  cache = tmp_path / "cache"
+  monkeypatch.setenv("EMOSAE_JAX_CACHE", str(cache))
+  params = []
+  for name in ("a", "b"):
+    result = run_script("train.py", "--config=configs/sae.py:runlocal",
+                        "--config.data.synthetic=True",
+                        "--config.train.epochs=5",
+                        f"--workdir={tmp_path / name}")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert any(cache.iterdir())
+    params.append(load_file(str(tmp_path / name / "params.safetensors")))
+  for key, value in params[0].items():
+    np.testing.assert_array_equal(value, params[1][key], err_msg=key)
