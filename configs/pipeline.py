@@ -56,7 +56,7 @@ def get_config(arg=None):
   config.sweep.epochs = 40
   config.sweep.batch_size = 256
   config.sweep.learning_rates = "1e-3,3e-3"
-  config.sweep.seeds = 2
+  config.sweep.seeds = 3  # each SAE has two other seeds to reappear in
 
   config.analysis = ml_collections.ConfigDict()
   config.analysis.permutations = 1000
@@ -82,6 +82,7 @@ def get_config(arg=None):
     config.sweep.expansion = 2
     config.sweep.k = 4
     config.sweep.epochs = 6
+    config.sweep.seeds = 2
     config.sweep.batch_size = 64
     config.analysis.permutations = 100
     config.analysis.min_support = 3
