@@ -40,7 +40,7 @@ def prepare(root: Path, d_in: int, d_sae: int, k: int) -> None:
   sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
   import jax.numpy as jnp
   from conftest import tiny_config
-  from emosae_jax import analysis, checkpoint, saes, train_run
+  from emosae_jax import analysis, runs, saes, train_run
   from emosae_jax import saelens_format
   for arch in ARCHS:
     config = tiny_config(arch, model__d_in=d_in, model__d_sae=d_sae,
@@ -55,7 +55,7 @@ def prepare(root: Path, d_in: int, d_sae: int, k: int) -> None:
     folder = saelens_format.export_run(run, root / arch / "saelens")
     members = analysis.load_members(run)
     params = {name: jnp.asarray(v[0]) for name, v in members.params.items()}
-    norm = checkpoint.normalizer_of(members.info)
+    norm = runs.normalizer_of(members.info)
     rng = np.random.default_rng(0)
     x = norm.invert(rng.normal(size=(256, d_in))).astype(np.float32)
     acts = saes.encode(members.sae, params, jnp.asarray(norm.apply(x)))
@@ -132,7 +132,7 @@ def import_native(root: Path) -> None:
   sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
   import jax.numpy as jnp
   from configs.sae import get_config
-  from emosae_jax import analysis, checkpoint, saes, saelens_format
+  from emosae_jax import analysis, runs, saes, saelens_format
   for name in NATIVE:
     run = root / name / "emosae_run"
     if not (run / "params.safetensors").exists():
@@ -140,7 +140,7 @@ def import_native(root: Path) -> None:
                                 lambda a: get_config(f"arch={a}").to_dict())
     members = analysis.load_members(run)
     params = {k: jnp.asarray(v[0]) for k, v in members.params.items()}
-    norm = checkpoint.normalizer_of(members.info)
+    norm = runs.normalizer_of(members.info)
     x = np.load(root / name / "x.npy")
     acts = np.asarray(saes.encode(members.sae, params,
                                   jnp.asarray(norm.apply(x))))

@@ -22,8 +22,7 @@ import numpy as np
 import torch
 
 from emosae_jax import directions_format as fmt
-from emosae_jax.directions_format import (  # noqa: F401  (re-exported)
-    FORMAT_VERSION, META_FILE, TENSOR_NAME, TENSORS_FILE, DirectionsError)
+from emosae_jax.directions_format import DirectionsError
 
 _PER_FEATURE = fmt.PER_FEATURE
 RANDOM_EMOTION_PREFIX = "random:"

@@ -1,4 +1,4 @@
-"""Orbax checkpoints of train states, and loading a finished run back.
+"""Orbax checkpoints of train states (finished runs are read through runs.py).
 
 A workdir's `ckpt/` holds the latest states (orbax `CheckpointManager`,
 `StandardSave`/`StandardRestore`, keyed by epoch). Each state carries both
@@ -13,7 +13,6 @@ import shutil
 from pathlib import Path
 
 import jax
-import numpy as np
 import orbax.checkpoint as ocp
 
 from emosae_jax import data, runs
@@ -85,12 +84,3 @@ def restore_latest(mngr: ocp.CheckpointManager, target):
   abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
   return mngr.restore(step, args=ocp.args.StandardRestore(abstract))
 
-
-# Reading finished runs goes through emosae_jax.runs (the run layout's one
-# owner); these names stay for callers written before it.
-load_params = runs.load_params
-load_run_info = runs.load_run_info
-
-
-def normalizer_of(info: dict) -> data.Normalizer:
-  return data.Normalizer.from_dict(info["normalizer"])

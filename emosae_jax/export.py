@@ -33,10 +33,8 @@ from typing import Sequence
 
 import numpy as np
 
-from emosae_jax import analysis, checkpoint, data, runs
+from emosae_jax import analysis, data, runs
 from emosae_jax import directions_format as fmt
-from emosae_jax.directions_format import (  # noqa: F401  (re-exported)
-    FORMAT_VERSION, META_FILE, TENSORS_FILE)
 
 
 def member_position(summary: dict, member: int | None) -> int:
@@ -156,7 +154,7 @@ def export_directions(workdir: str | Path, out: str | Path,
   if dead:
     raise data.DataError(f"feature(s) {dead} never fire on the analysed "
                          "prompts; their typical activation is undefined")
-  normalizer = checkpoint.normalizer_of(members.info)
+  normalizer = runs.normalizer_of(members.info)
   entries = order_entries(
       [feature_entry(summary, arrays, position, f, w_dec, normalizer,
                      bool(robust[f])) for f in features]

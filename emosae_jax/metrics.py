@@ -6,7 +6,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from emosae_jax.runs import summary_metric  # noqa: F401  (defined with the layout)
 
 
 def mse(x, x_hat):

@@ -363,7 +363,7 @@ def _sae_base_config(ctx: Context, d_model: int):
 
 
 def stage_sweep(ctx: Context) -> dict:
-  from emosae_jax import metrics, sweep
+  from emosae_jax import runs, sweep
   es = data.load_embedding_set(_train_data(ctx))
   base = _sae_base_config(ctx, es.dim)
   lrs = [float(v) for v in ctx.config.sweep.learning_rates.split(",")]
@@ -375,7 +375,7 @@ def stage_sweep(ctx: Context) -> dict:
     raise PipelineError("every sweep member failed; see sweep/sweep.json")
   return {"members": len(result["members"]), "ok": len(ok),
           "data": _train_data(ctx).name,
-          "best_fvu": min(metrics.summary_metric(m, "fvu") for m in ok)}
+          "best_fvu": min(runs.summary_metric(m, "fvu") for m in ok)}
 
 
 def _first_group(ctx: Context) -> Path:

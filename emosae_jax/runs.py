@@ -370,6 +370,11 @@ def lock(workdir: str | Path, name: str = LOCK_FILE):
       path.unlink(missing_ok=True)
 
 
+def normalizer_of(info: dict) -> data.Normalizer:
+  """The input normaliser a run recorded in its data_info.json."""
+  return data.Normalizer.from_dict(info["normalizer"])
+
+
 def summary_metric(summary: dict, name: str):
   """A run's (or sweep member's) "fvu" / "l0" / "mse" on its evaluation set:
   summaries name them heldout_* or, without held-out rows, train_*."""

@@ -165,7 +165,7 @@ def export_run(workdir: str | Path, out: str | Path,
   sidecar_path = Path(members.info.get("path") or "") / data.SIDECAR_FILE
   sidecar = (json.loads(sidecar_path.read_text())
              if members.info.get("path") and sidecar_path.exists() else None)
-  normalizer = data.Normalizer.from_dict(members.info["normalizer"])
+  normalizer = runs.normalizer_of(members.info)
   info = {k: v for k, v in members.info.items()
           if k not in ("train_index", "val_index", "normalizer")}
   metadata = dict(hook_metadata(members.info, sidecar), emosae={

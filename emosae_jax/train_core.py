@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import optax
 
 from emosae_jax import saes
-from emosae_jax.errors import TrainingError  # noqa: F401  (raised here)
+from emosae_jax.errors import TrainingError  # noqa: F401  (callers catch core.TrainingError)
 
 Params = saes.Params
 HParams = dict[str, jax.Array]  # float32 scalars; may differ between members

@@ -95,7 +95,6 @@ def eval_set_name(prepared: PreparedData) -> str:
   return "heldout" if len(prepared.val_index) else "train"
 
 
-summary_metric = metrics.summary_metric
 
 
 def epoch_rows(metric_arrays: dict, member: int | None = None,

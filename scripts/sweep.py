@@ -14,7 +14,7 @@ from absl import flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from emosae_jax import cli  # noqa: E402
-from emosae_jax.metrics import summary_metric  # noqa: E402
+from emosae_jax.runs import summary_metric  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", "configs/sweep.py", "Sweep config file (get_config + "

@@ -11,7 +11,7 @@ from sklearn.metrics import roc_auc_score
 
 import analysis_helpers as helpers
 from conftest import last_line, run_script
-from emosae_jax import analysis, checkpoint, data, saes
+from emosae_jax import analysis, data, runs, saes
 
 
 def settings(**kw):
@@ -122,7 +122,7 @@ def test_vmapped_equals_per_feature_loop():
   members = analysis.load_members(helpers.random_run())
   es = analysis.load_data(members)
   s = settings()
-  x = checkpoint.normalizer_of(members.info).apply(es.embeddings)
+  x = runs.normalizer_of(members.info).apply(es.embeddings)
   x = x.astype(np.float32)
   groups = analysis.group_ids(es.groups)
   arrays, extras = analysis.compute(members.sae, members.params, x, es.labels,
@@ -281,7 +281,7 @@ def test_progress_bar_only_on_a_terminal(capsys, monkeypatch):
   import sys
   members = analysis.load_members(helpers.random_run())
   es = analysis.load_data(members)
-  x = checkpoint.normalizer_of(members.info).apply(es.embeddings)
+  x = runs.normalizer_of(members.info).apply(es.embeddings)
   args = (members.sae, members.params, x.astype(np.float32), es.labels, 3,
           analysis.group_ids(es.groups), settings())
   analysis.compute(*args, progress=True)  # pytest's capture: not a tty

@@ -153,9 +153,9 @@ def test_consensus_recovers_the_general_directions(transfer):
       assert abs(c["random"]["auroc_validation"][0] - 0.5) < 0.1
   # The class-mean baseline: emotion means, by direct computation.
   es = helpers.transfer_set("train", 0)
-  from emosae_jax import checkpoint
+  from emosae_jax import runs
   members = analysis.load_members(helpers.transfer_sweep()[0])
-  x = checkpoint.normalizer_of(members.info).apply(es.embeddings)
+  x = runs.normalizer_of(members.info).apply(es.embeddings)
   want = x[es.labels == 1].mean(0) - x[es.labels != 1].mean(0)
   np.testing.assert_allclose(a["directions/class_mean"][1], want, rtol=1e-4,
                              atol=1e-5)

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from bridge import directions as D
+from emosae_jax import directions_format as fmt
 
 
 def _meta(n=3):
@@ -26,7 +27,7 @@ def export(tmp_path):
 
 def test_round_trip(export):
   path, vectors = export
-  meta = json.loads((path / D.META_FILE).read_text())
+  meta = json.loads((path / fmt.META_FILE).read_text())
   assert meta["format_version"] == 1 and meta["d_model"] == 8
   dirs = D.load_directions(path, dtype=torch.float64)
   assert dirs.vectors.dtype == torch.float64 and len(dirs) == 3
@@ -81,10 +82,10 @@ def test_bad_exports(tmp_path, export):
   with pytest.raises(D.DirectionsError, match="entries for 3"):
     D.save_directions(tmp_path / "bad", np.zeros((3, 4)), _meta(n=2))
   path = export[0]
-  meta = json.loads((path / D.META_FILE).read_text())
-  (path / D.META_FILE).write_text(json.dumps({**meta, "d_model": 9}))
+  meta = json.loads((path / fmt.META_FILE).read_text())
+  (path / fmt.META_FILE).write_text(json.dumps({**meta, "d_model": 9}))
   with pytest.raises(D.DirectionsError, match="d_model=9"):
     D.load_directions(path)
-  (path / D.META_FILE).write_text(json.dumps({**meta, "format_version": 2}))
+  (path / fmt.META_FILE).write_text(json.dumps({**meta, "format_version": 2}))
   with pytest.raises(D.DirectionsError, match="format_version 2"):
     D.load_directions(path)

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from bridge import steering, tiny
-from bridge.directions import Directions, DirectionsError
+from bridge.directions import DirectionsError
 from bridge.generate import Settings, TransformersBackend, generate
 
 PROMPTS = ["a piano piece", "a slow violin melody with soft strings"]

@@ -10,7 +10,7 @@ from safetensors.numpy import load_file
 
 import analysis_helpers as helpers
 from conftest import last_line, run_script
-from emosae_jax import analysis, checkpoint, data, export, saes
+from emosae_jax import analysis, data, export, runs, saes
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +28,7 @@ def _decoder_and_normalizer(workdir, member=0):
   members = analysis.load_members(workdir)
   pos = members.indices.index(member)
   return (members.params["W_dec"][pos],
-          checkpoint.normalizer_of(members.info), members)
+          runs.normalizer_of(members.info), members)
 
 
 def test_round_trip_equals_decoder_row_in_raw_units(analysed, tmp_path):
@@ -182,7 +182,7 @@ def test_consensus_export_is_the_planted_direction(transfer_export):
   workdir, analysis_dir, out = transfer_export
   directions, meta = export.load_export(out)
   arrays = analysis.load_arrays(analysis_dir)
-  normalizer = checkpoint.normalizer_of(analysis.load_members(workdir).info)
+  normalizer = runs.normalizer_of(analysis.load_members(workdir).info)
   general = helpers.transfer_dictionary()["general"]
   names = ["happy", "sad", "tense"]
   assert meta["kinds"][:3] == ["consensus"] * 3

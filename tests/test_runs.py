@@ -2,8 +2,6 @@
 parameter rows in every group, analysed and exported as if trained alone;
 locks; refusing changed data; damaged files."""
 
-import json
-import os
 import subprocess
 import sys
 

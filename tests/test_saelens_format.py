@@ -13,7 +13,7 @@ import pytest
 from safetensors.numpy import load_file, save_file
 
 from conftest import ROOT, last_line, run_script, tiny_config
-from emosae_jax import analysis, checkpoint, data, runs, saes
+from emosae_jax import analysis, data, runs, saes
 from emosae_jax import saelens_format as slf
 from emosae_jax import train_run
 
@@ -40,7 +40,7 @@ def exported(run, tmp_path_factory):
 
 def raw_inputs(workdir, n=64, seed=0):
   """Random raw-unit inputs spread like the run's data."""
-  norm = checkpoint.normalizer_of(checkpoint.load_run_info(workdir)[1])
+  norm = runs.normalizer_of(runs.load_run_info(workdir)[1])
   rng = np.random.default_rng(seed)
   x_norm = rng.normal(size=(n, len(norm.mean))).astype(np.float32)
   return norm.invert(x_norm).astype(np.float32)
@@ -50,7 +50,7 @@ def emosae_raw(workdir, x):
   """(acts, x_hat in raw units) of a run's SAE on raw inputs x."""
   members = analysis.load_members(workdir)
   params = {k: jnp.asarray(v[0]) for k, v in members.params.items()}
-  norm = checkpoint.normalizer_of(members.info)
+  norm = runs.normalizer_of(members.info)
   acts = saes.encode(members.sae, params, jnp.asarray(norm.apply(x)))
   x_hat = norm.invert(np.asarray(saes.decode(params, acts)))
   return np.asarray(acts, np.float64), np.asarray(x_hat, np.float64)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from conftest import tiny_config
-from emosae_jax import metrics, train_run
+from emosae_jax import metrics, runs, train_run
 from emosae_jax import train_core as core
 
 
@@ -25,7 +25,7 @@ def test_evaluation_metrics_name_their_set(tmp_path, val_fraction, name):
           "never_fires_fraction"} <= set(summary)
   assert not any(k.startswith(("val_", f"{other}_")) for k in summary)
   assert "dead_fraction" not in summary
-  assert metrics.summary_metric(summary, "fvu") == summary[f"{name}_fvu"]
+  assert runs.summary_metric(summary, "fvu") == summary[f"{name}_fvu"]
   row = train_run.read_metrics(tmp_path / "metrics.jsonl")[-1]
   assert {f"{name}_fvu", f"{name}_loss", "step_loss", "step_l0",
           "dead_window_fraction"} <= set(row)

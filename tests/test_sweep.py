@@ -185,9 +185,9 @@ def test_two_processes_match_one(swept, tmp_path):
 
 
 def test_sweep_top_folder_points_to_its_groups(swept):
-  from emosae_jax import checkpoint, data
+  from emosae_jax import data, runs
   workdir, _ = swept
   with pytest.raises(data.DataError, match="pass one of its groups"):
-    checkpoint.load_run_info(workdir)
-  config, info = checkpoint.load_run_info(workdir / "g0")
+    runs.load_run_info(workdir)
+  config, info = runs.load_run_info(workdir / "g0")
   assert config["model"]["arch"] == "relu_l1" and "normalizer" in info

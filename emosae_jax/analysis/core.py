@@ -7,7 +7,7 @@ from typing import Sequence
 
 import numpy as np
 
-from emosae_jax import checkpoint
+from emosae_jax import runs
 from emosae_jax.analysis.consensus import robust_directions
 from emosae_jax.analysis.device import compute, group_ids
 from emosae_jax.analysis.loading import check_inputs, load_data, load_members
@@ -40,7 +40,7 @@ def analyze(workdir: str | Path, data_path: str | None = None,
   if not 0 < settings.fdr < 1:
     raise ValueError(f"--fdr must lie in (0, 1), got {settings.fdr}")
   labelled = np.flatnonzero(es.labels >= 0)
-  normalizer = checkpoint.normalizer_of(members.info)
+  normalizer = runs.normalizer_of(members.info)
   x = normalizer.apply(es.embeddings[labelled]).astype(np.float32)
   groups = group_ids([es.groups[r] for r in labelled])
   arrays, extras = compute(members.sae, members.params, x,

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from emosae_jax import checkpoint, data
+from emosae_jax import data, runs
 from emosae_jax.analysis.device import compute, group_ids
 from emosae_jax.analysis.loading import Members
 from emosae_jax.analysis.settings import Settings
@@ -111,7 +111,7 @@ def validate(members: Members, corpus: dict, probe_weights, vset: ValidationSet,
   reference = {"significant": corpus["significant"] & (ref_emotion >= 0),
                "emotion": ref_emotion}
   es = vset.es
-  x = checkpoint.normalizer_of(members.info).apply(es.embeddings)
+  x = runs.normalizer_of(members.info).apply(es.embeddings)
   x = x.astype(np.float32)
   arrays, extras = compute(
       members.sae, members.params, x, es.labels, len(vset.names),
