@@ -4,11 +4,17 @@
                             model="facebook/musicgen-small", layers=None)
     # -> /tmp/res/layer_00 ... layer_23 (embedding sets), /tmp/res/residual.json
 
-MusicGen generates a short continuation (max_new_tokens frames) for a batch
-of prompts; forward hooks on the chosen decoder layers add each position's
-output (the residual stream after block L, before the final layer norm) to
-a running sum per prompt, conditional rows only under classifier-free
-guidance (see bridge.residual_steering). Frames are never stored, so memory
+MusicGen generates a short continuation (max_new_tokens decoder steps) for
+a batch of prompts; forward hooks on the chosen decoder layers add each
+position's output (the residual stream after block L, before the final
+layer norm) to a running sum per prompt, conditional rows only under
+classifier-free guidance (see bridge.decoder_backends). Backends:
+transformers' MusicgenForConditionalGeneration and audiocraft's MusicGen
+(backend="audiocraft": its LMModel transformer, concatenated CFG). Both
+feed the decoder max_new_tokens positions (the start step and the delay
+pattern's steps included; audiocraft generates max_new_tokens - (codebooks
+- 1) frames for that), so frames mean the same in both. Frames are never
+stored, so memory
 is the pooled [N, layers, d] array (2,700 prompts x 24 layers x 1024 x 4 B
 = 265 MB for musicgen-small) plus one batch of activations.
 
@@ -36,7 +42,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from bridge import embedding_io, residual_steering, t5
+from bridge import decoder_backends, embedding_io, residual_steering, t5
 from emosae_jax import data
 from emosae_jax import directions_format as fmt
 
@@ -44,6 +50,7 @@ DEFAULT_MODEL = "facebook/musicgen-small"
 MANIFEST_FILE = "residual.json"
 PARTIAL_DIR = ".partial"
 FORMAT_VERSION = 1
+BACKENDS = ("transformers", "audiocraft")
 
 
 def layer_dir(layer: int) -> str:
@@ -59,7 +66,7 @@ class PooledCapture:
   """
   emosae_hook = True
 
-  def __init__(self, rows: residual_steering.ConditionalRows,
+  def __init__(self, rows,  # a decoder_backends row tracker
                keep_frames: bool = False):
     self.rows, self.keep_frames = rows, keep_frames
     self.reset()
@@ -71,6 +78,8 @@ class PooledCapture:
   def __call__(self, module, args, output):
     hidden = residual_steering.layer_output(output)
     n = self.rows.count(hidden.shape[0])
+    if n == 0:  # audiocraft's two-step CFG: the unconditional call
+      return
     start, length = self.rows.start, hidden.shape[1]
     if start == 0 and self.frames and self._before_last == (None, 0):
       # The start token again (transformers' dropped prefill): replace it.
@@ -142,20 +151,55 @@ def generate_kwargs(max_new_tokens: int, guidance_scale: float,
   return kwargs
 
 
-def pooled_batch(backend, texts: Sequence[str], layers: Sequence[int],
-                 kwargs: dict, seed: int) -> tuple[np.ndarray, int]:
-  """(float32 [B, len(layers), d], frames): the mean over the positions
-  generate fed the decoder (transformers feeds max_new_tokens + 1: the
-  start token and every generated frame) per layer."""
+def audiocraft_steps(lm, max_new_tokens: int) -> int:
+  """Frames audiocraft's LM.generate must make for the decoder to run
+  max_new_tokens steps (its delay pattern adds codebooks - 1 steps)."""
+  steps = max_new_tokens - (lm.num_codebooks - 1)
+  if steps < 1:
+    raise ValueError(f"max_new_tokens must be at least {lm.num_codebooks} "
+                     f"(the codebook count) for the audiocraft backend")
+  return steps
+
+
+def _run_transformers(backend, texts: Sequence[str], kwargs: dict) -> None:
   model = backend.model
   inputs = backend.processor(text=list(texts), padding=True,
                              return_tensors="pt").to(backend.device)
-  with capture(model, layers) as captures, no_audio_decode(model), \
-      torch.inference_mode():
-    torch.manual_seed(seed)
+  with no_audio_decode(model):
     model.generate(**inputs, **kwargs)
+
+
+def _run_audiocraft(backend, texts: Sequence[str], kwargs: dict) -> None:
+  """The LM's own generate (no audio decode), CFG concatenated."""
+  musicgen = backend.model
+  lm = musicgen.lm
+  attributes, _ = musicgen._prepare_tokens_and_attributes(  # pylint: disable=protected-access
+      list(texts), None)
+  with musicgen.autocast:
+    lm.generate(None, attributes,
+                max_gen_len=audiocraft_steps(lm, kwargs["max_new_tokens"]),
+                use_sampling=kwargs["do_sample"],
+                temp=kwargs.get("temperature", 1.0),
+                top_k=min(kwargs.get("top_k", 0), lm.card),
+                cfg_coef=kwargs["guidance_scale"], two_step_cfg=False)
+
+
+def pooled_batch(backend, texts: Sequence[str], layers: Sequence[int],
+                 kwargs: dict, seed: int) -> tuple[np.ndarray, int]:
+  """(float32 [B, len(layers), d], frames): the mean over the positions
+  generate fed the decoder (max_new_tokens: the start step and every
+  generated step but the last) per layer. kwargs: generate_kwargs()."""
+  run = _run_audiocraft if backend_name(backend) == "audiocraft" \
+      else _run_transformers
+  with capture(backend.model, layers) as captures, torch.inference_mode():
+    torch.manual_seed(seed)
+    run(backend, texts, kwargs)
     pooled = torch.stack([captures[l].mean() for l in layers], 1)
     return pooled.cpu().numpy(), captures[layers[0]].frames
+
+
+def backend_name(backend) -> str:
+  return decoder_backends.decoder_of(backend.model).name
 
 
 def cache_key(revision: str, source: str, settings: dict, texts, labels,
@@ -221,35 +265,41 @@ def extract(out: str | os.PathLike, texts: Sequence[str],
             sampling: bool = True, top_k: int = 250, seed: int = 0,
             device: str = "cpu", dtype: str = "float32", force: bool = False,
             progress: bool = True, meta: dict | None = None,
-            loaded_backend=None) -> tuple[list[Path], bool]:
+            loaded_backend=None, backend: str | None = None
+            ) -> tuple[list[Path], bool]:
   """Writes OUT/layer_LL embedding sets; returns (their paths, reused).
 
-  loaded_backend: a bridge.generate TransformersBackend already loaded
-  (tests, benchmarks); its model id must be `model`.
+  backend: "transformers" (default) or "audiocraft" (model: an audiocraft
+  hub name or a folder with state_dict.bin and compression_state_dict.bin).
+  loaded_backend: a bridge.generate backend already loaded (tests,
+  benchmarks); its model id must be `model`.
   """
   if not texts:
     raise ValueError("no prompts to embed")
   if batch_size < 1 or max_new_tokens < 1:
     raise ValueError("batch_size and max_new_tokens must be >= 1")
+  backend = _backend_choice(backend, loaded_backend, dtype)
   groups = list(groups) if groups is not None else [""] * len(texts)
   out = Path(out)
   if loaded_backend is None:
-    source, rev = t5.resolve_model(model)
+    source, rev = _resolve(backend, model)
   else:
     source, rev = model, "in-memory"
   settings = dict(layers=None if layers is None else [int(l) for l in layers],
                   batch_size=batch_size, max_new_tokens=max_new_tokens,
                   guidance_scale=guidance_scale, sampling=sampling,
                   top_k=top_k, seed=seed, dtype=dtype, pooling="mean",
-                  format_version=FORMAT_VERSION)
+                  backend=backend, format_version=FORMAT_VERSION)
   key = cache_key(rev, source, settings, texts, labels, label_names, groups)
   cached = None if force else _cached(out, key)
   if cached:
     print(f"reusing cached residual embeddings in {out} (cache key {key})")
     return cached, True
-  backend = loaded_backend or _load(model, device, dtype)
-  layers = check_layers(backend.model, layers)
-  width = residual_steering.decoder_width(backend.model)
+  loaded = loaded_backend or _load(backend, model, device, dtype)
+  layers = check_layers(loaded.model, layers)
+  if backend == "audiocraft":
+    audiocraft_steps(loaded.model.lm, max_new_tokens)  # fail before work
+  width = residual_steering.decoder_width(loaded.model)
   pooled = np.zeros((len(texts), len(layers), width), np.float32)
   part = _partial(out, key)
   kwargs = generate_kwargs(max_new_tokens, guidance_scale, sampling, top_k)
@@ -263,7 +313,7 @@ def extract(out: str | os.PathLike, texts: Sequence[str],
     done = _load_shard(shard, pooled[start:stop].shape) \
         if shard.is_file() else None
     if done is None:
-      done = pooled_batch(backend, texts[start:stop], layers, kwargs,
+      done = pooled_batch(loaded, texts[start:stop], layers, kwargs,
                           seed + b)
       _save_shard(shard, *done)
     pooled[start:stop] = done[0]
@@ -273,11 +323,12 @@ def extract(out: str | os.PathLike, texts: Sequence[str],
   provenance = dict(meta or {})
   provenance.update(
       encoder=model, encoder_source=source, encoder_revision=rev,
-      encoder_kind="musicgen_decoder", model=model, pooling="mean",
+      encoder_kind="musicgen_decoder", model=model, backend=backend,
+      layers=layers, pooling="mean",
       frames=max(frames), max_new_tokens=max_new_tokens,
       guidance_scale=guidance_scale, sampling=sampling, top_k=top_k,
       seed=seed, batch_size=batch_size, dtype=dtype, device=device,
-      n_layers=len(residual_steering.decoder_layers(backend.model)),
+      n_layers=len(residual_steering.decoder_layers(loaded.model)),
       cache_key=key, torch_version=torch.__version__)
   paths = []
   for i, layer in enumerate(layers):
@@ -292,10 +343,43 @@ def extract(out: str | os.PathLike, texts: Sequence[str],
   return paths, False
 
 
-def _load(model: str, device: str, dtype: str):
+def _backend_choice(backend: str | None, loaded_backend, dtype: str) -> str:
+  """The backend's name: as asked, else the loaded one's, else transformers."""
+  loaded = loaded_backend and backend_name(loaded_backend)
+  backend = backend or loaded or "transformers"
+  if backend not in BACKENDS:
+    raise ValueError(f"backend must be one of {list(BACKENDS)}, got "
+                     f"{backend!r}")
+  if loaded and loaded != backend:
+    raise ValueError(f"backend {backend!r} asked for but the loaded model "
+                     f"is {loaded}'s")
+  if backend == "audiocraft" and dtype != "float32":
+    raise ValueError("the audiocraft backend keeps float32 weights (autocast "
+                     "on GPU); use dtype float32")
+  return backend
+
+
+def _resolve(backend: str, model: str) -> tuple[str, str]:
+  """(source, revision) for the cache key, without loading weights."""
+  if backend == "transformers":
+    return t5.resolve_model(model)
+  folder = Path(model).expanduser()
+  if folder.is_dir():  # audiocraft folders have no config.json
+    return str(folder.resolve()), t5.folder_fingerprint(folder)
+  try:
+    from huggingface_hub import snapshot_download
+    folder = Path(snapshot_download(model, local_files_only=True))
+    if (folder / "state_dict.bin").is_file():
+      return str(folder), "hub:" + folder.name
+  except Exception:  # pylint: disable=broad-except  # not cached: load says
+    pass
+  return model, "main"
+
+
+def _load(backend: str, model: str, device: str, dtype: str):
   from bridge import generate  # the backend loader and its error messages
   if dtype not in t5.DTYPES:
     raise ValueError(f"dtype must be one of {sorted(t5.DTYPES)}")
   if device.startswith("cuda") and not torch.cuda.is_available():
     raise ValueError(f"device {device!r} asked for but torch sees no GPU")
-  return generate.TransformersBackend(model, device, t5.DTYPES[dtype])
+  return generate.load_backend(backend, model, device, t5.DTYPES[dtype])

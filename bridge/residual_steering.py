@@ -5,22 +5,15 @@ direction to the layer's output (the residual stream after block L) at
 every position MusicGen feeds through the decoder (option: from position
 `from_step` on), on the conditional rows only.
 
-Which rows are conditional: transformers' MusicGen runs its T5 on the B
-prompts, then stacks [conditional B rows; unconditional B rows] along the
-decoder batch under classifier-free guidance (modeling_musicgen.py:
-`torch.concatenate([last_hidden_state, zeros_like(...)])` for the encoder
-states, `decoder_input_ids.repeat((2, 1))` for the decoder). A pre-hook on
-the text encoder counts B, so a decoder batch of 2B means "first B rows
-conditional" and a batch of B means no guidance (every row conditional).
-A pre-hook on the decoder reads each call's first position from its KV
-cache: transformers 5.24's MusicGen runs the start token twice (a prefill
-whose cache is dropped, then again without a cache), and positions must
-not count it twice.
+The hooks are the same for transformers' MusicgenForConditionalGeneration
+and audiocraft's MusicGen (its LMModel transformer); bridge.decoder_backends
+says, per library, where the blocks are and which rows of each call are
+conditional under classifier-free guidance (transformers and audiocraft's
+default CFG: [conditional B rows; unconditional B rows] in one batch;
+audiocraft's two-step CFG: a separate unconditional call, left alone).
 
 Sites (emosae_jax.directions_format): {"kind": "t5_output"} steers through
 bridge.steering; {"kind": "decoder_layer", "layer": L} through this module.
-Only transformers' MusicgenForConditionalGeneration is supported here;
-audiocraft's LM is refused with one line (not built yet).
 """
 
 from __future__ import annotations
@@ -31,41 +24,20 @@ from typing import Iterator
 import torch
 from torch import nn
 
-from bridge import steering
+from bridge import decoder_backends, steering
+from bridge.decoder_backends import (AudiocraftRows, ConditionalRows,  # noqa: F401  (re-exported)
+                                     SiteError, decoder_of)
 from bridge.directions import Directions, DirectionsError
 from emosae_jax import directions_format as fmt
 
 
-class SiteError(DirectionsError):
-  """Directions whose site the model lacks (no such layer, other width)."""
-
-
-def _unwrap(model):
-  """A backend (it has .model) -> the MusicGen module inside it."""
-  inner = getattr(model, "model", None)
-  if inner is not None and not isinstance(model, nn.Module):
-    return inner
-  return model
-
-
 def decoder_layers(model) -> nn.ModuleList:
-  """The decoder's transformer blocks of a transformers MusicGen."""
-  model = _unwrap(model)
-  if hasattr(model, "lm") or hasattr(model, "condition_provider"):
-    raise SiteError("residual-stream hooks support transformers' MusicGen "
-                    "only; audiocraft's LM is not supported yet (use "
-                    "--backend=transformers)")
-  decoder = getattr(model, "decoder", model)  # MusicgenForCausalLM
-  try:
-    return decoder.model.decoder.layers
-  except AttributeError:
-    raise SiteError(f"cannot find MusicGen decoder layers in "
-                    f"{type(model).__name__}") from None
+  """The decoder's transformer blocks (transformers or audiocraft)."""
+  return decoder_of(model).layers
 
 
 def decoder_width(model) -> int:
-  model = _unwrap(model)
-  return int(getattr(model, "decoder", model).config.hidden_size)
+  return decoder_of(model).width
 
 
 def check_site(model, site: dict, d_model: int,
@@ -74,8 +46,8 @@ def check_site(model, site: dict, d_model: int,
   `site` and `d_model` name (t5_output sites are checked by the caller)."""
   if site["kind"] != "decoder_layer":
     return
-  n, layer, width = len(decoder_layers(model)), site["layer"], \
-      decoder_width(model)
+  decoder = decoder_of(model)
+  n, layer, width = len(decoder.layers), site["layer"], decoder.width
   if not 0 <= layer < n:
     raise SiteError(f"directions were exported at decoder layer {layer} but "
                     f"{target} has {n} decoder layers (0..{n - 1})")
@@ -85,51 +57,10 @@ def check_site(model, site: dict, d_model: int,
                     f"trained on this model's layer-{layer} states")
 
 
-class ConditionalRows:
-  """Counts the prompts of each generate call (the text encoder's batch)
-  and the first position of each decoder call (`start`)."""
-
-  def __init__(self):
-    self.prompts: int | None = None
-    self.start = 0
-
-  def __call__(self, module, args, kwargs):
-    ids = kwargs.get("input_ids", args[0] if args else None)
-    if ids is None:
-      ids = kwargs.get("inputs_embeds")
-    self.prompts = None if ids is None else int(ids.shape[0])
-
-  def decoder_call(self, module, args, kwargs):
-    cache = kwargs.get("cache", kwargs.get("past_key_values"))
-    self.start = int(cache.get_seq_length()) if cache is not None else 0
-
-  def count(self, rows: int) -> int:
-    """How many leading rows of a decoder batch of `rows` are conditional."""
-    if self.prompts is None or rows == self.prompts:
-      return rows
-    if rows == 2 * self.prompts:
-      return self.prompts
-    raise DirectionsError(f"decoder batch of {rows} rows does not match "
-                          f"{self.prompts} prompts (with or without CFG)")
-
-
-@contextlib.contextmanager
-def conditional_rows(model) -> Iterator[ConditionalRows]:
-  """A ConditionalRows fed by a pre-hook on `model`'s text encoder."""
-  rows = ConditionalRows()
-  encoder = getattr(_unwrap(model), "text_encoder", None)
-  blocks = decoder_layers(model)
-  decoder = getattr(_unwrap(model), "decoder", _unwrap(model)).model.decoder
-  assert decoder.layers is blocks
-  handles = [decoder.register_forward_pre_hook(rows.decoder_call,
-                                               with_kwargs=True)]
-  if encoder is not None:
-    handles.append(encoder.register_forward_pre_hook(rows, with_kwargs=True))
-  try:
-    yield rows
-  finally:
-    for h in handles:
-      h.remove()
+def conditional_rows(model):
+  """A context yielding `model`'s row tracker (ConditionalRows for
+  transformers, AudiocraftRows for audiocraft): `.start`, `.count(rows)`."""
+  return decoder_of(model).rows()
 
 
 def layer_output(output) -> torch.Tensor:
@@ -145,7 +76,8 @@ class ResidualHook:
   """Adds per-prompt offsets [S, d] to a decoder layer's conditional rows."""
   emosae_hook = True
 
-  def __init__(self, offsets: torch.Tensor, rows: ConditionalRows,
+  def __init__(self, offsets: torch.Tensor,
+               rows: ConditionalRows | AudiocraftRows,
                from_step: int = 0):
     self.offsets = offsets  # float64 sums: strength 0 is exactly 0
     self.rows = rows
@@ -170,8 +102,10 @@ class ResidualHook:
     length, start = hidden.shape[1], self.rows.start
     if start + length <= self.from_step:
       return output
-    self.calls += 1
     n = self.rows.count(hidden.shape[0])
+    if n == 0:  # audiocraft's two-step CFG: the unconditional call
+      return output
+    self.calls += 1
     offsets = self.row_offsets(n, hidden)
     if start < self.from_step:  # the call straddles from_step
       gate = torch.arange(start, start + length, device=hidden.device)
@@ -220,13 +154,10 @@ def steer_at(model, site: dict | None, directions, strengths,
 def active_hooks(model) -> int:
   """This module's hooks still on `model` (for tests; transformers keeps
   hooks of its own on the layers once output_hidden_states was used)."""
-  model = _unwrap(model)
-  modules = list(decoder_layers(model)) + [
-      getattr(model, "decoder", model).model.decoder,
-      getattr(model, "text_encoder", None)]
+  modules = decoder_of(model).hooked_modules()
   hooks = [h for m in modules if m is not None
            for d in (m._forward_hooks, m._forward_pre_hooks)  # pylint: disable=protected-access
            for h in d.values()]
-  ours = lambda h: isinstance(getattr(h, "__self__", h), ConditionalRows) \
+  ours = lambda h: decoder_backends.tracker_hook(h) \
       or getattr(h, "emosae_hook", False)
   return sum(map(ours, hooks))

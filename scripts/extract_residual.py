@@ -4,13 +4,16 @@ r"""Embeds prompts with MusicGen's decoder: one embedding set per layer.
       --model=facebook/musicgen-small --out=/tmp/emosae/residual
   python scripts/extract_residual.py --prompts=prompts.jsonl --layers=6,12 \
       --model=/path/to/musicgen --max_new_tokens=16 --out=/tmp/res
+  python scripts/extract_residual.py --prompts=prompts.jsonl \
+      --backend=audiocraft --model=facebook/musicgen-small --out=/tmp/res_ac
 
-MusicGen (transformers) generates --max_new_tokens frames per prompt; the
-output of each chosen decoder layer (default: all), conditional rows only
-under classifier-free guidance, is averaged over the positions the decoder
-ran. Writes OUT/layer_LL (embedding sets with layer, site, pooling, frames
-and model in the provenance) and OUT/residual.json. A killed run resumes
-from OUT/.partial; a finished one with the same settings is reused.
+MusicGen (transformers, or --backend=audiocraft: audiocraft's LM) runs
+--max_new_tokens decoder steps per prompt; the output of each chosen
+decoder layer (default: all), conditional rows only under classifier-free
+guidance, is averaged over the positions the decoder ran. Writes
+OUT/layer_LL (embedding sets with backend, layer, site, pooling, frames and
+model in the provenance) and OUT/residual.json. A killed run resumes from
+OUT/.partial; a finished one with the same settings is reused.
 """
 
 import os
@@ -31,13 +34,19 @@ _OUT = flags.DEFINE_string("out", None, "Output folder (one set per layer).",
                            required=True)
 _MODEL = flags.DEFINE_string("model", "facebook/musicgen-small",
                              "Hub name (HF cache) or local MusicGen folder.")
+_BACKEND = flags.DEFINE_enum("backend", "transformers",
+                             ["transformers", "audiocraft"],
+                             "MusicGen library (audiocraft: a hub name or a "
+                             "folder with state_dict.bin).")
 _LAYERS = flags.DEFINE_list("layers", [], "Decoder layers, 0-based "
                             "(default: every layer).")
 _TEXT_COLUMN = flags.DEFINE_string("text_column", None, "Caption column.")
 _FILTER = flags.DEFINE_list("emotion_filter", [], "Keep only these emotions.")
 _BATCH = flags.DEFINE_integer("batch_size", 8, "Prompts per generate call.")
-_FRAMES = flags.DEFINE_integer("max_new_tokens", 16, "Frames to generate "
-                               "per prompt (50 per second).")
+_FRAMES = flags.DEFINE_integer("max_new_tokens", 16, "Decoder steps per "
+                               "prompt (50 per second, delay pattern "
+                               "included: at least the codebook count for "
+                               "audiocraft).")
 _GUIDANCE = flags.DEFINE_float("guidance_scale", 3.0, "CFG coefficient.")
 _GREEDY = flags.DEFINE_bool("greedy", False, "Argmax decoding, not sampling.")
 _SEED = flags.DEFINE_integer("seed", 0, "Base seed (one per batch).")
@@ -61,7 +70,7 @@ def main(argv):
   from bridge import residual  # torch import only once the input is good
   paths, _ = residual.extract(
       _OUT.value, [r["text"] for r in records], labels, names, groups,
-      model=_MODEL.value, layers=layers, batch_size=_BATCH.value,
+      model=_MODEL.value, backend=_BACKEND.value, layers=layers, batch_size=_BATCH.value,
       max_new_tokens=_FRAMES.value, guidance_scale=_GUIDANCE.value,
       sampling=not _GREEDY.value, seed=_SEED.value, device=_DEVICE.value,
       dtype=_DTYPE.value, force=_FORCE.value,

@@ -10,8 +10,8 @@ the prompt edit (the emotion word added to the prompt). Writes WAVs under
 OUT/clips and OUT/steering.json. --model takes a hub name (HF cache) or a
 local folder; --backend=audiocraft uses audiocraft's MusicGen. Directions
 are added where their export's `site` says: the T5 output, or the output of
-decoder layer L (transformers only); a model without that layer or width is
-refused.
+decoder layer L (transformers, or audiocraft's LM transformer); a model
+without that layer or width is refused.
 """
 
 import sys
