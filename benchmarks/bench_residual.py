@@ -1,6 +1,7 @@
 r"""Residual-stream extraction and steering: batching gain, hook overhead, cost.
 
   python benchmarks/bench_residual.py [--size=tiny|small] [--device=cpu]
+      [--backend=transformers|audiocraft]
       [--n=32] [--batch_size=8] [--frames=16] [--duration=1.0]
       [--repeats=5] [--threads=N] [--parts=extraction,overhead]
 
@@ -19,6 +20,8 @@ r"""Residual-stream extraction and steering: batching gain, hook overhead, cost.
 (benchmarks/bench_steer_batch.py: T5-base encoder, 24 x 1024 decoder, 4 x
 2048 codes, 32 kHz Encodec), built from a hand-written config: the real
 model's cost without its weights. tiny is bridge.tiny's test model.
+--backend=audiocraft measures audiocraft's MusicGen (tiny only: its tiny
+test model, concatenated CFG) through the same hooks.
 """
 
 import argparse
@@ -98,6 +101,8 @@ def main():
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("--size", choices=["tiny", "small"], default="tiny")
   p.add_argument("--device", default="cpu")
+  p.add_argument("--backend", choices=["transformers", "audiocraft"],
+                 default="transformers")
   p.add_argument("--n", type=int, default=32)
   p.add_argument("--batch_size", type=int, default=8)
   p.add_argument("--frames", type=int, default=16)
@@ -111,10 +116,10 @@ def main():
     torch.set_num_threads(args.threads)
   if args.device.startswith("cuda") and not torch.cuda.is_available():
     raise SystemExit(f"error: --device={args.device} but torch sees no GPU")
-  backend = build(args.size, "transformers", args.device)
+  backend = build(args.size, args.backend, args.device)
   n_layers = len(residual_steering.decoder_layers(backend.model))
   texts = [PROMPTS[i % len(PROMPTS)] + f" {i}" for i in range(args.n)]
-  print(f"{args.size} MusicGen ({n_layers} layers x "
+  print(f"{args.size} {args.backend} MusicGen ({n_layers} layers x "
         f"{residual_steering.decoder_width(backend.model)}) on {args.device} "
         f"(threads {torch.get_num_threads()})")
 
