@@ -198,6 +198,32 @@ def pooled_batch(backend, texts: Sequence[str], layers: Sequence[int],
     return pooled.cpu().numpy(), captures[layers[0]].frames
 
 
+def batch_plan(backend, texts: Sequence[str],
+               batch_size: int) -> list[list[int]]:
+  """Prompt indices per generate call.
+
+  transformers: consecutive prompts (its cross-attention masks padding).
+  audiocraft: prompts of one T5 token count together, so that no row is
+  padded: its cross-attention attends to padded positions, which moved a
+  short prompt's states by as much as their own size when batched beside a
+  long one (tiny model, greedy); this way each prompt's states do not
+  depend on its batch (test_bridge_residual_audiocraft).
+  """
+  if backend_name(backend) != "audiocraft":
+    return [list(range(i, min(i + batch_size, len(texts))))
+            for i in range(0, len(texts), batch_size)]
+  conditioners = backend.model.lm.condition_provider.conditioners
+  conditioner = conditioners["description"] \
+      if "description" in conditioners else None
+  groups: dict[int, list[int]] = {}
+  for i, text in enumerate(texts):
+    length = 0 if conditioner is None else int(
+        conditioner.tokenize([text])["attention_mask"].shape[1])
+    groups.setdefault(length, []).append(i)
+  return [rows[j:j + batch_size] for rows in groups.values()
+          for j in range(0, len(rows), batch_size)]
+
+
 def backend_name(backend) -> str:
   return decoder_backends.decoder_of(backend.model).name
 
@@ -303,22 +329,20 @@ def extract(out: str | os.PathLike, texts: Sequence[str],
   pooled = np.zeros((len(texts), len(layers), width), np.float32)
   part = _partial(out, key)
   kwargs = generate_kwargs(max_new_tokens, guidance_scale, sampling, top_k)
-  starts = range(0, len(texts), batch_size)
   bar = tqdm(total=len(texts), unit="prompt", disable=not progress,
              desc=f"residual {model}")
   frames = set()
-  for b, start in enumerate(starts):
-    stop = min(start + batch_size, len(texts))
+  for b, rows in enumerate(batch_plan(loaded, texts, batch_size)):
     shard = part / f"batch_{b:06d}.safetensors"
-    done = _load_shard(shard, pooled[start:stop].shape) \
+    done = _load_shard(shard, pooled[rows].shape) \
         if shard.is_file() else None
     if done is None:
-      done = pooled_batch(loaded, texts[start:stop], layers, kwargs,
+      done = pooled_batch(loaded, [texts[i] for i in rows], layers, kwargs,
                           seed + b)
       _save_shard(shard, *done)
-    pooled[start:stop] = done[0]
+    pooled[rows] = done[0]
     frames.add(done[1])
-    bar.update(stop - start)
+    bar.update(len(rows))
   bar.close()
   provenance = dict(meta or {})
   provenance.update(

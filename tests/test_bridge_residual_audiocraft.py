@@ -203,12 +203,15 @@ def test_exported_layer_steers_there_and_wrong_sites_are_refused(
              settings)
 
 
+def _extract(loaded, out, texts=PROMPTS, **kw):
+  kw = dict(dict(model="tiny", loaded_backend=loaded, batch_size=2,
+                 max_new_tokens=6, progress=False), **kw)
+  labels = [i % 2 for i in range(len(texts))]
+  return residual.extract(out, texts, labels, ["happy", "sad"], **kw)
+
+
 def test_extraction_writes_a_set_per_layer(backend, tmp_path):
-  kw = dict(model="tiny", loaded_backend=backend, batch_size=2,
-            max_new_tokens=6, progress=False)
-  labels, names = [0, 1, 0], ["happy", "sad"]
-  paths, reused = residual.extract(tmp_path / "a", PROMPTS, labels, names,
-                                   **kw)
+  paths, reused = _extract(backend, tmp_path / "a")
   assert not reused and [p.name for p in paths] == ["layer_00", "layer_01"]
   es = data.load_embedding_set(paths[1])
   assert es.embeddings.shape == (3, WIDTH) and np.isfinite(
@@ -217,18 +220,33 @@ def test_extraction_writes_a_set_per_layer(backend, tmp_path):
   assert es.meta["frames"] == 6 and es.meta["pooling"] == "mean"
   assert es.meta["site"] == fmt.decoder_layer(1)
   # The first batch by hand: the mean of its captured layer-1 states.
+  rows = residual.batch_plan(backend, PROMPTS, 2)[0]
   with residual.capture(backend.model, [1]) as caps:
     torch.manual_seed(0)  # extract seeds batch b with seed + b
-    residual._run_audiocraft(backend, PROMPTS[:2], residual.generate_kwargs(
-        6, 3.0, True, 250))
-  np.testing.assert_allclose(es.embeddings[:2], caps[1].mean().numpy(),
+    residual._run_audiocraft(backend, [PROMPTS[i] for i in rows],
+                             residual.generate_kwargs(6, 3.0, True, 250))
+  np.testing.assert_allclose(es.embeddings[rows], caps[1].mean().numpy(),
                              rtol=1e-5, atol=1e-6)
   with pytest.raises(ValueError, match="at least 4"):
-    residual.extract(tmp_path / "b", PROMPTS, labels, names,
-                     **dict(kw, max_new_tokens=3))
+    _extract(backend, tmp_path / "b", max_new_tokens=3)
   with pytest.raises(ValueError, match="loaded model is audiocraft's"):
-    residual.extract(tmp_path / "c", PROMPTS, labels, names,
-                     backend="transformers", **kw)
+    _extract(backend, tmp_path / "c", backend="transformers")
+
+
+def test_batched_extraction_equals_one_by_one(backend, tmp_path):
+  """Batches hold prompts of one token count: audiocraft's cross-attention
+  sees padding, so a short prompt beside a long one would move."""
+  texts = ["a happy song", "a piano piece with soft strings", "a sad song",
+           "calm"]
+  plan = residual.batch_plan(backend, texts, 2)
+  assert sorted(map(sorted, plan)) == [[0, 2], [1], [3]]
+  batched, _ = _extract(backend, tmp_path / "b", texts, sampling=False)
+  alone, _ = _extract(backend, tmp_path / "one", texts, sampling=False,
+                      batch_size=1)
+  for b, a in zip(batched, alone):
+    np.testing.assert_allclose(data.load_embedding_set(b).embeddings,
+                               data.load_embedding_set(a).embeddings,
+                               rtol=1e-5, atol=1e-5)
 
 
 # --- the scripts, on a tiny audiocraft folder (T5 in a temporary hub cache) --
