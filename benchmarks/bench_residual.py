@@ -1,7 +1,7 @@
 r"""Residual-stream extraction and steering: batching gain, hook overhead, cost.
 
   python benchmarks/bench_residual.py [--size=tiny|small] [--device=cpu]
-      [--backend=transformers|audiocraft]
+      [--backend=transformers|audiocraft] [--clock=wall|process]
       [--n=32] [--batch_size=8] [--frames=16] [--duration=1.0]
       [--repeats=5] [--threads=N] [--parts=extraction,overhead]
 
@@ -20,6 +20,9 @@ r"""Residual-stream extraction and steering: batching gain, hook overhead, cost.
 (benchmarks/bench_steer_batch.py: T5-base encoder, 24 x 1024 decoder, 4 x
 2048 codes, 32 kHz Encodec), built from a hand-written config: the real
 model's cost without its weights. tiny is bridge.tiny's test model.
+--clock=process times CPU seconds of this process (CPU only): on a machine
+shared with other jobs wall-clock best-of-N swung by +-30% between runs,
+far more than the hooks cost.
 --backend=audiocraft measures audiocraft's MusicGen (tiny only: its tiny
 test model, concatenated CFG) through the same hooks.
 """
@@ -49,12 +52,15 @@ def _sync(device):
     torch.cuda.synchronize()
 
 
+CLOCK = time.perf_counter  # --clock=process: time.process_time
+
+
 def timed(fn, device):
   _sync(device)
-  start = time.perf_counter()
+  start = CLOCK()
   fn()
   _sync(device)
-  return time.perf_counter() - start
+  return CLOCK() - start
 
 
 def extraction(backend, texts, batch_size, frames, device):
@@ -111,11 +117,17 @@ def main():
   p.add_argument("--duration", type=float, default=1.0)
   p.add_argument("--repeats", type=int, default=5)
   p.add_argument("--threads", type=int, default=None)
+  p.add_argument("--clock", choices=["wall", "process"], default="wall")
   p.add_argument("--parts", default="extraction,overhead",
                  help="which measurements to run")
   args = p.parse_args()
   if args.threads:
     torch.set_num_threads(args.threads)
+  if args.clock == "process":
+    if args.device.startswith("cuda"):
+      raise SystemExit("error: --clock=process measures CPU time only")
+    global CLOCK
+    CLOCK = time.process_time
   if args.device.startswith("cuda") and not torch.cuda.is_available():
     raise SystemExit(f"error: --device={args.device} but torch sees no GPU")
   backend = build(args.size, args.backend, args.device)
@@ -123,7 +135,7 @@ def main():
   texts = [PROMPTS[i % len(PROMPTS)] + f" {i}" for i in range(args.n)]
   print(f"{args.size} {args.backend} MusicGen ({n_layers} layers x "
         f"{residual_steering.decoder_width(backend.model)}) on {args.device} "
-        f"(threads {torch.get_num_threads()})")
+        f"(threads {torch.get_num_threads()}, {args.clock} clock)")
 
   parts = args.parts.split(",")
   if "extraction" in parts:
