@@ -12,6 +12,7 @@ import pytest
 import analysis_helpers as helpers
 from conftest import last_line, run_script
 from emosae_jax import analysis, data
+from emosae_jax.analysis.validation import holding_by_corpus_auroc
 
 
 @pytest.fixture(scope="module")
@@ -97,6 +98,33 @@ def test_report_leads_with_what_holds(transfer, tmp_path):
                                 result.arrays["validation0/holds"])
   summary = json.loads((tmp_path / "analysis.json").read_text())
   assert summary["validation"][0]["path"] == str(val_path)
+  assert "By corpus AUROC" in body
+
+
+def test_holding_by_corpus_auroc_counts_each_band():
+  def rec(auroc, holds, reappears_in):
+    return {"auroc": auroc, "reappears_in": reappears_in,
+            "validation": [{"holds": holds}]}
+  feats = [rec(0.55, False, 0), rec(0.58, True, 1), rec(0.6, True, 2),
+           rec(0.69, False, None), rec(0.95, True, 1), rec(1.0, True, 0)]
+  bands = holding_by_corpus_auroc(feats, 0)
+  assert [(b["band"], b["n"], b["hold"], b["reappear"]) for b in bands] == [
+      ("0.5-0.6", 2, 1, 1), ("0.6-0.7", 2, 1, 1), ("0.7-1", 2, 2, 1)]
+  assert bands[0]["share_hold"] == 0.5
+  assert holding_by_corpus_auroc([], 0)[0][
+      "share_hold"] is None
+
+
+def test_by_corpus_auroc_adds_up_to_the_member_counts(transfer):
+  """The bands cover every corpus-significant feature and every one that
+  holds (in the planted corpus both kinds of feature follow the emotion on
+  the corpus, so the band alone does not tell them apart there)."""
+  _, _, result = transfer
+  for m in result.summary["members"]:
+    v = m["validation"][0]
+    bands = v["by_corpus_auroc"]
+    assert sum(b["n"] for b in bands) == v["corpus_significant"]
+    assert sum(b["hold"] for b in bands) == v["hold"]["real"]
 
 
 def test_stability_matches_only_seeds_of_one_configuration(transfer):

@@ -84,6 +84,13 @@ def test_corpus_check_rejects_emotion_words_outside_the_lexicon(
       corpus_data.families, happy=corpus_data.families["happy"] + sad[:1]))
   with pytest.raises(prompts.PromptError, match="belongs to"):
     prompts.check_corpus(bad, tax)
+  fun_loving = prompts.Family("happy", "mild", ("fun-loving",), ())
+  bad = dataclasses.replace(corpus_data, families=dict(
+      corpus_data.families,
+      happy=corpus_data.families["happy"] + [fun_loving]))
+  with pytest.raises(prompts.PromptError, match="'loving', a word of "
+                     "'tender'"):
+    prompts.check_corpus(bad, tax)
 
 
 def test_single_emotion_prompts_name_their_emotion_only(corpus, tax,

@@ -61,6 +61,7 @@ def validation_section(summary: dict, max_rows: int = 300) -> Section | None:
     parts.append(table(["member", "corpus-significant", "testable", "hold",
                         "share holding", "share, shuffled (mean)",
                         "significant on this set"], rows))
+    parts.append(_bands_table(summary["members"], j))
     feats = [(m, r) for m in summary["members"] for r in m["features"]]
     feats.sort(key=lambda mr: (not mr[1]["validation"][j]["holds"],
                                -(mr[1]["validation"][j]["auroc"] or 0)))
@@ -85,6 +86,30 @@ def validation_section(summary: dict, max_rows: int = 300) -> Section | None:
          "other seeds it reappears in", "top prompts here"], rows))
   return Section("What holds on other labelled sets", "\n".join(parts),
                  "validation")
+
+
+def _bands_table(members: list[dict], j: int) -> str:
+  """Corpus-significant features of all members by corpus AUROC band: how
+  many hold on validation set j and reappear in another seed."""
+  bands: dict[str, list[int]] = {}
+  for m in members:
+    for b in m["validation"][j].get("by_corpus_auroc") or []:
+      tot = bands.setdefault(b["band"], [0, 0, 0])
+      tot[0] += b["n"]
+      tot[1] += b["hold"]
+      tot[2] += b["reappear"]
+  if not bands:
+    return ""
+  rows = [[Cell(esc(band)), cell(n), cell(hold),
+           Cell(esc(_pct(hold / n if n else None))),
+           Cell(esc(_pct(re / n if n else None)))]
+          for band, (n, hold, re) in bands.items()]
+  return ('<p class="note">By corpus AUROC (all members together): a '
+          "feature that fires for only a few of an emotion's words has an "
+          "AUROC near 0.5 and cannot hold where the words are new.</p>"
+          + table(["corpus AUROC", "corpus-significant", "hold",
+                   "share holding", "share reappearing in another seed"],
+                  rows))
 
 
 def directions_section(summary: dict) -> Section | None:

@@ -14,6 +14,7 @@ from emosae_jax.analysis.settings import Settings
 from emosae_jax.analysis.stability import (reappearing_share,
                                            same_config_groups, stability)
 from emosae_jax.analysis.validation import (feature_validation,
+                                            holding_by_corpus_auroc,
                                             member_validation)
 
 FORMAT_VERSION = 1
@@ -146,8 +147,9 @@ def summarize(members: Members, es: data.EmbeddingSet, arrays: dict,
         "counts": member_counts(arrays, i, names, settings),
         "n_other_seeds": len(same_config[i]) - 1,
         "fraction_reappearing": reappearing_share(stab[i]),
-        "validation": [member_validation(v, info, i, len(feats))
-                       for v, info, _ in validations],
+        "validation": [member_validation(v, info, i, len(feats)) | {
+            "by_corpus_auroc": holding_by_corpus_auroc(feats, j)}
+                       for j, (v, info, _) in enumerate(validations)],
         "features": feats,
     })
   counts = np.bincount(row_labels, minlength=len(names))

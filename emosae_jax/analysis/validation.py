@@ -27,6 +27,8 @@ from emosae_jax.analysis.loading import Members
 from emosae_jax.analysis.settings import Settings
 
 PREFIX = "validation{}/"  # array keys of validation set j
+# Corpus-AUROC band edges for `holding_by_corpus_auroc`.
+AUROC_EDGES = (0.5, 0.6, 0.7, 1.0)
 
 
 @dataclasses.dataclass
@@ -194,3 +196,29 @@ def feature_validation(arrays: dict, vset: ValidationSet, i: int, f: int,
           "q_value": float(arrays["q_value"][i, f]),
           "significant": bool(arrays["significant"][i, f]),
           "holds": bool(arrays["holds"][i, f]), "top_prompts": top}
+
+
+def holding_by_corpus_auroc(features: list[dict], j: int,
+                            edges: tuple[float, ...] = AUROC_EDGES
+                            ) -> list[dict]:
+  """Corpus-significant features (summary records) in bands of their corpus
+  AUROC: how many, how many hold on validation set j, how many reappear in
+  at least one other seed.
+
+  Why: a feature that fires for one or two of an emotion's words is
+  significant on the corpus at an AUROC near 0.5 (it misses the emotion's
+  other prompts) and cannot hold where the words are new; one that covers
+  the emotion has a high AUROC. The share holding per band tells the two
+  apart. The last band includes its upper edge.
+  """
+  out = []
+  for k, (lo, hi) in enumerate(zip(edges[:-1], edges[1:])):
+    last = k == len(edges) - 2
+    band = [r for r in features
+            if lo <= r["auroc"] < hi or (last and r["auroc"] == hi)]
+    hold = sum(bool(r["validation"][j]["holds"]) for r in band)
+    reappear = sum((r.get("reappears_in") or 0) >= 1 for r in band)
+    out.append({"band": f"{lo:g}-{hi:g}", "n": len(band), "hold": hold,
+                "share_hold": hold / len(band) if band else None,
+                "reappear": reappear})
+  return out

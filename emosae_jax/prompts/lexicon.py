@@ -91,6 +91,13 @@ def check_corpus(corpus: Corpus, tax: Taxonomy) -> None:
       if owner.setdefault(w, e) != e:
         raise PromptError(f"corpus word {w!r} belongs to {owner[w]!r} and "
                           f"{e!r}")
+  for w, e in owner.items():
+    # "fun-loving" (happy) holds "loving" (tender): the caption import, which
+    # matches whole words between hyphens, would read it as tender.
+    for part in re.split(r"[\s-]+", w):
+      if owner.get(part, e) != e:
+        raise PromptError(f"corpus word {w!r} ({e}) holds {part!r}, a word "
+                          f"of {owner[part]!r}")
   for e in tax.emotion_names:  # caption import and corpus must agree
     for w in tax.words(e):
       if owner.get(w.lower()) != e:
