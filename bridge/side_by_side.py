@@ -141,5 +141,6 @@ def compare(steering_dirs: Sequence[str | os.PathLike],
                        "baseline in the same run (CLAP zero-shot)",
                rows=rows)
   if out is not None:
+    Path(out).mkdir(parents=True, exist_ok=True)
     atomic_write_json(Path(out) / SIDE_BY_SIDE_FILE, table)
   return table

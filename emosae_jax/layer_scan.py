@@ -71,7 +71,7 @@ def site_name(es: data.EmbeddingSet) -> tuple[str, float]:
   site = es.meta.get("site") or {"kind": "t5_output"}
   if site["kind"] == "decoder_layer":
     return f"layer {site['layer']}", 1 + site["layer"]
-  return f"T5 output ({es.meta.get('encoder', '?')})", 0
+  return f"T5 output ({Path(str(es.meta.get('encoder', '?'))).name})", 0
 
 
 def probe_row(es: data.EmbeddingSet, shuffles: int, seed: int) -> dict:
