@@ -246,10 +246,13 @@ def plot(rows: list[dict], path: Path) -> None:
       ax.plot(xs, [r["chance"] for r in rows], ":", color="black",
               label="majority chance")
       ax.set_ylim(0, 1)
+    else:  # counts: from 0, and a visible range when every count is 0
+      ax.set_ylim(0, 1.1 * max([1] + [r[real] for r in rows] + hi))
     ax.set_xticks(xs, names, rotation=60, ha="right", fontsize=7)
     ax.set_ylabel(ylabel)
     ax.legend(fontsize=7)
   axes[0][0].set_title("Where is emotion readable?")
+  fig.tight_layout()
   plots.save_figure(fig, path)
 
 

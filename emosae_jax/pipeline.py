@@ -394,14 +394,14 @@ def sae_sweep(ctx: Context, train_data: Path, out: Path) -> dict:
           "best_fvu": min(runs.summary_metric(m, "fvu") for m in ok)}
 
 
-def _first_group(ctx: Context, sweep_dir: str = "sweep") -> Path:
+def first_group(ctx: Context, sweep_dir: str = "sweep") -> Path:
   """The pipeline's grid varies only per-member fields: one group."""
   from emosae_jax import runs
   return runs.group_dir(ctx.path(sweep_dir), 0)
 
 
 def stage_analysis(ctx: Context) -> dict:
-  return sae_analysis(ctx, _first_group(ctx), ctx.path("analysis"),
+  return sae_analysis(ctx, first_group(ctx), ctx.path("analysis"),
                       _validation_sets(ctx))
 
 
@@ -419,7 +419,7 @@ def sae_analysis(ctx: Context, group: Path, out: Path,
 
 
 def stage_export(ctx: Context) -> dict:
-  return export_directions(ctx, _first_group(ctx), ctx.path("analysis"),
+  return export_directions(ctx, first_group(ctx), ctx.path("analysis"),
                            ctx.path("directions"))
 
 

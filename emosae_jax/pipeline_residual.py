@@ -115,7 +115,7 @@ def stage_residual_analysis(ctx) -> dict:
     return skip
   held = ctx.path("residual_heldout")
   validation = [str(held)] if (held / data.SIDECAR_FILE).exists() else []
-  return core.sae_analysis(ctx, core._first_group(ctx, "residual_sweep"),  # pylint: disable=protected-access
+  return core.sae_analysis(ctx, core.first_group(ctx, "residual_sweep"),
                            ctx.path("residual_analysis"), validation)
 
 
@@ -123,7 +123,7 @@ def stage_residual_export(ctx) -> dict:
   if (skip := _blocked(ctx, "residual_analysis")):
     return skip
   record = core.export_directions(
-      ctx, core._first_group(ctx, "residual_sweep"),  # pylint: disable=protected-access
+      ctx, core.first_group(ctx, "residual_sweep"),
       ctx.path("residual_analysis"), ctx.path("residual_directions"))
   site = json.loads(ctx.path("residual_directions", "directions.json")
                     .read_text()).get("site")
