@@ -94,8 +94,9 @@ def get_config(arg=None):
   # Inside MusicGen (emosae_jax/pipeline_residual.py): decoder states per
   # layer, a layer scan (probe and SAE feature counts, each beside shuffled
   # labels), SAEs, export and steering at the best layer, and steering side
-  # by side. Needs MusicGen: off offline (and when `auto` falls back to it).
-  config.residual = preset != "offline"
+  # by side. Needs MusicGen; on in real and tiny, off offline and in `auto`
+  # (`make demo`): on a CPU the extraction costs ~15 s per prompt.
+  config.residual = preset in ("real", "tiny")
   config.decoder = ml_collections.ConfigDict()
   config.decoder.layers = ""  # comma list of decoder layers; "" = all
   config.decoder.max_new_tokens = 16  # generated frames pooled per prompt

@@ -1,7 +1,8 @@
 """The pipeline's residual stages: MusicGen's decoder, beside T5's output.
 
-With --config.residual (on in the real and tiny presets, off offline:
-there is no MusicGen there), after the T5 stages:
+With --config.residual (on in the real and tiny presets; off offline,
+where there is no MusicGen, and in `auto`, whose CPU runs it would make
+hours longer), after the T5 stages:
 
   extract_residual  decoder states per layer (bridge)   residual/layer_LL
   layer_scan        per site (T5 output, each layer):    layer_scan/

@@ -312,6 +312,7 @@ def test_residual_option_per_preset(tmp_path):
   from configs.pipeline import get_config
   from emosae_jax import pipeline, pipeline_residual
   assert not get_config("offline").residual
+  assert not get_config("auto").residual  # make demo: hours on a CPU
   assert get_config("real").residual and get_config("tiny").residual
   config = get_config("offline")
   ctx = pipeline.Context(config, tmp_path, pipeline.Models(
