@@ -321,3 +321,33 @@ def test_residual_option_per_preset(tmp_path):
     record = pipeline.stage_function(name)(ctx)
     assert "--config.residual=True" in record["skipped"]
   assert not list(tmp_path.iterdir())
+
+
+def test_side_by_side_at_two_strengths(resumed_run, tmp_path):
+  """Both exports of the tiny run steered again at strengths 0, 2, 4 (the
+  real writers, in process): every method has a row at 2 and at 4, and the
+  prompt edit (no strength) reads the same at both."""
+  from bridge import evaluate, generate, side_by_side
+  workdir, _, _ = resumed_run
+  backend = generate.load_backend("transformers",
+                                  str(workdir / "models" / "musicgen"))
+  settings = generate.Settings(duration=0.1, sampling=False)
+  for name in ("directions", "residual_directions"):
+    generate.run_steering(workdir / name, tmp_path / name,
+                          strengths=(0, 2, 4), prompts=["a piano piece"],
+                          settings=settings, loaded_backend=backend)
+  clap = evaluate.load_clap(str(workdir / "models" / "clap"))
+  runs = [tmp_path / "directions", tmp_path / "residual_directions"]
+  for run in runs:
+    evaluate.evaluate_run(run, loaded_clap=clap, plot=False)
+  table = side_by_side.compare(runs, tmp_path / "table")
+  assert table["strengths"] == [2.0, 4.0]
+  by_strength = {s: [r for r in table["rows"] if r["strength"] == s]
+                 for s in table["strengths"]}
+  assert [r["method"] for r in by_strength[2.0]] == [
+      r["method"] for r in by_strength[4.0]]
+  assert len(by_strength[2.0]) == 5 and all(
+      r["n"] >= 1 for r in table["rows"])
+  edit = [r for r in table["rows"] if r["kind"] == "prompt_edit"]
+  assert edit[0]["target_change"] == edit[1]["target_change"]
+  assert (tmp_path / "table" / "side_by_side.json").is_file()
