@@ -323,6 +323,7 @@ def test_residual_option_per_preset(tmp_path):
   assert not list(tmp_path.iterdir())
 
 
+@pytest.mark.usefixtures("torch_one_thread")
 def test_side_by_side_at_two_strengths(resumed_run, tmp_path):
   """Both exports of the tiny run steered again at strengths 0, 2, 4 (the
   real writers, in process): every method has a row at 2 and at 4, and the
