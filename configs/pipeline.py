@@ -90,4 +90,25 @@ def get_config(arg=None):
     config.steer.duration = 0.1
     config.steer.n_prompts = 1
     config.steer.fallback_features = 2
+
+  # Inside MusicGen (emosae_jax/pipeline_residual.py): decoder states per
+  # layer, a layer scan (probe and SAE feature counts, each beside shuffled
+  # labels), SAEs, export and steering at the best layer, and steering side
+  # by side. Needs MusicGen; on in real and tiny, off offline and in `auto`
+  # (`make demo`): on a CPU the extraction costs ~15 s per prompt.
+  config.residual = preset in ("real", "tiny")
+  config.decoder = ml_collections.ConfigDict()
+  config.decoder.layers = ""  # comma list of decoder layers; "" = all
+  config.decoder.max_new_tokens = 16  # generated frames pooled per prompt
+  config.decoder.batch_size = 8
+  config.decoder.scan_shuffles = 5  # shuffled-label probes per site
+  config.decoder.scan_expansion = 2  # the scan's small SAE per site
+  config.decoder.scan_epochs = 20
+  config.decoder.scan_permutations = 200
+  if preset == "tiny":
+    config.decoder.max_new_tokens = 4
+    config.decoder.batch_size = 120
+    config.decoder.scan_shuffles = 2
+    config.decoder.scan_epochs = 4
+    config.decoder.scan_permutations = 50
   return config

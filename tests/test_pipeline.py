@@ -73,7 +73,11 @@ def test_rerun_after_kill_reuses_finished_stages(resumed_run):
     assert f"{stage}: done earlier, reused" in result.stdout
   assert _stages_done(workdir) == {"prompts", "extract", "split",
                                    "captions", "phase0", "sweep", "analysis",
-                                   "export", "steer", "evaluate", "report"}
+                                   "export", "steer", "evaluate",
+                                   "extract_residual", "layer_scan",
+                                   "residual_sweep", "residual_analysis",
+                                   "residual_export", "residual_steer",
+                                   "side_by_side", "report"}
   assert not list(workdir.rglob(".*.tmp*"))  # no half-written files
   data.load_embedding_set(workdir / "embeddings")
 
@@ -228,3 +232,123 @@ def test_prompts_without_split_skip_with_a_record(resumed_run, tmp_path):
   assert not (tmp_path / "embeddings_train").exists()
   assert pipeline._train_data(ctx) == tmp_path / "embeddings"
   assert pipeline._validation_sets(ctx) == []
+
+
+def test_residual_stages_run_at_the_best_layer(resumed_run):
+  """The tiny preset runs every residual stage: the layer scan covers T5's
+  output and both decoder layers, each beside its nulls; the SAEs, export
+  and steering use the layer the scan picked."""
+  workdir, _, _ = resumed_run
+  state = json.loads((workdir / "pipeline.json").read_text())["stages"]
+  for stage in ("extract_residual", "layer_scan", "residual_sweep",
+                "residual_analysis", "residual_export", "residual_steer",
+                "side_by_side"):
+    assert "skipped" not in state[stage]["record"], (stage, state[stage])
+  scan = json.loads((workdir / "layer_scan" / "layer_scan.json").read_text())
+  assert [r["site"] for r in scan["rows"]] == [
+      "T5 output (musicgen)", "layer 0", "layer 1"]
+  for row in scan["rows"]:
+    assert len(row["null"]) == 2 and len(row["significant_null"]) == 50
+  layer = scan["best"]["layer"]
+  assert state["residual_sweep"]["record"]["layer"] == layer
+  assert state["residual_export"]["record"]["site"] == {
+      "kind": "decoder_layer", "layer": layer}
+  residual = json.loads((workdir / "residual_steering" /
+                         "steering.json").read_text())
+  t5 = json.loads((workdir / "steering" / "steering.json").read_text())
+  assert residual["directions"]["site"]["layer"] == layer
+  for field in ("prompts", "strengths", "seed", "duration"):
+    assert residual["settings"][field] == t5["settings"][field]
+
+
+def test_side_by_side_has_every_method_at_every_strength(resumed_run):
+  workdir, _, _ = resumed_run
+  table = json.loads((workdir / "side_by_side" /
+                      "side_by_side.json").read_text())
+  layer = json.loads((workdir / "layer_scan" / "layer_scan.json").read_text()
+                     )["best"]["layer"]
+  methods = ["steer at T5 conditioning", "random direction at T5 "
+             "conditioning", f"steer at decoder layer {layer}",
+             f"random direction at decoder layer {layer}", "prompt edit"]
+  assert table["strengths"] == [4.0]
+  for s in table["strengths"]:
+    assert [r["method"] for r in table["rows"] if r["strength"] == s] == (
+        methods)
+  for row in table["rows"]:
+    assert row["n"] >= 1 and row["target_change"] is not None
+  # Equal to a recomputation from the scored clips (steered minus baseline).
+  evaluation = json.loads((workdir / "residual_steering" /
+                           "evaluation.json").read_text())
+  clips = evaluation["clips"]
+  base = next(c for c in clips if c["kind"] == "baseline")
+  steered = [c for c in clips if c["kind"] == "steer"]
+  expect = sum(c["probs"][c["emotion"]] - base["probs"][c["emotion"]]
+               for c in steered) / len(steered)
+  row = next(r for r in table["rows"] if r["method"] == methods[2])
+  assert row["target_change"] == pytest.approx(expect)
+  html = (workdir / "report.html").read_text()
+  assert "Layer scan" in html and "significant SAE features" in html
+  assert "Steering side by side" in html and methods[2] in html
+  assert html.count("data:image/png;base64,") >= 2
+
+
+def test_side_by_side_refuses_runs_steered_differently(resumed_run, tmp_path):
+  import shutil
+  from bridge import side_by_side
+  from emosae_jax.directions_format import DirectionsError
+  workdir, _, _ = resumed_run
+  other = tmp_path / "other"
+  shutil.copytree(workdir / "residual_steering", other)
+  run = json.loads((other / "steering.json").read_text())
+  run["settings"]["strengths"] = [0.0, 8.0]
+  (other / "steering.json").write_text(json.dumps(run))
+  with pytest.raises(DirectionsError, match="other strengths"):
+    side_by_side.compare([workdir / "steering", other])
+
+
+def test_residual_option_per_preset(tmp_path):
+  """Off offline (no MusicGen), on in real and tiny; when off, the stages
+  record why instead of running."""
+  from configs.pipeline import get_config
+  from emosae_jax import pipeline, pipeline_residual
+  assert not get_config("offline").residual
+  assert not get_config("auto").residual  # make demo: hours on a CPU
+  assert get_config("real").residual and get_config("tiny").residual
+  config = get_config("offline")
+  ctx = pipeline.Context(config, tmp_path, pipeline.Models(
+      "offline", "x", None, None, []), {"stages": {}})
+  for name in pipeline.RESIDUAL_STAGES:
+    record = pipeline.stage_function(name)(ctx)
+    assert "--config.residual=True" in record["skipped"]
+  assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.usefixtures("torch_one_thread")
+def test_side_by_side_at_two_strengths(resumed_run, tmp_path):
+  """Both exports of the tiny run steered again at strengths 0, 2, 4 (the
+  real writers, in process): every method has a row at 2 and at 4, and the
+  prompt edit (no strength) reads the same at both."""
+  from bridge import evaluate, generate, side_by_side
+  workdir, _, _ = resumed_run
+  backend = generate.load_backend("transformers",
+                                  str(workdir / "models" / "musicgen"))
+  settings = generate.Settings(duration=0.1, sampling=False)
+  for name in ("directions", "residual_directions"):
+    generate.run_steering(workdir / name, tmp_path / name,
+                          strengths=(0, 2, 4), prompts=["a piano piece"],
+                          settings=settings, loaded_backend=backend)
+  clap = evaluate.load_clap(str(workdir / "models" / "clap"))
+  runs = [tmp_path / "directions", tmp_path / "residual_directions"]
+  for run in runs:
+    evaluate.evaluate_run(run, loaded_clap=clap, plot=False)
+  table = side_by_side.compare(runs, tmp_path / "table")
+  assert table["strengths"] == [2.0, 4.0]
+  by_strength = {s: [r for r in table["rows"] if r["strength"] == s]
+                 for s in table["strengths"]}
+  assert [r["method"] for r in by_strength[2.0]] == [
+      r["method"] for r in by_strength[4.0]]
+  assert len(by_strength[2.0]) == 5 and all(
+      r["n"] >= 1 for r in table["rows"])
+  edit = [r for r in table["rows"] if r["kind"] == "prompt_edit"]
+  assert edit[0]["target_change"] == edit[1]["target_change"]
+  assert (tmp_path / "table" / "side_by_side.json").is_file()
