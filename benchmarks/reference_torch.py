@@ -214,7 +214,11 @@ def main():
   parser.add_argument("--output_bias", type=int, default=1)
   parser.add_argument("--partial_batch", default="keep",
                       choices=("keep", "wrap"))
+  parser.add_argument("--threads", type=int, default=1,
+                      help="torch threads; on the shared 2-core machines 2 "
+                      "threads cost 5x the CPU time per step of 1")
   args = parser.parse_args()
+  torch.set_num_threads(args.threads)
   x = getattr(synthetic, f"make_{args.standin}")().embedding_set.embeddings
   tr, va, te = split_70_15_15(len(x), args.seed)
   issue = args.variant == "issue"
