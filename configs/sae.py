@@ -7,8 +7,9 @@ A tiny fast run on built-in synthetic data:
   python scripts/train.py --config=configs/sae.py:runlocal \
       --workdir=runs/demo --config.data.synthetic=True
 Arguments (comma-separated): arch=relu_l1|topk|batchtopk|jumprelu, and the
-presets `reference` (768 -> 6144 ReLU+L1, as the reference system) and `runlocal`
-(tiny and fast). Any field can be overridden: --config.train.lr=3e-4.
+presets `reference` (768 -> 6144 ReLU+L1, the reference system as its code
+runs; benchmarks/bench_reference.py compares it with a torch re-implementation)
+and `runlocal` (tiny and fast). Any field can be overridden: --config.train.lr=3e-4.
 """
 
 import ml_collections
@@ -70,7 +71,9 @@ def get_config(arg=None):
   config.train.aux_coeff = 1 / 32  # AuxK (topk / batchtopk)
   config.train.dead_window = 100  # steps without firing = dead
   config.train.resample_every = 0  # relu_l1: resample dead latents (steps)
-  config.train.resample = "data"  # data (Bricken, capped) | reference
+  # data (Bricken, capped) | reference (what its code does: dead encoder
+  # columns x 0.1) | fresh (new random weights, as issue 12 read it)
+  config.train.resample = "data"
   config.train.patience = 20  # early stopping on validation loss (epochs)
   config.train.keep = "best"  # best (validation loss) | last parameters
   config.train.partial_batch = "drop"  # drop | wrap (train_core)
