@@ -76,7 +76,7 @@ def get_config(arg=None):
   config.train.resample = "data"
   config.train.patience = 20  # early stopping on validation loss (epochs)
   config.train.keep = "best"  # best (validation loss) | last parameters
-  config.train.partial_batch = "drop"  # drop | wrap (train_core)
+  config.train.partial_batch = "drop"  # drop | wrap | keep (train_core)
   config.train.max_grad_norm = 1.0
   # A validation loss above this many times its best (after the warm-ups)
   # restores the best parameters with fresh Adam moments; 0 turns it off.
@@ -103,7 +103,7 @@ def get_config(arg=None):
     config.model.sparsity_over_latents = "mean"
     config.train.lr = 1e-3
     config.train.batch_size = 16
-    config.train.partial_batch = "wrap"  # 70 rows: 5 steps per epoch
+    config.train.partial_batch = "keep"  # 70 rows: 16 x 4 + 6 per epoch
     config.train.epochs = 500
     config.train.sparsity_coeff = 3e-3
     # Its patience counts validations, run every 50 steps: 50 of them are

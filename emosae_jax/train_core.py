@@ -45,6 +45,7 @@ class StaticSpec:
   # "data" (Bricken, capped), "reference" (what the reference system's code
   # does: dead encoder columns x 0.1) or "fresh" (new random weights)
   resample: str = "data"
+  partial_batch: str = "drop"  # drop | wrap | keep (a short last step)
 
 
 @flax.struct.dataclass
@@ -78,17 +79,17 @@ def static_spec_from_config(config, n_train: int) -> StaticSpec:
                      sparsity_over_latents=m.sparsity_over_latents)
   batch = min(t.batch_size, n_train)
   # "drop": the rows past the last full batch wait for another epoch;
-  # "wrap": one more step, filled up with the epoch's first rows (the
-  # reference takes a short last batch: 70 rows, 5 steps per epoch).
-  steps = (-(-n_train // batch) if t.get("partial_batch", "drop") == "wrap"
-           else n_train // batch)
+  # "wrap": one more step, filled up with the epoch's first rows; "keep":
+  # one more, shorter step (the reference's: 70 rows, steps of 16 x 4 + 6).
+  partial = t.get("partial_batch", "drop")
+  steps = -(-n_train // batch) if partial != "drop" else n_train // batch
   return StaticSpec(sae=sae, batch_size=batch,
                     steps_per_epoch=max(1, steps),
                     dead_window=t.dead_window,
                     resample_every=t.resample_every, patience=t.patience,
                     max_grad_norm=t.max_grad_norm, eval_chunk=2048,
                     divergence_factor=t.divergence_factor,
-                    resample=t.resample)
+                    resample=t.resample, partial_batch=partial)
 
 
 def _optimizer(spec: StaticSpec) -> optax.GradientTransformation:
@@ -351,17 +352,24 @@ def _epoch(spec: StaticSpec, hp: HParams, x_train, x_val, state: TrainState,
   run in lockstep), so the resampling branch below stays a real branch under
   vmap instead of a select that would run for every member every epoch."""
   active = ~(state.stopped | state.failed)
-  n_used = spec.steps_per_epoch * spec.batch_size
+  n = x_train.shape[0]
+  short = n % spec.batch_size if spec.partial_batch == "keep" else 0
+  n_full = spec.steps_per_epoch - (short > 0)
   key = jax.random.fold_in(state.rng, state.epoch)
-  # resize: the first n_used rows, or (partial_batch="wrap") all of them
-  # and then the first ones again
-  order = jnp.resize(jax.random.permutation(key, x_train.shape[0]), n_used)
-  batches = order.reshape(spec.steps_per_epoch, spec.batch_size)
+  perm = jax.random.permutation(key, n)
+  # resize: the first rows, or (partial_batch="wrap") all of them and then
+  # the first ones again
+  batches = jnp.resize(perm, n_full * spec.batch_size).reshape(
+      n_full, spec.batch_size)
 
   def step_body(state, idx):
     return train_step(spec, hp, state, x_train[idx])
 
   state, step_metrics = jax.lax.scan(step_body, state, batches)
+  if short:  # a shape of its own: the same step traced once more
+    state, last = train_step(spec, hp, state, x_train[perm[n - short:]])
+    step_metrics = jax.tree.map(
+        lambda a, b: jnp.concatenate([a, b[None]]), step_metrics, last)
   # Latents that have not fired for dead_window steps (what resampling and
   # AuxK treat as dead), counted before resampling revives them; the
   # summary's never_fires_fraction is another measure: latents that fire on

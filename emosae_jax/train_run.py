@@ -48,9 +48,9 @@ def validate_config(config) -> None:
       (t.get("resample", "data") in ("data", "reference", "fresh"),
        f"train.resample={t.get('resample')!r}: use 'data', 'reference' or "
        "'fresh'"),
-      (t.get("partial_batch", "drop") in ("drop", "wrap"),
-       f"train.partial_batch={t.get('partial_batch')!r}: use 'drop' or "
-       "'wrap'"),
+      (t.get("partial_batch", "drop") in ("drop", "wrap", "keep"),
+       f"train.partial_batch={t.get('partial_batch')!r}: use 'drop', "
+       "'wrap' or 'keep'"),
       (t.get("keep", "best") in ("best", "last"),
        f"train.keep={t.get('keep')!r}: use 'best' or 'last'"),
       (t.batch_size > 0 and t.epochs > 0 and t.epochs_per_call > 0,

@@ -93,3 +93,19 @@ def test_resampling_matches_torch():
   assert sae.resample() == 13
   _assert_same(state, sae)
   assert np.all(np.asarray(state.steps_since_fired)[10:13] == 100)
+
+
+def test_epoch_keeps_the_short_last_batch():
+  """10 rows at batch 4: steps of 4, 4 and 2 rows (the reference's
+  DataLoader), the same as three torch steps on those rows."""
+  x = _data(n=10)
+  _, spec, state, sae = _pair(x, output_bias=False)
+  assert spec.steps_per_epoch == 3
+  perm = np.asarray(jax.random.permutation(
+      jax.random.fold_in(state.rng, 0), len(x)))
+  hp = core.hparams_from_config(get_config("reference"))
+  state, _ = core.compiled_train_epochs(spec, 1)(state, hp, x, x, 0)
+  for rows in (perm[:4], perm[4:8], perm[8:]):
+    sae.step(torch.as_tensor(x[rows]))
+  assert int(state.step) == 3
+  _assert_same(state, sae)
