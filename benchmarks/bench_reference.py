@@ -1,108 +1,179 @@
-r"""The `reference` preset beside the reference system's own figures.
+r"""The `reference` preset beside a torch re-implementation of the reference
+system (reference_torch.py, the known answer) and the reference's own figures.
 
-  python benchmarks/bench_reference.py [--data=PATH] [--epochs=500]
+  python benchmarks/bench_reference.py [--data=PATH] [--standin=reference_like]
+      [--seeds=0,1,2] [--epochs=500] [--variant=code]
 
-The reference system (768 -> 6144 ReLU + L1, batch 16, 500 epochs, patience
-50, random 70/15/15 split, raw units) ended on its 100 t5-base embeddings
-with 45% dead latents, test MSE 0.0064 (raw units), L0 144, in 107 s. Its
-embeddings are not available here: without --data the run uses
-`synthetic.make_reference_like()` (100 x 768, planted dictionary in a
-low-rank subspace plus noise, in t5-like raw units), so the figures compare
-behaviour, not the same numbers. Prints dead fraction (two definitions),
-test MSE, held-out FVU, L0, wall time, and whether training FVU spiked.
+The reference system (768 -> 6144 ReLU + L1, batch 16, 500 epochs, random
+70/15/15 split, raw units) ended on its 100 t5-base embeddings with 45% dead
+latents, test MSE 0.0064 (raw units), L0 144, in 107 s. Those embeddings are
+not here: without --data the run uses a stand-in (`--standin`):
+reference_like (synthetic.make_reference_like: planted dictionary in a
+low-rank subspace plus noise) or t5_like (synthetic.make_t5_like: no
+dictionary, a power-law spectrum with the reference's published cosines).
+Both trainers get the same rows, the same split (one per seed) and the same
+seeds' worth of runs; the table gives mean [min, max] over seeds of:
+dead (the reference's definition: latents unfired for more than 100 steps at
+the end of training), never-firing latents on the training rows, test MSE
+(raw units), test L0, held-out FVU (training mean), wall time, and the
+largest validation-FVU jump over its best so far (after the first tenth).
 """
 
 import argparse
-import json
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np  # noqa: E402
 from safetensors.numpy import load_file  # noqa: E402
 
 from configs.sae import get_config  # noqa: E402
-from emosae_jax import data, metrics, synthetic, train_run  # noqa: E402
+from emosae_jax import data, metrics, runs, synthetic, train_run  # noqa: E402
 
 REFERENCE = {"dead": 0.45, "test_mse": 0.0064, "l0": 144, "seconds": 107.0}
+ROWS = (("dead", "dead (>100 steps unfired)", "{:.0%}"),
+        ("never_fires", "never fires on train", "{:.0%}"),
+        ("test_mse", "test MSE (raw units)", "{:.4f}"),
+        ("l0", "test L0", "{:.0f}"),
+        ("heldout_fvu", "held-out FVU", "{:.3f}"),
+        ("seconds", "wall time (s)", "{:.1f}"),
+        ("fvu_jump", "worst val-FVU jump", "{:.2f}x"))
 
 
-def split_70_15_15(n, seed=0):
-  """Random test rows (15%) held out before training; the rest is train+val
-  (the preset's val_fraction takes 15% of the whole from it)."""
+def split_70_15_15(n, seed):
+  """The reference's split sizes (int(0.7 n), int(0.15 n), the rest),
+  drawn at random: (train, val, test) row indices."""
   perm = np.random.default_rng(seed).permutation(n)
-  n_test = int(round(0.15 * n))
-  return np.sort(perm[n_test:]), np.sort(perm[:n_test])
+  n_train, n_val = int(n * 0.7), int(n * 0.15)
+  return (np.sort(perm[:n_train]), np.sort(perm[n_train:n_train + n_val]),
+          np.sort(perm[n_train + n_val:]))
 
 
-def sae_apply(params, x):
-  """x [n, d] in the run's (centred) units -> (x_hat, acts) for ReLU SAEs."""
+def worst_jump(fvu):
+  """Largest ratio of a validation FVU to the best before it, after the
+  first tenth of training (1.0: never above its best)."""
+  fvu = np.asarray(fvu, float)
+  start = max(1, len(fvu) // 10)
+  best = np.minimum.accumulate(fvu)
+  return float(np.max(fvu[start:] / best[start - 1:-1], initial=1.0))
+
+
+def relu_sae(params, x):
+  """x [n, d] centred -> (x_hat, acts) of a ReLU SAE's params."""
   acts = np.maximum((x - params["b_dec"]) @ params["W_enc"] + params["b_enc"],
                     0)
   return acts @ params["W_dec"] + params["b_dec"], acts
 
 
-def run(es, workdir, epochs, seed=0):
-  fit, test = split_70_15_15(len(es), seed)
-  data.save_embedding_set(es.subset(fit), f"{workdir}/set")
+def run_preset(es, split, seed, epochs, workdir):
+  train, val, test = split
+  data.save_embedding_set(es, f"{workdir}/set")
   config = get_config("reference")
   config.data.path = f"{workdir}/set"
-  config.data.val_fraction = 0.15 / 0.85
-  config.train.epochs = epochs
   config.model.d_in = es.dim
+  config.train.epochs = epochs
+  config.seed = seed
   start = time.perf_counter()
   summary = train_run.train_and_evaluate(config, f"{workdir}/work",
-                                         progress=False)
+                                         progress=False, split=(train, val))
   seconds = time.perf_counter() - start
-  info = json.loads(Path(f"{workdir}/work/data_info.json").read_text())
-  mean = np.asarray(info["normalizer"]["mean"], np.float32)
-  scale = info["normalizer"]["scale"]
-  params = load_file(f"{workdir}/work/params.safetensors")
+  mean = es.embeddings[train].mean(0)
+  params = load_file(f"{workdir}/work/{runs.PARAMS_FILE}")
   x_test = es.embeddings[test]
-  x_hat, acts = sae_apply(params, (x_test - mean) * scale)
-  x_hat = x_hat / scale + mean
-  train_x = es.embeddings[fit][info["train_index"]]
-  _, train_acts = sae_apply(params, (train_x - mean) * scale)
+  x_hat, acts = relu_sae(params, x_test - mean)
+  x_hat = x_hat + mean
   rows = train_run.read_metrics(Path(f"{workdir}/work/metrics.jsonl"))
-  train_fvu = [r["step_mse"] / np.mean(np.var((train_x - mean) * scale, 0))
-               for r in rows]
-  best = np.minimum.accumulate(train_fvu)
-  return {"seconds": seconds, "epochs": summary["epochs_run"],
-          "steps": summary["steps"],
-          "dead_never_fires": float(np.mean(~np.any(train_acts > 0, 0))),
+  return {"dead": summary["dead_window_fraction"],
+          "never_fires": summary["never_fires_fraction"],
           "test_mse": float(np.mean((x_test - x_hat) ** 2)),
-          "heldout_fvu": metrics.heldout_fvu(x_test, x_hat, mean),
           "l0": float(np.mean(np.sum(acts > 0, 1))),
-          "train_l0": float(np.mean(np.sum(train_acts > 0, 1))),
-          "worst_train_fvu_jump": float(np.max(np.asarray(train_fvu[10:])
-                                               / best[10:], initial=0.0))}
+          "heldout_fvu": metrics.heldout_fvu(x_test, x_hat, mean),
+          "seconds": seconds,
+          "fvu_jump": worst_jump([r["heldout_fvu"] for r in rows]),
+          "steps": summary["steps"],
+          "restores": summary["divergence_restores"]}
+
+
+def run_torch(es, split, seed, epochs, variant):
+  import reference_torch
+  import torch
+  # On the shared 2-core machines, 2 threads cost 5x the CPU time per step.
+  torch.set_num_threads(1)
+  train, val, test = split
+  x = es.embeddings
+  issue = variant == "issue"
+  r = reference_torch.train_reference(
+      x[train], x[val], x[test], seed=seed, epochs=epochs,
+      resample="fresh" if issue else "code",
+      decoder_norm="latents" if issue else "inputs")
+  val_var = np.sum((x[val] - x[train].mean(0)) ** 2) / x[val].size
+  return {"dead": r["dead_counter"], "never_fires": r["dead_never_fires"],
+          "test_mse": r["test_mse"], "l0": r["test_l0"],
+          "heldout_fvu": r["heldout_fvu"], "seconds": r["seconds"],
+          "fvu_jump": worst_jump(r["val_mse"] / val_var),
+          "steps": r["steps"], "restores": 0}
+
+
+def spread(values, fmt):
+  values = np.asarray(values, float)
+  if len(values) == 1:
+    return fmt.format(values[0])
+  return (f"{fmt.format(values.mean())} [{fmt.format(values.min())}, "
+          f"{fmt.format(values.max())}]")
 
 
 def main():
   parser = argparse.ArgumentParser()
   parser.add_argument("--data", default="", help="an embedding-set folder")
+  parser.add_argument("--standin", default="reference_like",
+                      choices=("reference_like", "t5_like"))
+  parser.add_argument("--seeds", default="0,1,2",
+                      help="one split and SAE seed per run")
   parser.add_argument("--epochs", type=int, default=500)
+  parser.add_argument("--variant", default="code", choices=("code", "issue"),
+                      help="the torch re-implementation: as the reference's "
+                      "code runs, or as issue 12 summarises it")
+  parser.add_argument("--skip_torch", action="store_true")
   args = parser.parse_args()
-  es = (data.load_embedding_set(args.data) if args.data
-        else synthetic.make_reference_like().embedding_set)
-  with tempfile.TemporaryDirectory() as tmp:
-    r = run(es, tmp, args.epochs)
-  ref = REFERENCE
-  print(f"data: {args.data or 'synthetic.make_reference_like() 100 x 768'}")
-  print(f"{'':24}{'reference':>12}{'this preset':>14}")
-  print(f"{'dead (never fires)':24}{ref['dead']:>12.0%}"
-        f"{r['dead_never_fires']:>14.0%}")
-  print(f"{'test MSE (raw units)':24}{ref['test_mse']:>12.4f}"
-        f"{r['test_mse']:>14.4f}")
-  print(f"{'test L0':24}{ref['l0']:>12.0f}{r['l0']:>14.0f}")
-  print(f"{'wall time (s)':24}{ref['seconds']:>12.0f}{r['seconds']:>14.1f}")
-  print(f"held-out FVU {r['heldout_fvu']:.3f}; train L0 {r['train_l0']:.0f}; "
-        f"{r['epochs']} epochs, {r['steps']} steps; largest training-FVU "
-        f"jump over its best so far (after epoch 10): "
-        f"{r['worst_train_fvu_jump']:.2f}x")
+  try:
+    seeds = [int(s) for s in args.seeds.split(",")]
+  except ValueError:
+    sys.exit(f"--seeds={args.seeds!r}: give integers, e.g. 0,1,2")
+  if args.data:
+    try:
+      es = data.load_embedding_set(args.data)
+    except (data.DataError, OSError) as e:
+      sys.exit(f"--data={args.data}: {e}")
+  else:
+    make = getattr(synthetic, f"make_{args.standin}")
+    es = make().embedding_set
+  results = {"preset": [], "torch": []}
+  for seed in seeds:
+    split = split_70_15_15(len(es), seed)
+    with tempfile.TemporaryDirectory() as tmp:
+      results["preset"].append(run_preset(es, split, seed, args.epochs, tmp))
+    if not args.skip_torch:
+      results["torch"].append(run_torch(es, split, seed, args.epochs,
+                                        args.variant))
+    print(f"seed {seed}: " + "; ".join(
+        f"{name} " + ", ".join(f"{k}={v:.4g}" for k, v in r[-1].items())
+        for name, r in results.items() if r), flush=True)
+  print(f"data: {args.data or args.standin} {len(es)} x {es.dim}; seeds "
+        f"{seeds} (mean [min, max]); torch variant: {args.variant}")
+  print(f"{'':28}{'reference':>12}{'torch re-impl':>28}{'preset':>28}")
+  for key, label, fmt in ROWS:
+    ref = fmt.format(REFERENCE[key]) if key in REFERENCE else "-"
+    cells = [spread([r[key] for r in results[name]], fmt)
+             if results[name] else "-" for name in ("torch", "preset")]
+    print(f"{label:28}{ref:>12}{cells[0]:>28}{cells[1]:>28}")
+  preset = results["preset"]
+  print(f"preset: {preset[0]['steps']} steps per run, divergence restores "
+        f"{[r['restores'] for r in preset]}; reference's 107 s / preset "
+        f"mean {107.0 / np.mean([r['seconds'] for r in preset]):.1f}x")
 
 
 if __name__ == "__main__":

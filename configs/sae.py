@@ -7,8 +7,9 @@ A tiny fast run on built-in synthetic data:
   python scripts/train.py --config=configs/sae.py:runlocal \
       --workdir=runs/demo --config.data.synthetic=True
 Arguments (comma-separated): arch=relu_l1|topk|batchtopk|jumprelu, and the
-presets `reference` (768 -> 6144 ReLU+L1, as the reference system) and `runlocal`
-(tiny and fast). Any field can be overridden: --config.train.lr=3e-4.
+presets `reference` (768 -> 6144 ReLU+L1, the reference system as its code
+runs; benchmarks/bench_reference.py compares it with a torch re-implementation)
+and `runlocal` (tiny and fast). Any field can be overridden: --config.train.lr=3e-4.
 """
 
 import ml_collections
@@ -70,8 +71,12 @@ def get_config(arg=None):
   config.train.aux_coeff = 1 / 32  # AuxK (topk / batchtopk)
   config.train.dead_window = 100  # steps without firing = dead
   config.train.resample_every = 0  # relu_l1: resample dead latents (steps)
-  config.train.resample = "data"  # data (Bricken, capped) | reference
+  # data (Bricken, capped) | reference (what its code does: dead encoder
+  # columns x 0.1) | fresh (new random weights, as issue 12 read it)
+  config.train.resample = "data"
   config.train.patience = 20  # early stopping on validation loss (epochs)
+  config.train.keep = "best"  # best (validation loss) | last parameters
+  config.train.partial_batch = "drop"  # drop | wrap | keep (train_core)
   config.train.max_grad_norm = 1.0
   # A validation loss above this many times its best (after the warm-ups)
   # restores the best parameters with fresh Adam moments; 0 turns it off.
@@ -84,21 +89,30 @@ def get_config(arg=None):
   if arg.arch == "jumprelu":
     config.train.sparsity_coeff = 1e-3
 
-  if arg.reference:  # the reference system, as it is (issue 12)
+  if arg.reference:  # the reference system, as its code runs (issue 12;
+    # benchmarks/reference_torch.py re-implements it, bench_reference.py
+    # compares the two)
     config.data.val_fraction = 0.15  # (its 15% test set is held out apart)
     config.data.scale_inputs = False  # raw units, centred on the train mean:
     config.model.learn_pre_bias = False  # = its fixed pre-bias
     config.model.arch = "relu_l1"
     config.model.init = "reference"
-    config.model.decoder_norm = "unit"
+    # Its F.normalize(dim=1) of torch's [768, 6144] decoder weight: each
+    # input dimension's weights over the latents at unit norm.
+    config.model.decoder_norm = "inputs"
     config.model.sparsity_over_latents = "mean"
     config.train.lr = 1e-3
     config.train.batch_size = 16
+    config.train.partial_batch = "keep"  # 70 rows: 16 x 4 + 6 per epoch
     config.train.epochs = 500
     config.train.sparsity_coeff = 3e-3
-    config.train.patience = 50
+    # Its patience counts validations, run every 50 steps: 50 of them are
+    # 2,500 steps, all of its 500 epochs, so it never stops early; and it
+    # reports the final model.
+    config.train.patience = 500
+    config.train.keep = "last"
     config.train.warmup_steps = 0
-    config.train.dead_window = 100
+    config.train.dead_window = 101  # dead: more than 100 steps unfired
     config.train.resample_every = 100
     config.train.resample = "reference"
     config.train.max_grad_norm = 0.0  # the reference clips nothing

@@ -55,10 +55,15 @@ def load_config_data(config) -> tuple[data.EmbeddingSet, np.ndarray | None,
   return es, None, None
 
 
-def prepare(config) -> PreparedData:
+def prepare(config, split=None) -> PreparedData:
+  """`split`: (train rows, validation rows) of the set, to use instead of
+  the config's split (benchmarks comparing with another trainer's split)."""
   es, true_features, label_features = load_config_data(config)
-  train_idx, val_idx = data.split_indices(
-      len(es), es.groups, config.data.val_fraction, config.data.split_seed)
+  if split is None:
+    train_idx, val_idx = data.split_indices(
+        len(es), es.groups, config.data.val_fraction, config.data.split_seed)
+  else:
+    train_idx, val_idx = (np.asarray(i, np.int64) for i in split)
   x = es.embeddings
   normalizer = (data.fit_normalizer(x[train_idx]) if config.data.normalize
                 else data.Normalizer.identity(es.dim))

@@ -96,3 +96,52 @@ def make_reference_like(n_examples: int = 100, d: int = 768, rank: int = 48,
       pooling="none")
   return SyntheticData(es, (inner.features @ basis.T).astype(np.float32),
                        inner.coefficients, inner.label_features)
+
+
+def make_t5_like(n_examples: int = 100, d: int = 768, n_labels: int = 4,
+                 cos_between: float = 0.494, cos_within: float = 0.560,
+                 spread: float = 0.1, power: float = 1.0,
+                 seed: int = 0) -> SyntheticData:
+  """A second stand-in for the reference's 100 mean-pooled t5-base
+  embeddings, built from what is published about them instead of a planted
+  dictionary: 25 prompts per emotion whose mean pairwise cosine is 0.494
+  between emotions and 0.560 within one (the reference's own figures).
+
+  x = offset + class mean + within-class part. With o, c, w their squared
+  norms and T the sum, cosines are (o - c/3) / T between and (o + c) / T
+  within (4 class means summing to 0), so o/T = 0.51, c/T = 0.05, w/T =
+  0.44: a large shared offset (anisotropy) and a small class signal. The
+  varying parts have a power-law spectrum (variance of the i-th of d random
+  orthogonal directions ~ i^-power, as text embeddings' PCA spectra fall)
+  and per-dimension std `spread`. There is no sparse ground truth:
+  `features` is empty.
+  """
+  rng = np.random.default_rng(seed)
+  c_share = (cos_within - cos_between) * (n_labels - 1) / n_labels
+  o_share = cos_within - c_share
+  basis = np.linalg.qr(rng.normal(size=(d, d)))[0]
+  scales = (1.0 + np.arange(d)) ** (-power / 2)
+
+  def draw(n):
+    z = rng.normal(size=(n, d)) * scales @ basis.T
+    return z / np.sqrt(np.mean(np.sum(z ** 2, 1)))  # unit mean square norm
+
+  labels = np.arange(n_examples) % n_labels
+  means = draw(n_labels)
+  means -= means.mean(0)
+  varying_sq = d * spread ** 2  # c + w
+  total = varying_sq / (1 - o_share)
+  class_part = means / np.sqrt(np.mean(np.sum(means ** 2, 1))) * np.sqrt(
+      c_share * total)
+  within = draw(n_examples) * np.sqrt((1 - o_share - c_share) * total)
+  offset = rng.normal(size=d)
+  offset *= np.sqrt(o_share * total) / np.linalg.norm(offset)
+  x = offset + class_part[labels] + within
+  names = [f"label{i}" for i in range(n_labels)]
+  es = data.make_embedding_set(
+      x, labels.astype(np.int32), names,
+      texts=[f"synthetic {i}" for i in range(n_examples)],
+      encoder={"name": "synthetic-t5-like", "revision": f"seed{seed}"},
+      pooling="none")
+  return SyntheticData(es, np.zeros((0, d), np.float32),
+                       np.zeros((n_examples, 0), np.float32), {})

@@ -42,7 +42,10 @@ class StaticSpec:
   max_grad_norm: float
   eval_chunk: int
   divergence_factor: float = 0.0  # restore when val loss > this x best; 0: off
-  resample: str = "data"  # "data" (Bricken, capped) or "reference" (random)
+  # "data" (Bricken, capped), "reference" (what the reference system's code
+  # does: dead encoder columns x 0.1) or "fresh" (new random weights)
+  resample: str = "data"
+  partial_batch: str = "drop"  # drop | wrap | keep (a short last step)
 
 
 @flax.struct.dataclass
@@ -75,13 +78,18 @@ def static_spec_from_config(config, n_train: int) -> StaticSpec:
                      learn_pre_bias=m.learn_pre_bias,
                      sparsity_over_latents=m.sparsity_over_latents)
   batch = min(t.batch_size, n_train)
+  # "drop": the rows past the last full batch wait for another epoch;
+  # "wrap": one more step, filled up with the epoch's first rows; "keep":
+  # one more, shorter step (the reference's: 70 rows, steps of 16 x 4 + 6).
+  partial = t.get("partial_batch", "drop")
+  steps = -(-n_train // batch) if partial != "drop" else n_train // batch
   return StaticSpec(sae=sae, batch_size=batch,
-                    steps_per_epoch=max(1, n_train // batch),
+                    steps_per_epoch=max(1, steps),
                     dead_window=t.dead_window,
                     resample_every=t.resample_every, patience=t.patience,
                     max_grad_norm=t.max_grad_norm, eval_chunk=2048,
                     divergence_factor=t.divergence_factor,
-                    resample=t.resample)
+                    resample=t.resample, partial_batch=partial)
 
 
 def _optimizer(spec: StaticSpec) -> optax.GradientTransformation:
@@ -161,17 +169,34 @@ def train_step(spec: StaticSpec, hp: HParams, state: TrainState, xb):
 
 
 def _resample_reference(spec: StaticSpec, state: TrainState) -> TrainState:
-  """The reference system's resampling: dead latents get a fresh random
-  (reference-init) encoder column and decoder row, zero bias; Adam's moments
+  """What the reference system's code does to dead latents (its intent was
+  fresh Kaiming x 0.1 encoder rows and orthogonal decoder columns, but its
+  init calls fill copies made by torch's advanced indexing): the encoder
+  column shrinks 10x, the decoder row is set to unit norm, the dead counter
+  restarts; the bias and Adam's moments are left as they are."""
+  dead = state.steps_since_fired >= spec.dead_window
+  params = dict(state.params)
+  params["W_enc"] = jnp.where(dead[None, :], 0.1 * params["W_enc"],
+                              params["W_enc"])
+  params["W_dec"] = jnp.where(dead[:, None],
+                              saes.base.unit_decoder_rows(params)["W_dec"],
+                              params["W_dec"])
+  return state.replace(params=params, steps_since_fired=jnp.where(
+      dead, 0, state.steps_since_fired))
+
+
+def _resample_fresh(spec: StaticSpec, state: TrainState) -> TrainState:
+  """Dead latents get a fresh random (reference-init) encoder column and a
+  unit decoder row, as issue 12 reads the reference; bias and Adam's moments
   are left as they are."""
   dead = state.steps_since_fired >= spec.dead_window
   key = jax.random.fold_in(jax.random.fold_in(state.rng, 1 << 21), state.step)
   fresh = saes.init_params(dataclasses.replace(spec.sae, init="reference"),
                            key)
+  fresh = saes.base.unit_decoder_rows(fresh)
   params = dict(state.params)
   params["W_dec"] = jnp.where(dead[:, None], fresh["W_dec"], params["W_dec"])
   params["W_enc"] = jnp.where(dead[None, :], fresh["W_enc"], params["W_enc"])
-  params["b_enc"] = jnp.where(dead, 0.0, params["b_enc"])
   return state.replace(params=params, steps_since_fired=jnp.where(
       dead, 0, state.steps_since_fired))
 
@@ -195,6 +220,8 @@ def _resample(spec: StaticSpec, x_train, state: TrainState) -> TrainState:
   """
   if spec.resample == "reference":
     return _resample_reference(spec, state)
+  if spec.resample == "fresh":
+    return _resample_fresh(spec, state)
   dead = state.steps_since_fired >= spec.dead_window
   params = state.params
   key = jax.random.fold_in(jax.random.fold_in(state.rng, 1 << 20), state.step)
@@ -325,15 +352,29 @@ def _epoch(spec: StaticSpec, hp: HParams, x_train, x_val, state: TrainState,
   run in lockstep), so the resampling branch below stays a real branch under
   vmap instead of a select that would run for every member every epoch."""
   active = ~(state.stopped | state.failed)
-  n_used = spec.steps_per_epoch * spec.batch_size
+  n = x_train.shape[0]
+  short = n % spec.batch_size if spec.partial_batch == "keep" else 0
+  n_full = spec.steps_per_epoch - (short > 0)
   key = jax.random.fold_in(state.rng, state.epoch)
-  order = jax.random.permutation(key, x_train.shape[0])[:n_used]
-  batches = order.reshape(spec.steps_per_epoch, spec.batch_size)
+  perm = jax.random.permutation(key, n)
+  # resize: the first rows, or (partial_batch="wrap") all of them and then
+  # the first ones again
+  batches = jnp.resize(perm, n_full * spec.batch_size).reshape(
+      n_full, spec.batch_size)
 
   def step_body(state, idx):
     return train_step(spec, hp, state, x_train[idx])
 
   state, step_metrics = jax.lax.scan(step_body, state, batches)
+  if short:  # a shape of its own: the same step traced once more
+    state, last = train_step(spec, hp, state, x_train[perm[n - short:]])
+    step_metrics = jax.tree.map(
+        lambda a, b: jnp.concatenate([a, b[None]]), step_metrics, last)
+  # Latents that have not fired for dead_window steps (what resampling and
+  # AuxK treat as dead), counted before resampling revives them; the
+  # summary's never_fires_fraction is another measure: latents that fire on
+  # no training example.
+  dead_fraction = jnp.mean(state.steps_since_fired >= spec.dead_window)
   state = jax.lax.cond(_resample_due(spec, global_epoch),
                        functools.partial(_resample, spec, x_train),
                        lambda s: s, state)
@@ -354,11 +395,7 @@ def _epoch(spec: StaticSpec, hp: HParams, x_train, x_val, state: TrainState,
   # driver names heldout_* or, when x_val is the training set, train_*.
   metrics = {f"step_{k}": jnp.mean(v) for k, v in step_metrics.items()}
   metrics.update({f"eval_{k}": v for k, v in val.items()})
-  # Latents that have not fired for dead_window steps (what resampling and
-  # AuxK treat as dead); the summary's never_fires_fraction is another
-  # measure: latents that fire on no training example.
-  metrics["dead_window_fraction"] = jnp.mean(
-      state.steps_since_fired >= spec.dead_window)
+  metrics["dead_window_fraction"] = dead_fraction
   metrics["lr"] = hp["lr"] * _warmup(state.step.astype(jnp.float32) - 1,
                                      hp["warmup_steps"])
   metrics["restored"] = restored

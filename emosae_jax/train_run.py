@@ -40,8 +40,19 @@ def validate_config(config) -> None:
       (m.d_in > 0 and m.d_sae > 0, "model.d_in and model.d_sae must be > 0"),
       (m.arch not in ("topk", "batchtopk") or 0 < m.k <= m.d_sae,
        f"model.k={m.k} must lie in [1, d_sae={m.d_sae}]"),
-      (m.decoder_norm in ("unit", "weighted"),
-       f"model.decoder_norm={m.decoder_norm!r}: use 'unit' or 'weighted'"),
+      (m.decoder_norm in ("unit", "weighted", "inputs"),
+       f"model.decoder_norm={m.decoder_norm!r}: use 'unit', 'weighted' or "
+       "'inputs'"),
+      (m.decoder_norm != "inputs" or m.arch == "relu_l1",
+       "model.decoder_norm='inputs' is for relu_l1 only"),
+      (t.get("resample", "data") in ("data", "reference", "fresh"),
+       f"train.resample={t.get('resample')!r}: use 'data', 'reference' or "
+       "'fresh'"),
+      (t.get("partial_batch", "drop") in ("drop", "wrap", "keep"),
+       f"train.partial_batch={t.get('partial_batch')!r}: use 'drop', "
+       "'wrap' or 'keep'"),
+      (t.get("keep", "best") in ("best", "last"),
+       f"train.keep={t.get('keep')!r}: use 'best' or 'last'"),
       (t.batch_size > 0 and t.epochs > 0 and t.epochs_per_call > 0,
        "train.batch_size, train.epochs and train.epochs_per_call must be > 0"),
       (t.lr > 0, f"train.lr={t.lr} must be > 0"),
@@ -166,10 +177,12 @@ def save_params(path: Path, params) -> None:
 
 
 def train_and_evaluate(config, workdir: str | Path,
-                       progress: bool = True) -> dict:
-  """Trains (or resumes) one SAE in `workdir`; returns the summary dict."""
+                       progress: bool = True, split=None) -> dict:
+  """Trains (or resumes) one SAE in `workdir`; returns the summary dict.
+  `split`: explicit (train rows, validation rows), see prepare."""
   validate_config(config)
-  prepared = prepare(config)  # data errors surface before the workdir is used
+  # data errors surface before the workdir is used
+  prepared = prepare(config, split=split)
   workdir = Path(workdir)
   config_dict = config.to_dict()
   check_workdir(workdir, config_dict)
@@ -221,13 +234,20 @@ def _train(config, workdir: Path, prepared: PreparedData,
   if mngr.latest_step() != int(state.epoch):
     checkpoint.save(mngr, int(state.epoch), state)
 
-  summary, hist = final_report(spec, hp, state.best_params, prepared)
+  # keep="last": the final parameters, as the reference reports its test
+  # figures (its best-validation model is only saved aside)
+  final = (state.params if config.train.get("keep", "best") == "last"
+           else state.best_params)
+  summary, hist = final_report(spec, hp, final, prepared)
   summary.update(epochs_run=int(state.epoch), steps=int(state.step),
+                 kept=config.train.get("keep", "best"),
+                 dead_window_fraction=(rows[-1]["dead_window_fraction"]
+                                       if rows else 0.0),
                  best_epoch=int(state.best_epoch),
                  divergence_restores=int(sum(r.get("restored", 0)
                                              for r in rows)),
                  early_stopped=bool(state.stopped))
-  save_params(workdir / runs.PARAMS_FILE, state.best_params)
+  save_params(workdir / runs.PARAMS_FILE, final)
   runs.write_summary(workdir, dict(summary, density_histogram=hist))
   if rows:
     plots.training_curves(rows, workdir / "training_curves.png")

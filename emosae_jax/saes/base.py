@@ -32,7 +32,7 @@ class SAESpec:
   d_sae: int
   k: int = 32  # topk / batchtopk: active latents per example
   k_aux: int = 256  # topk / batchtopk: latents used by the AuxK loss
-  decoder_norm: str = "unit"  # relu_l1: "unit" rows or "weighted" L1
+  decoder_norm: str = "unit"  # relu_l1: "unit" rows, "weighted" L1, "inputs"
   bandwidth: float = 1e-3  # jumprelu: STE kernel width
   threshold_init: float = 1e-3  # jumprelu: initial threshold
   init: str = "tied"  # "tied" or "reference" (see SparseAutoencoder)
@@ -50,7 +50,9 @@ class SparseAutoencoder(nn.Module):
   reconstructions small: at 1.0 a 768 -> 6144 SAE starts with half its
   latents firing at full size and an FVU near 10.
   init="reference": the reference system's, encoder Kaiming-uniform x 0.1
-  and decoder rows (its columns) orthogonal, then unit norm.
+  and the decoder orthogonal with each input dimension's weights over the
+  latents (a column here) at unit norm: its F.normalize(dim=1) of torch's
+  [d_in, d_sae] weight. Latent directions then have norm ~sqrt(d_in/d_sae).
   Biases start at 0.
   """
 
@@ -64,8 +66,11 @@ class SparseAutoencoder(nn.Module):
     def unit_rows(w):
       return w / jnp.linalg.norm(w, axis=1, keepdims=True)
 
+    def unit_columns(w):
+      return w / jnp.linalg.norm(w, axis=0, keepdims=True)
+
     if self.spec.init == "reference":
-      w_dec = self.param("W_dec", lambda key, shape: unit_rows(
+      w_dec = self.param("W_dec", lambda key, shape: unit_columns(
           nn.initializers.orthogonal()(key, shape)), (m, d))
       w_enc = self.param("W_enc", lambda key, shape: 0.1 * (
           nn.initializers.he_uniform()(key, shape)), (d, m))
@@ -127,6 +132,14 @@ def unit_decoder_rows(params: Params) -> Params:
   """Decoder rows rescaled to unit norm (after an optimizer step)."""
   w = params["W_dec"]
   return dict(params, W_dec=w / jnp.linalg.norm(w, axis=1, keepdims=True))
+
+
+def unit_decoder_columns(params: Params) -> Params:
+  """Each input dimension's decoder weights over the latents (a column of
+  W_dec) rescaled to unit norm: the reference system's renormalisation
+  (F.normalize(dim=1) on torch's [d_in, d_sae] weight)."""
+  w = params["W_dec"]
+  return dict(params, W_dec=w / jnp.linalg.norm(w, axis=0, keepdims=True))
 
 
 def decoder_norms(params: Params) -> jax.Array:

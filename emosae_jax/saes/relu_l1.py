@@ -5,6 +5,8 @@
 by its decoder norm, which removes the incentive to shrink activations while
 growing decoder rows. The L1 sums over latents (mean over the batch);
 `sparsity_over_latents="mean"` averages over them, as the reference does.
+`"inputs"` is the reference's renormalisation: each input dimension's
+weights over the latents (a column of W_dec) at unit norm after each step.
 """
 
 import jax
@@ -40,4 +42,6 @@ def post_update(spec, params, batch_stats):
   del batch_stats
   if spec.decoder_norm == "unit":
     params = base.unit_decoder_rows(params)
+  elif spec.decoder_norm == "inputs":
+    params = base.unit_decoder_columns(params)
   return params
