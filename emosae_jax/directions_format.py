@@ -29,7 +29,12 @@ in export order), unique in the export, and null selectivity / p_values.
 "robust" marks robust directions (every consensus; a feature significant,
 reappearing across seeds and holding on validation). "details" holds each
 direction's kind-specific record (consensus: spread, n_seeds, features).
-Exports list robust directions first.
+"tiers" holds each direction's breadth tier (emosae_jax/analysis/breadth.py):
+"broad" (a significant feature firing on >= the analysis' broad_support of
+its emotion's examples; a consensus of broad features), "narrow", or null
+(class means, features that are not significant, files written before the
+field: read as null). Exports list robust directions first, broad before
+narrow.
 `site` says where in the model the directions live and are added:
 {"kind": "t5_output"} (the T5 encoder's output, what MusicGen conditions
 on) or {"kind": "decoder_layer", "layer": L}. Files written before the
@@ -61,7 +66,8 @@ PER_FEATURE = ("feature_ids", "emotions", "selectivity", "p_values",
 # Optional per-direction lists, with the value files written before them
 # imply.
 OPTIONAL_PER_DIRECTION = {"kinds": "feature", "robust": False,
-                          "details": None}
+                          "details": None, "tiers": None}
+TIERS = ("broad", "narrow", None)
 KINDS = ("feature", "consensus", "class_mean")
 T5_OUTPUT = {"kind": "t5_output"}
 SITE_KINDS = ("t5_output", "decoder_layer")
@@ -112,6 +118,10 @@ def check(shape: Sequence[int], meta: dict, where: str) -> None:
   if unknown:
     raise DirectionsError(f"{where}: unknown direction kind(s) {unknown}; "
                           f"known: {list(KINDS)}")
+  odd = [t for t in meta.get("tiers", ()) if t not in TIERS]
+  if odd:
+    raise DirectionsError(f"{where}: unknown tier(s) {sorted(set(map(str, odd)))}"
+                          f"; known: broad, narrow, null")
   check_site(meta.get("site", T5_OUTPUT), where)
 
 

@@ -20,8 +20,9 @@ kinds (directions.json "kinds"):
               (normalised units) / scale, with the emotion's consensus scale
               (else the class-mean difference's own norm).
 Order: robust consensus directions first, then robust features, then the
-rest (other features, then class means), so that steering the first
-directions per emotion steers the robust ones. With --features only those
+rest (other features, then class means); among features, broad before
+narrow (analysis/breadth.py; directions.json "tiers"), so that steering the
+first directions per emotion steers the robust, broad ones. With --features only those
 features are exported. The SAEs are read only through emosae_jax.runs, which
 pairs a sweep's global member indices with their parameter rows.
 """
@@ -51,9 +52,11 @@ def member_position(summary: dict, member: int | None) -> int:
 def select_features(summary: dict, arrays: dict, position: int,
                     emotions: Sequence[str] | None = None,
                     top_per_emotion: int = 1,
-                    robust: np.ndarray | None = None) -> list[int]:
+                    robust: np.ndarray | None = None,
+                    broad: np.ndarray | None = None) -> list[int]:
   """The best significant features per emotion: robust ones first (when
-  `robust`, Bool[m], is given), then lowest p, then highest AUROC."""
+  `robust`, Bool[m], is given), then broad ones (when `broad` is), then
+  lowest p, then highest AUROC."""
   names = summary["data"]["label_names"]
   wanted = list(emotions) if emotions else names
   unknown = [e for e in wanted if e not in names]
@@ -67,10 +70,12 @@ def select_features(summary: dict, arrays: dict, position: int,
   p = arrays["p_value"][position]
   stat = arrays["statistic"][position]
   not_robust = (np.ones_like(sig) if robust is None else ~robust)
+  narrow = (np.ones_like(sig) if broad is None else ~broad)
   chosen, missing = [], []
   for name in wanted:
     feats = np.flatnonzero(sig & (emo == names.index(name)))
-    order = np.lexsort((-stat[feats], p[feats], not_robust[feats]))
+    order = np.lexsort((-stat[feats], p[feats], narrow[feats],
+                        not_robust[feats]))
     chosen += [int(f) for f in feats[order][:top_per_emotion]]
     if not len(feats):
       missing.append(name)
@@ -141,10 +146,12 @@ def export_directions(workdir: str | Path, out: str | Path,
                          f"features but {workdir} has d_sae={m}; rerun "
                          "scripts/analyze.py on this workdir")
   robust = arrays.get(ROBUST, np.zeros((position + 1, m), bool))[position]
+  broad = arrays.get(BROAD)  # None: analysed before tiers existed
+  broad = None if broad is None else broad[position].astype(bool)
   derived = []
   if features is None:
     features = select_features(summary, arrays, position, emotions,
-                               top_per_emotion, robust)
+                               top_per_emotion, robust, broad)
     derived = derived_entries(summary, arrays, index, emotions)
   features = [int(f) for f in features]
   bad = [f for f in features if not 0 <= f < m]
@@ -157,7 +164,7 @@ def export_directions(workdir: str | Path, out: str | Path,
   normalizer = runs.normalizer_of(members.info)
   entries = order_entries(
       [feature_entry(summary, arrays, position, f, w_dec, normalizer,
-                     bool(robust[f])) for f in features]
+                     bool(robust[f]), broad) for f in features]
       + [dict(e, vector=normalizer.direction_to_raw(e["vector"]))
          for e in derived])
   meta = entries_meta(entries)
@@ -179,18 +186,21 @@ def export_directions(workdir: str | Path, out: str | Path,
 
 
 ROBUST = "directions/robust"
+BROAD = "broad"
 _PER_ENTRY = {"feature_ids": "id", "emotions": "emotion",
               "selectivity": "selectivity", "p_values": "p_value",
               "q_values": "q_value", "auroc": "auroc",
               "significant": "significant",
               "typical_activation": "typical_activation", "kinds": "kind",
-              "robust": "robust", "details": "details"}
+              "robust": "robust", "details": "details", "tiers": "tier"}
 
 
 def feature_entry(summary: dict, arrays: dict, position: int, f: int,
                   w_dec: np.ndarray, normalizer: data.Normalizer,
-                  robust: bool) -> dict:
+                  robust: bool, broad: np.ndarray | None = None) -> dict:
+  """broad: Bool[m] of the member (None: no tiers in the analysis)."""
   e = int(arrays["emotion"][position, f])
+  significant = bool(arrays["significant"][position, f])
   pick = lambda key: float(arrays[key][position, f])
   return {"kind": "feature", "id": f,
           "emotion": summary["data"]["label_names"][e],
@@ -198,9 +208,11 @@ def feature_entry(summary: dict, arrays: dict, position: int, f: int,
           "selectivity": pick("selectivity"), "p_value": pick("p_value"),
           "q_value": pick("q_value"),
           "auroc": float(arrays["auroc"][position, e, f]),
-          "significant": bool(arrays["significant"][position, f]),
+          "significant": significant,
           "typical_activation": pick("typical_activation"),
-          "robust": robust, "details": None}
+          "robust": robust, "details": None,
+          "tier": (analysis.tier(bool(broad[f]))
+                   if broad is not None and significant else None)}
 
 
 def derived_entries(summary: dict, arrays: dict, index: int,
@@ -224,7 +236,8 @@ def derived_entries(summary: dict, arrays: dict, index: int,
     if np.all(np.isfinite(consensus)):
       out.append(_derived("consensus", name, consensus, scale, True, dict(
           record["consensus"], **comparison.get("consensus", {}),
-          configuration=dirs["groups"][g]["overrides"])))
+          configuration=dirs["groups"][g]["overrides"]),
+                          record["consensus"].get("tier")))
     mean = arrays["directions/class_mean"][e].astype(np.float64)
     norm = float(np.linalg.norm(mean))
     if norm > 0:
@@ -238,20 +251,24 @@ def derived_entries(summary: dict, arrays: dict, index: int,
 
 
 def _derived(kind: str, emotion: str, unit: np.ndarray, scale: float,
-             robust: bool, details: dict) -> dict:
+             robust: bool, details: dict, tier: str | None = None) -> dict:
   return {"kind": kind, "id": None, "emotion": emotion,
           "vector": np.asarray(unit, np.float64), "selectivity": None,
           "p_value": None, "q_value": None,
           "auroc": details.get("auroc_corpus"), "significant": None,
-          "typical_activation": scale, "robust": robust, "details": details}
+          "typical_activation": scale, "robust": robust, "details": details,
+          "tier": tier}
 
 
 def order_entries(entries: list[dict]) -> list[dict]:
   """Robust consensus, robust features, then the rest (features before
-  class means), each in emotion order as given; non-feature directions get
-  ids -1, -2, ... in that order."""
-  rank = lambda e: (0 if e["robust"] and e["kind"] == "consensus" else
-                    1 if e["robust"] else 2 if e["kind"] == "feature" else 3)
+  class means), broad features before narrow ones (or untiered) within
+  each, each in emotion order as given; non-feature directions get ids -1,
+  -2, ... in that order."""
+  narrow = lambda e: int(e.get("tier") != "broad")
+  rank = lambda e: ((0, 0) if e["robust"] and e["kind"] == "consensus" else
+                    (1, narrow(e)) if e["robust"] else
+                    (2, narrow(e)) if e["kind"] == "feature" else (3, 0))
   entries = sorted(entries, key=rank)
   ids = iter(range(-1, -len(entries) - 1, -1))
   return [e if e["kind"] == "feature" else dict(e, id=next(ids))

@@ -46,9 +46,12 @@ def _status(record: dict) -> str:
 
 def holds_section(ctx) -> r.Section | None:
   """What holds beyond the corpus, first: per validation set (the held-out
-  split first) the share of corpus-significant features that hold beside
-  its shuffled null, the share reappearing in other seeds, the corpus
-  probe's balanced accuracy there; then the class-mean verdicts."""
+  split first) the broad tier's and the narrow tier's holding and
+  reappearing (broad first), then the share of all corpus-significant
+  features that hold beside its shuffled null, the share reappearing in
+  other seeds, the corpus probe's balanced accuracy there; then the
+  class-mean verdicts."""
+  from emosae_jax.analysis.report_sections import breadth_note, breadth_table
   from emosae_jax.analysis.summary import class_mean_verdicts
   summary = _json(ctx.path("analysis", "analysis.json"))
   split = ctx.state["stages"].get("split", {}).get("record", {})
@@ -63,6 +66,10 @@ def holds_section(ctx) -> r.Section | None:
         "corpus reaches balanced accuracy <b>"
         f"{r.fmt(probe['balanced_accuracy'])}</b> here (chance "
         f"{r.fmt(probe['chance'])}).</p>")
+    tiers = breadth_table(summary["members"], j)
+    if tiers:
+      parts.append(f'<p class="note">{breadth_note(summary["settings"])}'
+                   "</p>" + tiers + "<p>All corpus-significant features:</p>")
     parts.append(r.table(
         ["member", "corpus-significant", "hold",
          "share holding", "share holding, shuffled labels (mean)",

@@ -198,6 +198,9 @@ def summary_section(summary: dict) -> Section:
        f"{perm['labels_moved_fraction']:.0%} of labels move per shuffle); "
        f"statistic: max one-vs-rest AUROC; BH at q <= {s['fdr']}; "
        f"min support {s['min_support']}"),
+      ("breadth tiers", "broad: a significant feature firing on >= "
+       f"{s['broad_support']:g} of its emotion's examples; narrow: the rest"
+       if "broad_support" in s else "not computed (older analysis)"),
       ("emotion probe", f"logistic regression, accuracy "
        f"{fmt(probe['accuracy_cv'])} ({probe['cv']}), "
        f"{fmt(probe['accuracy_train'])} on its training data"),

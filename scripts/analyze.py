@@ -32,6 +32,10 @@ _FDR = flags.DEFINE_float("fdr", 0.05, "Benjamini-Hochberg level.")
 _MIN_SUPPORT = flags.DEFINE_integer(
     "min_support", 5, "A feature must fire on this many prompts of its "
     "emotion to count as significant.")
+_BROAD_SUPPORT = flags.DEFINE_float(
+    "broad_support", 0.1, "Breadth tier: a significant feature is broad "
+    "when it fires on at least this fraction of its emotion's examples, "
+    "else narrow (reported apart; changes no test).")
 _WITHIN_GROUPS = flags.DEFINE_boolean(
     "within_groups", True, "Shuffle labels within template groups.")
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of the shuffles.")
@@ -44,12 +48,17 @@ _MEMBER_BATCH = flags.DEFINE_integer(
     "member_batch", 0, "Sweep members computed at once (0: by memory).")
 
 
+def _pct(x) -> str:
+  return "-" if x is None else f"{x:.0%}"
+
+
 def main(argv):
   del argv
   from emosae_jax import analysis
   settings = analysis.Settings(
       permutations=_PERMUTATIONS.value, fdr=_FDR.value,
-      min_support=_MIN_SUPPORT.value, within_groups=_WITHIN_GROUPS.value,
+      min_support=_MIN_SUPPORT.value, broad_support=_BROAD_SUPPORT.value,
+      within_groups=_WITHIN_GROUPS.value,
       seed=_SEED.value, stability_threshold=_STABILITY.value,
       member_batch=_MEMBER_BATCH.value)
   result = analysis.analyze(_WORKDIR.value, _DATA.value, settings,
@@ -61,11 +70,20 @@ def main(argv):
         f"{c['shuffled']['min']}-{c['shuffled']['max']})"
         for c in member["counts"] if "/" not in c["name"])
     print(f"member {member['index']}: {counts}")
+    tiers = member["breadth"]
+    print("  significant by breadth: " + "; ".join(
+        f"{name} {t['n']} (reappearing in >= half the other seeds: "
+        f"{_pct(t['share_reappear'])})" for name, t in tiers.items()))
     for v in member["validation"]:
       hold, null = v["hold"], v["hold"]["shuffled"]
       print(f"  holds on {v['path']}: {hold['real']} of {v['testable']} "
             f"testable (shuffled {null['mean']:.1f}, {null['min']}-"
             f"{null['max']})")
+      print("    by breadth: " + "; ".join(
+          f"{name} {t['hold']['real']} of {t['testable']} "
+          f"({_pct(t['share_hold'])}, shuffled "
+          f"{_pct(t['share_hold_shuffled']['mean'])})"
+          for name, t in v["by_breadth"].items()))
   for group in result.summary["directions"]["groups"]:
     for name, r in group["emotions"].items():
       if r and r["consensus"] and r["comparison"]["consensus"][

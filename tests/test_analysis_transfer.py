@@ -235,3 +235,22 @@ def test_report_says_whether_sae_directions_reach_the_class_mean(transfer):
   body = report_sections.directions_section(result.summary).body
   from emosae_jax.report import esc
   assert all(esc(v["text"]) in body for v in verdicts)
+
+
+def test_breadth_tiers_add_up_to_the_member_counts(transfer):
+  """Tiers partition the corpus-significant features: counts, holding
+  (real and shuffled) and the records' tiers agree with the totals."""
+  _, _, result = transfer
+  a = result.arrays
+  for i, m in enumerate(result.summary["members"]):
+    b, v = m["breadth"], m["validation"][0]
+    assert b["broad"]["n"] + b["narrow"]["n"] == len(m["features"])
+    assert b["broad"]["n"] == sum(r["tier"] == "broad"
+                                  for r in m["features"])
+    assert b["broad"]["n"] == int(np.sum(a["broad"][i]))
+    tiers = v["by_breadth"]
+    assert sum(t["hold"]["real"] for t in tiers.values()) == v["hold"]["real"]
+    assert sum(t["testable"] for t in tiers.values()) == v["testable"]
+    np.testing.assert_array_equal(
+        a["validation0/null_holds_broad_count"][i]
+        <= a["validation0/null_holds_count"][i], True)

@@ -52,7 +52,11 @@ counts, top prompts, causal checks, themselves vmapped over features),
 1,000 permutations x 16 members. A host loop feeds member batches of one size
 (the last padded), so a sweep of any size compiles once.
 
-Modules: settings (Settings, DeviceSpec), kernels (per-feature statistics),
+Breadth (breadth.py): each significant feature is "broad" when it fires on
+>= Settings.broad_support (a fraction) of its emotion's examples, else
+"narrow"; counts, holding and reappearing are reported per tier.
+
+Modules: settings (Settings, DeviceSpec), breadth, kernels (per-feature statistics),
 device (the jitted member batch, permutations, `compute`), causal (probe,
 ablation, steering), stability (matching across seeds), validation,
 consensus, summary (analysis.json), loading (runs, sweeps, data), files
@@ -61,6 +65,8 @@ consensus, summary (analysis.json), loading (runs, sweeps, data), files
 re-exported here: `from emosae_jax import analysis; analysis.analyze(...)`.
 """
 
+from emosae_jax.analysis.breadth import (TIERS, broad_features,
+                                         member_breadth, tier)
 from emosae_jax.analysis.causal import (fit_probe, random_directions,
                                         steering_rows)
 from emosae_jax.analysis.consensus import (class_mean_directions,

@@ -9,7 +9,9 @@ only in seed) and emotion, robust features joined by a reappearance match
 a cluster's consensus is the mean of its sign-aligned unit decoder rows,
 renormalised, and its spread the mean cosine of those rows to it. The
 emotion's consensus direction is its cluster covering the most seeds (ties:
-higher mean corpus AUROC).
+higher mean corpus AUROC). Only the broad robust features (breadth.py) are
+clustered when the configuration has any for the emotion, else the narrow
+ones; the record's "clustered" and the consensus' "tier" say which.
 
 Each emotion's consensus is compared with the best single-seed feature (the
 significant feature of the configuration with the highest corpus AUROC:
@@ -185,11 +187,21 @@ def robust_directions(decoders: np.ndarray, arrays: dict, stab: list[dict],
                      * np.linalg.norm(decoders[bi, bf]))
       dirs = {"best_feature": _unit(decoders[bi, bf]),
               "class_mean": _unit(class_mean[e])}
-      cl = clusters(stab, robust & (arrays["emotion"] == e),
-                    arrays["emotion"], members, settings.stability_threshold)
+      robust_e = robust & (arrays["emotion"] == e)
+      used = ("broad" if np.any((robust_e & arrays["broad"])[members])
+              else "narrow")
+      if used == "broad":  # narrow ones follow single words (breadth.py)
+        robust_e = robust_e & arrays["broad"]
+      cl = clusters(stab, robust_e, arrays["emotion"], members,
+                    settings.stability_threshold)
       record = {"best_feature": {"member": indices[bi], "feature": int(bf),
                                  "auroc": float(arrays["statistic"][bi, bf])},
-                "n_robust": int(sum(len(c) for c in cl)),
+                "n_robust": int(np.sum((robust & (arrays["emotion"] == e))[
+                    members])),
+                "n_robust_broad": int(np.sum(
+                    (robust & arrays["broad"] & (arrays["emotion"] == e))[
+                        members])),
+                "clustered": used if cl else None,
                 "n_clusters": len(cl), "consensus": None}
       if cl:
         pick = max(cl, key=lambda c: (len({i for i, _ in c}), np.mean(
@@ -199,6 +211,7 @@ def robust_directions(decoders: np.ndarray, arrays: dict, stab: list[dict],
         dirs["consensus"] = consensus[g, e]
         record["consensus"] = {
             "n_seeds": int(n_seeds[g, e]), "spread": float(spread[g, e]),
+            "tier": used,
             "features": [[indices[i], f] for i, f in pick]}
       record["comparison"] = compare(dirs, e, float(scale[g, e]), corpus,
                                      probe_weights, settings.strengths,
@@ -217,7 +230,9 @@ DEFINITION = (
     "robust: significant, reappears in >= half of the other seeds of its "
     "configuration, holds on every validation set; consensus: sign-aligned "
     "mean of the unit decoder rows of a cluster of robust features matched "
-    "across seeds, renormalised (spread: their mean cosine to it); "
+    "across seeds, renormalised (spread: their mean cosine to it), only "
+    "broad robust features clustered when the emotion has any (else the "
+    "narrow ones; tier says which); "
     "class_mean: mean normalised training embedding of the emotion minus the "
     "mean of the others'; slope: probe P(emotion) on other emotions' prompts "
     "per unit strength, every unit direction scaled by the best feature's "

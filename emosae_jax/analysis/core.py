@@ -8,6 +8,7 @@ from typing import Sequence
 import numpy as np
 
 from emosae_jax import runs
+from emosae_jax.analysis.breadth import broad_features, check_broad_support
 from emosae_jax.analysis.consensus import robust_directions
 from emosae_jax.analysis.device import compute, group_ids
 from emosae_jax.analysis.loading import check_inputs, load_data, load_members
@@ -39,6 +40,7 @@ def analyze(workdir: str | Path, data_path: str | None = None,
                      f"{settings.permutations}")
   if not 0 < settings.fdr < 1:
     raise ValueError(f"--fdr must lie in (0, 1), got {settings.fdr}")
+  check_broad_support(settings.broad_support)
   labelled = np.flatnonzero(es.labels >= 0)
   normalizer = runs.normalizer_of(members.info)
   x = normalizer.apply(es.embeddings[labelled]).astype(np.float32)
@@ -46,6 +48,7 @@ def analyze(workdir: str | Path, data_path: str | None = None,
   arrays, extras = compute(members.sae, members.params, x,
                            es.labels[labelled], len(es.label_names), groups,
                            settings, progress)
+  arrays["broad"] = broad_features(arrays, settings.broad_support)
   validations = []
   for vset in vsets:
     v_arrays, info = validate(members, arrays, extras["probe_weights"], vset,

@@ -50,9 +50,10 @@ def _finish(spec: DeviceSpec, n_perm, x, labels, n_pos, probe_w, probe_b,
   p_value = (1.0 + exceed) / (n_perm + 1.0)
   q_value, significant = _significance(spec, p_value, real["support"],
                                        prep["tested"])
-  null_sig, null_sig_by_emotion, null_holds = _null_significance(
+  null_sig, null_sig_by_emotion, null_holds, null_holds_broad = (
+      _null_significance(
       spec, null["statistic"], null["emotion"], null["support"],
-      prep["tested"], reference)
+      prep["tested"], reference))
   holds = (significant & reference["significant"]
            & (real["emotion"] == reference["emotion"]))
 
@@ -97,6 +98,7 @@ def _finish(spec: DeviceSpec, n_perm, x, labels, n_pos, probe_w, probe_b,
       "null_significant_by_emotion": null_sig_by_emotion,  # [P, K]
       "holds": holds, "holds_count": jnp.sum(holds),
       "null_holds_count": null_holds,  # [P]
+      "null_holds_broad_count": null_holds_broad,  # [P]
       "selectivity_hist": real["selectivity_hist"],
       "null_selectivity_hist": null["selectivity_hist"].sum(0) / n_perm,
       "statistic_hist": real["statistic_hist"],
@@ -115,8 +117,9 @@ def analyze_members(spec: DeviceSpec, params, x, labels, perms, probe_w,
   in [0, K); perms: Int[P, N] (labels[perms[i]] is shuffle i); probe_w:
   Float[d, K], probe_b: Float[K]; random_dirs: Float[R, d] unit rows;
   steer_rows: Int[S] the rows the steering check runs on; reference:
-  {"significant": Bool[B, m], "emotion": Int[B, m]} the features (and their
-  emotions, in these labels) whose holding is counted, real and shuffled.
+  {"significant": Bool[B, m], "emotion": Int[B, m], "broad": Bool[B, m]}
+  the features (their emotions in these labels, their breadth tier) whose
+  holding is counted, real and shuffled.
   Returns a dict of arrays with a leading [B] axis (see the module doc).
   """
   n, n_perm = x.shape[0], perms.shape[0]
@@ -161,7 +164,8 @@ def run_members(spec: DeviceSpec, member_batch: int, params: dict, x,
   n_members, m = int(params["W_dec"].shape[0]), int(params["W_dec"].shape[1])
   if reference is None:
     reference = {"significant": np.zeros((n_members, m), bool),
-                 "emotion": np.full((n_members, m), -1, np.int32)}
+                 "emotion": np.full((n_members, m), -1, np.int32),
+                 "broad": np.zeros((n_members, m), bool)}
   args = [jnp.asarray(a) for a in (x, labels, perms, probe_w, probe_b,
                                    random_dirs, steer_rows)]
   batches = []

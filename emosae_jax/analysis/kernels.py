@@ -196,10 +196,12 @@ def column_at_least(stat: jax.Array) -> jax.Array:
 def _null_significance(spec: DeviceSpec, stat, emotion, support, tested,
                        reference):
   """Significant counts [P], per emotion [P, K], and of the reference's
-  features for the reference's emotion [P], under each shuffle.
+  features for the reference's emotion [P] (all, and the broad ones), under
+  each shuffle.
 
-  reference: {"significant": Bool[m], "emotion": Int[m]} (e.g. the corpus
-  result a validation set is checked against; all False when there is none).
+  reference: {"significant": Bool[m], "emotion": Int[m], "broad": Bool[m]}
+  (e.g. the corpus result a validation set is checked against, its broad
+  tier; all False when there is none).
 
   stat, emotion, support: [P, m] of one member. Shuffle s is tested against
   all shuffles: p = #{s': stat_s' >= stat_s} / P (itself included, i.e.
@@ -220,6 +222,7 @@ def _null_significance(spec: DeviceSpec, stat, emotion, support, tested,
          & (support >= spec.min_support))
   by_emotion = jnp.stack([jnp.sum(sig & (emotion == e), 1)
                           for e in range(spec.n_labels)], 1)
-  holds = jnp.sum(sig & reference["significant"]
-                  & (emotion == reference["emotion"]), 1)
-  return jnp.sum(sig, 1), by_emotion, holds
+  holding = (sig & reference["significant"]
+             & (emotion == reference["emotion"]))
+  return (jnp.sum(sig, 1), by_emotion, jnp.sum(holding, 1),
+          jnp.sum(holding & reference["broad"], 1))

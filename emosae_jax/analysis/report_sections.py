@@ -32,7 +32,8 @@ def validation_section(summary: dict, max_rows: int = 300) -> Section | None:
            f"{summary['settings']['fdr']}, support &ge; "
            f"{summary['settings']['min_support']}) finds it significant on "
            "the other set for the same emotion. Shuffled: the same count "
-           "under each shuffle of the other set's labels.</p>"]
+           "under each shuffle of the other set's labels. "
+           + breadth_note(summary["settings"]) + "</p>"]
   for j, info in enumerate(sets):
     parts.append(f"<h3>{esc(info['path'])}</h3>")
     lines = [f"{info['n_labelled']} labelled examples ("
@@ -48,6 +49,7 @@ def validation_section(summary: dict, max_rows: int = 300) -> Section | None:
                  f"{fmt(info['probe_own_cv'])} cross-validated")
     parts.append("<ul>" + "".join(f"<li>{esc(x)}</li>" for x in lines)
                  + "</ul>")
+    parts.append(breadth_table(summary["members"], j))
     rows = []
     for m in summary["members"]:
       v = m["validation"][j]
@@ -64,12 +66,14 @@ def validation_section(summary: dict, max_rows: int = 300) -> Section | None:
     parts.append(_bands_table(summary["members"], j))
     feats = [(m, r) for m in summary["members"] for r in m["features"]]
     feats.sort(key=lambda mr: (not mr[1]["validation"][j]["holds"],
+                               mr[1].get("tier") != "broad",
                                -(mr[1]["validation"][j]["auroc"] or 0)))
     rows = []
     for m, r in feats[:max_rows]:
       v = r["validation"][j]
       rows.append([
           cell(m["index"]), cell(r["feature"]), Cell(esc(r["emotion"])),
+          Cell(esc(r.get("tier") or "–")), cell(r["support"]),
           Cell("yes" if v["holds"] else "no", int(v["holds"])),
           cell(r["auroc"]), p_cell(r["p_value"], n_perm), cell(v["auroc"]),
           Cell(esc(v["emotion"])), p_cell(v["p_value"], n_perm),
@@ -77,15 +81,56 @@ def validation_section(summary: dict, max_rows: int = 300) -> Section | None:
           Cell(_prompts(v["top_prompts"]))])
     parts.append(
         f'<p class="note">Corpus-significant features, those that hold '
-        f"first (then by AUROC on this set){'; the first ' + str(max_rows) if len(feats) > max_rows else ''}."
+        f"first (then broad before narrow, then by AUROC on this set){'; the first ' + str(max_rows) if len(feats) > max_rows else ''}."
         " AUROC on this set is for the corpus emotion; its p and q are for"
         " the emotion the feature is most selective for here.</p>")
     parts.append(table(
-        ["member", "feature", "emotion", "holds", "corpus AUROC", "corpus p",
+        ["member", "feature", "emotion", "tier",
+         "corpus examples of its emotion it fires on", "holds",
+         "corpus AUROC", "corpus p",
          "AUROC here", "emotion here", "p here", "q here",
          "other seeds it reappears in", "top prompts here"], rows))
   return Section("What holds on other labelled sets", "\n".join(parts),
                  "validation")
+
+
+def breadth_note(settings: dict) -> str:
+  """One sentence: what broad and narrow mean (HTML)."""
+  share = settings.get("broad_support")
+  if share is None:
+    return ""
+  return (f"A significant feature is <b>broad</b> when it fires on &ge; "
+          f"{share:.0%} of its emotion's corpus examples (broad_support="
+          f"{share:g}), else <b>narrow</b>: a narrow feature follows a few "
+          "of the emotion's words and cannot hold where the words are new.")
+
+
+def breadth_table(members: list[dict], j: int) -> str:
+  """Per member and breadth tier (broad first): significant features, how
+  many hold on validation set j beside shuffled labels, how many reappear
+  in other seeds. Empty for an analysis written before tiers existed."""
+  rows = []
+  for tier in ("broad", "narrow"):
+    for m in members:
+      v = (m["validation"][j].get("by_breadth") or {}).get(tier)
+      b = (m.get("breadth") or {}).get(tier)
+      if v is None or b is None:
+        continue
+      rows.append([cell(m["index"]), Cell(esc(tier)), cell(b["n"]),
+                   cell(v["testable"]),
+                   Cell(count_html(v["hold"]), v["hold"]["real"]),
+                   Cell(esc(_pct(v["share_hold"])), v["share_hold"]),
+                   Cell(esc(_pct(v["share_hold_shuffled"]["mean"]))),
+                   Cell(esc(_pct(b["share_reappear"])), b["share_reappear"]),
+                   Cell(esc(_pct(b["share_reappear_any"])),
+                        b["share_reappear_any"])])
+  if not rows:
+    return ""
+  return table(["member", "tier", "significant", "testable", "hold",
+                "share holding", "share holding, shuffled labels (mean)",
+                "share reappearing in >= half the other seeds",
+                "share reappearing in >= 1 other seed"], rows,
+               sortable=False)
 
 
 def _bands_table(members: list[dict], j: int) -> str:
@@ -134,7 +179,8 @@ def directions_section(summary: dict) -> Section | None:
       for kind, c in r["comparison"].items():
         if kind == "consensus":
           what = (f"{r['consensus']['n_seeds']} seeds, spread "
-                  f"{r['consensus']['spread']:.3f}")
+                  f"{r['consensus']['spread']:.3f}, of "
+                  f"{r['consensus'].get('tier') or '?'} robust features")
         elif kind == "best_feature":
           what = (f"member {r['best_feature']['member']}, feature "
                   f"{r['best_feature']['feature']}")
@@ -146,7 +192,9 @@ def directions_section(summary: dict) -> Section | None:
                     + [cell(a) for a in c["auroc_validation"]])
   note = (f'<p class="note">{esc(dirs["definition"])}. Random: the mean over'
           " random unit directions. Emotions without robust features have "
-          "no consensus row.</p>")
+          "no consensus row. The consensus clusters only broad robust "
+          "features where the emotion has any (its row says which tier "
+          "was used).</p>")
   verdicts = "".join(f"<li>{esc(v['text'])}</li>"
                      for v in class_mean_verdicts(summary))
   lead = ("<p>Does the best SAE-derived direction reach the class-mean "

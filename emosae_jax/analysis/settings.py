@@ -15,6 +15,10 @@ class Settings:
   permutations: int = 1000
   fdr: float = 0.05
   min_support: int = 5
+  # Breadth tier (breadth.py): a significant feature is "broad" when it
+  # fires on >= this FRACTION of its emotion's labelled examples, else
+  # "narrow". It sorts significant features; it changes no test.
+  broad_support: float = 0.1
   within_groups: bool = True
   seed: int = 0
   selectivity_thresholds: tuple[float, ...] = (2.0,)

@@ -8,6 +8,7 @@ import dataclasses
 import numpy as np
 
 from emosae_jax import data
+from emosae_jax.analysis.breadth import member_breadth, tier
 from emosae_jax.analysis.kernels import _STAT_RANGE
 from emosae_jax.analysis.loading import Members
 from emosae_jax.analysis.settings import Settings
@@ -93,6 +94,7 @@ def feature_records(arrays: dict, i: int, es_texts: list[str],
         "p_value": float(arrays["p_value"][i, f]),
         "q_value": float(arrays["q_value"][i, f]),
         "support": int(arrays["support"][i, f]),
+        "tier": tier(bool(arrays["broad"][i, f])),
         "rate": {n: float(arrays["rate"][i, k, f])
                  for k, n in enumerate(label_names)},
         "mean_activation": {n: float(arrays["mean_activation"][i, k, f])
@@ -147,6 +149,7 @@ def summarize(members: Members, es: data.EmbeddingSet, arrays: dict,
         "counts": member_counts(arrays, i, names, settings),
         "n_other_seeds": len(same_config[i]) - 1,
         "fraction_reappearing": reappearing_share(stab[i]),
+        "breadth": member_breadth(feats, stab[i]),
         "validation": [member_validation(v, info, i, len(feats)) | {
             "by_corpus_auroc": holding_by_corpus_auroc(feats, j)}
                        for j, (v, info, _) in enumerate(validations)],

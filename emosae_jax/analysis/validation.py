@@ -110,8 +110,9 @@ def validate(members: Members, corpus: dict, probe_weights, vset: ValidationSet,
   to_val = np.full(int(corpus["auroc"].shape[1]), -1, np.int32)
   to_val[vset.train_index] = np.arange(len(vset.names))
   ref_emotion = to_val[corpus["emotion"]]
-  reference = {"significant": corpus["significant"] & (ref_emotion >= 0),
-               "emotion": ref_emotion}
+  testable = corpus["significant"] & (ref_emotion >= 0)
+  reference = {"significant": testable, "emotion": ref_emotion,
+               "broad": testable & corpus["broad"]}
   es = vset.es
   x = runs.normalizer_of(members.info).apply(es.embeddings)
   x = x.astype(np.float32)
@@ -124,6 +125,7 @@ def validate(members: Members, corpus: dict, probe_weights, vset: ValidationSet,
   arrays["auroc_own"] = np.where(ref_emotion >= 0, own, np.nan).astype(
       np.float32)
   arrays["corpus_testable"] = reference["significant"]
+  arrays["corpus_broad"] = reference["broad"]
   info = {"path": vset.path, "data_hash": es.meta.get("content_hash"),
           "n_labelled": len(es), "emotions": vset.names,
           "examples_per_emotion": dict(zip(vset.names, np.bincount(
@@ -152,7 +154,8 @@ def prefixed(arrays: dict, j: int) -> dict:
   """The arrays of validation set j under their stored names."""
   keep = ("auroc", "auroc_own", "statistic", "emotion", "support", "p_value",
           "q_value", "significant", "tested", "holds", "holds_count",
-          "null_holds_count", "corpus_testable", "significant_count",
+          "null_holds_count", "null_holds_broad_count", "corpus_testable",
+          "corpus_broad", "significant_count",
           "null_significant_count", "top_index", "top_value")
   return {PREFIX.format(j) + k: arrays[k] for k in keep}
 
@@ -160,25 +163,45 @@ def prefixed(arrays: dict, j: int) -> dict:
 def member_validation(arrays: dict, info: dict, i: int,
                       n_corpus_significant: int) -> dict:
   """Member i on one validation set: how many corpus-significant features
-  hold, beside the same count under shuffled validation labels."""
+  hold, beside the same count under shuffled validation labels; the same
+  per breadth tier ("by_breadth", breadth.py)."""
   from emosae_jax.analysis.summary import count_entry
-  testable = int(np.sum(arrays["corpus_testable"][i]))
+  testable = arrays["corpus_testable"][i]
+  broad = arrays["corpus_broad"][i]
+  holds = arrays["holds"][i]
+  null = arrays["null_holds_count"][i]
+  null_broad = arrays["null_holds_broad_count"][i]
+  tiers = {"broad": (testable & broad, null_broad),
+           "narrow": (testable & ~broad, null - null_broad)}
+  by_breadth = {
+      name: _holding(count_entry(
+          f"hold/{name}", f"{name} corpus-significant features significant "
+          "on the validation set for the same emotion",
+          np.sum(holds & mask), tier_null), int(np.sum(mask)))
+      for name, (mask, tier_null) in tiers.items()}
   hold = count_entry(
       "hold", "corpus-significant features significant on the validation "
-      "set for the same emotion", arrays["holds_count"][i],
-      arrays["null_holds_count"][i])
-  share = lambda c: c / testable if testable else None
-  null = arrays["null_holds_count"][i].astype(np.float64)
+      "set for the same emotion", arrays["holds_count"][i], null)
   return {
       "path": info["path"], "corpus_significant": n_corpus_significant,
-      "testable": testable, "hold": hold, "share_hold": share(hold["real"]),
-      "share_hold_shuffled": {"mean": share(float(null.mean())),
-                              "p95": share(float(np.percentile(null, 95))),
-                              "max": share(float(null.max()))},
+      **_holding(hold, int(np.sum(testable))),
       "significant_on_validation": count_entry(
           "significant on validation", "features significant on the "
           "validation set (any emotion)", arrays["significant_count"][i],
-          arrays["null_significant_count"][i])}
+          arrays["null_significant_count"][i]),
+      "by_breadth": by_breadth}
+
+
+def _holding(hold: dict, testable: int) -> dict:
+  """A hold count (count_entry) as shares of the testable features, real
+  and under shuffled validation labels."""
+  share = lambda c: c / testable if testable else None
+  null = hold["shuffled"]
+  return {"testable": testable, "hold": hold,
+          "share_hold": share(hold["real"]),
+          "share_hold_shuffled": {"mean": share(null["mean"]),
+                                  "p95": share(null["p95"]),
+                                  "max": share(null["max"])}}
 
 
 def feature_validation(arrays: dict, vset: ValidationSet, i: int, f: int,
