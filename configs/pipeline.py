@@ -62,6 +62,8 @@ def get_config(arg=None):
   config.analysis.permutations = 1000
   config.analysis.fdr = 0.05
   config.analysis.min_support = 5
+  # Broad = fires on >= this fraction of its emotion's examples (a tier, not a test).
+  config.analysis.broad_support = 0.1
   # Other labelled embedding sets (comma list of folders) on which every
   # feature is tested too: which corpus-significant features hold there.
   # The held-out split and validation_captions are always validated on.

@@ -414,7 +414,8 @@ def sae_analysis(ctx: Context, group: Path, out: Path,
   from emosae_jax import analysis
   a = ctx.config.analysis
   settings = analysis.Settings(permutations=a.permutations, fdr=a.fdr,
-                               min_support=a.min_support)
+                               min_support=a.min_support,
+                               broad_support=a.broad_support)
   result = analysis.analyze(group, settings=settings,
                             progress=True, validation=validation)
   analysis.write(result, out)
