@@ -61,13 +61,22 @@ def minilm_set():
       subprocess.run([sys.executable, *cmd], cwd=root, check=True)
   es = data.load_embedding_set(emb)
   train, test = data.split_indices(len(es), es.groups, 0.2, 0)
-  return es.embeddings, train, test
+  return es.embeddings, train, test, es.groups
 
 
 def ref100_set():
   es = synthetic.make_reference_like().embedding_set
   train, test = data.split_indices(len(es), None, 0.3, 0)
-  return es.embeddings, train, test
+  return es.embeddings, train, test, None
+
+
+def validation_fold(train, groups, fraction):
+  """(fit rows, validation rows), both taken from the training rows (by
+  group where there are groups): where settings are chosen, so that the
+  test rows never choose anything."""
+  sub = [groups[i] for i in train] if groups else None
+  fit, val = data.split_indices(len(train), sub, fraction, 1)
+  return train[fit], train[val]
 
 
 SETS = {
@@ -102,6 +111,8 @@ def train_ours(arch, x_train, x_test, d_sae, batch, steps, coeff=None, k=None,
     config[section][field] = value
   spec = core.static_spec_from_config(config, x_train.shape[0])
   epochs = -(-steps // spec.steps_per_epoch)
+  config.train.epochs = epochs  # the lr schedule's planned length
+  spec = core.static_spec_from_config(config, x_train.shape[0])
   hp = core.hparams_from_config(config)
   xt = jax.numpy.asarray(x_train)
   start = time.perf_counter()
@@ -152,17 +163,31 @@ def interpolate(front, l0):
   return None
 
 
-def quality(name, python, quick):
+def saelens_schedule(arch, steps, matched):
+  """SAELens's lr schedule: its defaults (constant lr, no warm-ups) or,
+  `matched`, the warm-up and decay this project's defaults use."""
+  if not matched:
+    return {}
+  t = get_config(f"arch={arch}").train
+  return dict(lr_warm_up_steps=int(t.warmup_steps),
+              lr_decay_steps=int(round(t.lr_decay_fraction * steps)),
+              l1_warm_up_steps=int(t.sparsity_warmup_steps))
+
+
+def quality(name, python, quick, fold="test", matched=False):
   loader, d_sae, batch, steps, ours_l1, theirs_l1, ks = SETS[name]
-  x, train, test = loader()
+  x, train, test, groups = loader()
+  if fold == "val":
+    train, test = validation_fold(train, groups, 0.2 if groups else 0.3)
   norm = data.fit_normalizer(x[train])
   x_train = norm.apply(x[train]).astype(np.float32)
   x_test = norm.apply(x[test]).astype(np.float32)
   mean = x_train.mean(0)
   if quick:
     ours_l1, theirs_l1, ks, steps = ours_l1[:2], theirs_l1[:2], ks[:1], 40
-  print(f"\n== {name}: train {len(train)} x {x.shape[1]}, test {len(test)}, "
-        f"d_sae {d_sae}, batch {batch}, {steps} steps")
+  print(f"\n== {name}: train {len(train)} x {x.shape[1]}, {fold} "
+        f"{len(test)}, d_sae {d_sae}, batch {batch}, {steps} steps; SAELens "
+        f"schedule {'matched to ours' if matched else 'its defaults'}")
   with tempfile.TemporaryDirectory() as tmp:
     tmp = Path(tmp)
     np.save(tmp / "train.npy", x_train)
@@ -172,7 +197,8 @@ def quality(name, python, quick):
             [dict(name=f"topk_{k}", arch="topk", l1=0.0, k=k) for k in ks])
     for j in jobs:
       j.update(d_sae=d_sae, batch=batch, steps=steps, seed=0,
-               lr=3e-4 if j["arch"] == "relu_l1" else 1e-3)
+               lr=3e-4 if j["arch"] == "relu_l1" else 1e-3,
+               **saelens_schedule(j["arch"], steps, matched))
     start = time.perf_counter()
     theirs = run_saelens(python, {"mode": "quality",
                                   "x_train": str(tmp / "train.npy"),
@@ -266,6 +292,13 @@ def main():
   parser.add_argument("--sets", default="minilm,ref100")
   parser.add_argument("--quick", action="store_true",
                       help="two points per front, 40 steps: a smoke test")
+  parser.add_argument("--fold", choices=["test", "val"], default="test",
+                      help="val: score on a fold of the training rows (for "
+                      "choosing settings; the test rows stay unseen)")
+  parser.add_argument("--saelens_schedule", choices=["defaults", "matched"],
+                      default="defaults",
+                      help="matched: SAELens gets this project's lr warm-up "
+                      "and decay")
   parser.add_argument("--rounds", type=int, default=2)
   parser.add_argument("--steps", type=int, default=3)
   parser.add_argument("--saelens_python",
@@ -280,7 +313,8 @@ def main():
   for name in args.sets.split(","):
     if name not in SETS:
       raise SystemExit(f"unknown set {name!r}; choose from {sorted(SETS)}")
-    quality(name, args.saelens_python, args.quick)
+    quality(name, args.saelens_python, args.quick, args.fold,
+            args.saelens_schedule == "matched")
 
 
 if __name__ == "__main__":

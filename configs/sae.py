@@ -65,6 +65,9 @@ def get_config(arg=None):
   config.train.batch_size = 4096
   config.train.epochs = 100
   config.train.warmup_steps = 100  # linear learning-rate warm-up
+  # Linear decay to 0 over this last fraction of the planned steps (epochs x
+  # steps per epoch); 0: constant after the warm-up.
+  config.train.lr_decay_fraction = 0.0
   config.train.sparsity_coeff = 3e-3  # L1 (relu_l1) or L0 (jumprelu)
   config.train.sparsity_warmup_steps = 0  # linear L1 warm-up
   config.train.aux_coeff = 1 / 32  # AuxK (topk / batchtopk)

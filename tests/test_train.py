@@ -157,3 +157,19 @@ def test_chunks_reuse_one_compiled_program():
   for first_epoch in range(3):
     state, _ = run(state, hp, x, x, first_epoch)
   assert run._cache_size() == 1  # pylint: disable=protected-access
+
+
+def test_lr_schedule_warms_up_holds_then_decays_to_zero():
+  """lr_at: linear warm-up over 10 steps, constant, then linear decay to 0
+  over the last 20% of 100 planned steps (the values worked out by hand)."""
+  config = tiny_config("topk", train__lr=1e-3, train__warmup_steps=10,
+                       train__lr_decay_fraction=0.2, train__epochs=100)
+  spec = core.static_spec_from_config(config, config.train.batch_size)
+  assert spec.total_steps == 100
+  hp = core.hparams_from_config(config)
+  got = [float(core.lr_at(spec, hp, jnp.float32(s)))
+         for s in (0, 4, 9, 50, 80, 90, 99, 100, 120)]
+  want = [1e-4, 5e-4, 1e-3, 1e-3, 1e-3, 5e-4, 5e-5, 0.0, 0.0]
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-12)
+  hp["lr_decay_fraction"] = jnp.float32(0.0)  # off: constant after warm-up
+  assert float(core.lr_at(spec, hp, jnp.float32(99))) == pytest.approx(1e-3)
