@@ -156,7 +156,7 @@ def interpolate(front, l0):
   """Ours at SAELens's L0: linear in log L0 between the two nearest points
   of our Pareto front (None outside its range)."""
   pts = pareto(front)
-  for (l0a, fa, da), (l0b, fb, db) in zip(pts, pts[1:]):
+  for (l0a, fa, da, *_), (l0b, fb, db, *_) in zip(pts, pts[1:]):
     if l0a <= l0 <= l0b:
       t = (np.log(l0) - np.log(l0a)) / max(np.log(l0b) - np.log(l0a), 1e-9)
       return fa + t * (fb - fa), da + t * (db - da)
@@ -174,7 +174,12 @@ def saelens_schedule(arch, steps, matched):
               l1_warm_up_steps=int(t.sparsity_warmup_steps))
 
 
-def quality(name, python, quick, fold="test", matched=False):
+def quality(name, python, quick, fold="test", matched=False, lrs=None,
+            ours_overrides=None, skip_saelens=False):
+  """Each library's front over the L1 coefficients / k values and, per
+  arch, the learning rates in `lrs` (both libraries get the same grid; a
+  front is the union, so the comparison is best against best)."""
+  lrs = lrs or {"relu_l1": [3e-4], "topk": [1e-3]}
   loader, d_sae, batch, steps, ours_l1, theirs_l1, ks = SETS[name]
   x, train, test, groups = loader()
   if fold == "val":
@@ -192,42 +197,43 @@ def quality(name, python, quick, fold="test", matched=False):
     tmp = Path(tmp)
     np.save(tmp / "train.npy", x_train)
     np.save(tmp / "test.npy", x_test)
-    jobs = ([dict(name=f"relu_l1_{c}", arch="relu_l1", l1=c, k=0)
-             for c in theirs_l1] +
-            [dict(name=f"topk_{k}", arch="topk", l1=0.0, k=k) for k in ks])
+    jobs = ([dict(name=f"relu_l1_{c}_{lr}", arch="relu_l1", l1=c, k=0, lr=lr)
+             for lr in lrs["relu_l1"] for c in theirs_l1] +
+            [dict(name=f"topk_{k}_{lr}", arch="topk", l1=0.0, k=k, lr=lr)
+             for lr in lrs["topk"] for k in ks])
     for j in jobs:
       j.update(d_sae=d_sae, batch=batch, steps=steps, seed=0,
-               lr=3e-4 if j["arch"] == "relu_l1" else 1e-3,
                **saelens_schedule(j["arch"], steps, matched))
     start = time.perf_counter()
-    theirs = run_saelens(python, {"mode": "quality",
-                                  "x_train": str(tmp / "train.npy"),
-                                  "x_test": str(tmp / "test.npy"),
-                                  "jobs": jobs}, tmp)
+    theirs = {} if skip_saelens else run_saelens(
+        python, {"mode": "quality", "x_train": str(tmp / "train.npy"),
+                 "x_test": str(tmp / "test.npy"), "jobs": jobs}, tmp)
     saelens_wall = time.perf_counter() - start
     fronts = {"relu_l1": ([], []), "topk": ([], [])}
-    for j in jobs:
+    for j in jobs if theirs else []:
       r = theirs[j["name"]]
       fvu = metrics.heldout_fvu(x_test, np.load(tmp / f"{j['name']}.xhat.npy"),
                                 mean)
-      fronts[j["arch"]][1].append((r["l0"], fvu, r["dead"]))
-  # The same learning rate as SAELens got (the project's default is 3e-4).
-  runs = [("relu_l1", dict(coeff=c, lr=3e-4)) for c in ours_l1] + [
-      ("topk", dict(k=k, lr=1e-3)) for k in ks]
+      fronts[j["arch"]][1].append((r["l0"], fvu, r["dead"], j["lr"]))
+  # The same learning rates as SAELens got.
+  runs = [("relu_l1", dict(coeff=c, lr=lr)) for lr in lrs["relu_l1"]
+          for c in ours_l1] + [
+              ("topk", dict(k=k, lr=lr)) for lr in lrs["topk"] for k in ks]
   ours_wall = 0.0
   for arch, kw in runs:
     x_hat, l0, dead, seconds = train_ours(arch, x_train, x_test, d_sae, batch,
-                                          steps, **kw)
+                                          steps, overrides=ours_overrides,
+                                          **kw)
     ours_wall += seconds
     fronts[arch][0].append((l0, metrics.heldout_fvu(x_test, x_hat, mean),
-                            dead))
+                            dead, kw["lr"]))
   for arch, (ours, theirs_front) in fronts.items():
     print(f"-- {arch}: held-out FVU@L0 (dead = never fires on train), all "
           "points; then ours on our Pareto front at SAELens's Pareto L0s")
     for label, front in (("emosae ", ours), ("SAELens", theirs_front)):
-      print(f"   {label} " + "  ".join(f"{f:.3f}@{l0:.0f} ({d:.0%})"
-                                        for l0, f, d in sorted(front)))
-    for l0, fvu, dead in pareto(theirs_front):
+      print(f"   {label} " + "  ".join(f"{f:.3f}@{l0:.0f} ({d:.0%}, lr {lr:g})"
+                                        for l0, f, d, lr in sorted(front)))
+    for l0, fvu, dead, _ in pareto(theirs_front):
       mine = interpolate(ours, l0)
       if mine:
         print(f"   at L0 {l0:.0f}: emosae {mine[0]:.3f} ({mine[1]:.0%} dead) "
@@ -299,6 +305,14 @@ def main():
                       default="defaults",
                       help="matched: SAELens gets this project's lr warm-up "
                       "and decay")
+  parser.add_argument("--relu_lrs", default="3e-4",
+                      help="learning rates (comma-separated), both libraries")
+  parser.add_argument("--topk_lrs", default="1e-3")
+  parser.add_argument("--ours", default="",
+                      help="overrides of this project's config, e.g. "
+                      "train.warmup_steps=100,train.max_grad_norm=384")
+  parser.add_argument("--skip_saelens", action="store_true",
+                      help="this project's front only")
   parser.add_argument("--rounds", type=int, default=2)
   parser.add_argument("--steps", type=int, default=3)
   parser.add_argument("--saelens_python",
@@ -310,11 +324,20 @@ def main():
   if args.mode == "speed":
     speed(args.saelens_python, args.rounds, args.steps)
     return
+  try:
+    lrs = {"relu_l1": [float(v) for v in args.relu_lrs.split(",")],
+           "topk": [float(v) for v in args.topk_lrs.split(",")]}
+    ours = {k: int(v) if v.lstrip("-").isdigit() else float(v)
+            for k, v in (item.split("=") for item in args.ours.split(",")
+                         if item)}
+  except ValueError:
+    raise SystemExit("--relu_lrs/--topk_lrs: numbers; --ours: "
+                     "section.field=number,...") from None
   for name in args.sets.split(","):
     if name not in SETS:
       raise SystemExit(f"unknown set {name!r}; choose from {sorted(SETS)}")
     quality(name, args.saelens_python, args.quick, args.fold,
-            args.saelens_schedule == "matched")
+            args.saelens_schedule == "matched", lrs, ours, args.skip_saelens)
 
 
 if __name__ == "__main__":

@@ -39,7 +39,7 @@ class StaticSpec:
   dead_window: int
   resample_every: int
   patience: int
-  max_grad_norm: float
+  max_grad_norm: float  # on the gradient of this project's loss (a mean)
   eval_chunk: int
   divergence_factor: float = 0.0  # restore when val loss > this x best; 0: off
   resample: str = "data"  # "data" (Bricken, capped) or "reference" (random)
@@ -82,7 +82,7 @@ def static_spec_from_config(config, n_train: int) -> StaticSpec:
                     steps_per_epoch=max(1, n_train // batch),
                     dead_window=t.dead_window,
                     resample_every=t.resample_every, patience=t.patience,
-                    max_grad_norm=t.max_grad_norm, eval_chunk=2048,
+                    max_grad_norm=t.max_grad_norm / m.d_in, eval_chunk=2048,
                     divergence_factor=t.divergence_factor,
                     resample=t.resample,
                     total_steps=t.epochs * max(1, n_train // batch))
