@@ -1,7 +1,17 @@
 r"""This project's SAEs side by side with SAELens 6.54.12 (issue 12).
 
   python benchmarks/bench_quality.py [--sets=minilm,ref100] [--quick]
+      [--fold=test|val] [--relu_lrs=3e-4,1e-3] [--topk_lrs=1e-3]
+      [--saelens_schedule=defaults|matched] [--ours=train.warmup_steps=100]
+      [--skip_saelens]
   python benchmarks/bench_quality.py --mode=speed [--rounds=2]
+
+Settings are chosen with --fold=val (a fold of the training rows, by
+template group; the test rows are not loaded into any run); the test fold
+only reports. Learning rates are a grid that both libraries get, each
+library's front being the Pareto front over all of its runs (best against
+best). --ours overrides this project's config (e.g. the old defaults, for
+a before/after), --skip_saelens prints this project's front alone.
 
 SAELens runs in its own venv (--saelens_python, default
 /work/venvs/saelens/bin/python) through benchmarks/saelens_runner.py; it is
@@ -11,7 +21,7 @@ train for the same steps at the same batch size, and are scored by one
 numpy function, `metrics.heldout_fvu` (SSE / sum ||x_test - train mean||^2).
 
 quality: for relu_l1 (a sweep over the L1 coefficient; SAELens's MSE sums
-over dimensions, so its coefficients are about d_in x ours) and topk (k
+over dimensions, so its coefficients are d_in x ours) and topk (k
 values), prints each library's front (held-out FVU, L0, dead fraction =
 never fires on the training rows) and ours interpolated (in log L0) at
 SAELens's L0s. Sets: `minilm`, the project's prompts encoded by the packaged
@@ -80,11 +90,13 @@ def validation_fold(train, groups, fraction):
 
 
 SETS = {
-    # name: (loader, d_sae, batch, steps, relu_l1 coefficients (ours),
-    #        SAELens's, topk k values)
-    "minilm": (minilm_set, 1536, 256, 320, [3e-3, 1e-2, 3e-2, 1e-1],
-               [1.0, 3.0, 10.0, 30.0], [16, 32, 64]),
-    "ref100": (ref100_set, 6144, 16, 500, [3e-3, 3e-2], [1.0, 10.0], [32]),
+    # name: (loader, d_sae, batch, steps, SAELens's relu_l1 coefficients
+    #        (ours are these / d_in: the same penalty, its MSE being summed
+    #        over dimensions, so both fronts have points at nearly the same
+    #        L0s and the comparison interpolates little), topk k values)
+    "minilm": (minilm_set, 1536, 256, 320, [1.0, 3.0, 10.0, 30.0],
+               [16, 32, 64]),
+    "ref100": (ref100_set, 6144, 16, 500, [1.0, 10.0], [32]),
 }
 
 
@@ -180,8 +192,9 @@ def quality(name, python, quick, fold="test", matched=False, lrs=None,
   arch, the learning rates in `lrs` (both libraries get the same grid; a
   front is the union, so the comparison is best against best)."""
   lrs = lrs or {"relu_l1": [3e-4], "topk": [1e-3]}
-  loader, d_sae, batch, steps, ours_l1, theirs_l1, ks = SETS[name]
+  loader, d_sae, batch, steps, theirs_l1, ks = SETS[name]
   x, train, test, groups = loader()
+  ours_l1 = [c / x.shape[1] for c in theirs_l1]
   if fold == "val":
     train, test = validation_fold(train, groups, 0.2 if groups else 0.3)
   norm = data.fit_normalizer(x[train])
