@@ -244,6 +244,8 @@ def quality(name, python, quick, fold="test", matched=False, lrs=None,
     print(f"-- {arch}: held-out FVU@L0 (dead = never fires on train), all "
           "points; then ours on our Pareto front at SAELens's Pareto L0s")
     for label, front in (("emosae ", ours), ("SAELens", theirs_front)):
+      if not front:  # --skip_saelens
+        continue
       print(f"   {label} " + "  ".join(f"{f:.3f}@{l0:.0f} ({d:.0%}, lr {lr:g})"
                                         for l0, f, d, lr in sorted(front)))
     for l0, fvu, dead, _ in pareto(theirs_front):
