@@ -1,7 +1,17 @@
 r"""This project's SAEs side by side with SAELens 6.54.12 (issue 12).
 
   python benchmarks/bench_quality.py [--sets=minilm,ref100] [--quick]
+      [--fold=test|val] [--relu_lrs=3e-4,1e-3] [--topk_lrs=1e-3]
+      [--saelens_schedule=defaults|matched] [--ours=train.warmup_steps=100]
+      [--skip_saelens]
   python benchmarks/bench_quality.py --mode=speed [--rounds=2]
+
+Settings are chosen with --fold=val (a fold of the training rows, by
+template group; the test rows are not loaded into any run); the test fold
+only reports. Learning rates are a grid that both libraries get, each
+library's front being the Pareto front over all of its runs (best against
+best). --ours overrides this project's config (e.g. the old defaults, for
+a before/after), --skip_saelens prints this project's front alone.
 
 SAELens runs in its own venv (--saelens_python, default
 /work/venvs/saelens/bin/python) through benchmarks/saelens_runner.py; it is
@@ -11,7 +21,7 @@ train for the same steps at the same batch size, and are scored by one
 numpy function, `metrics.heldout_fvu` (SSE / sum ||x_test - train mean||^2).
 
 quality: for relu_l1 (a sweep over the L1 coefficient; SAELens's MSE sums
-over dimensions, so its coefficients are about d_in x ours) and topk (k
+over dimensions, so its coefficients are d_in x ours) and topk (k
 values), prints each library's front (held-out FVU, L0, dead fraction =
 never fires on the training rows) and ours interpolated (in log L0) at
 SAELens's L0s. Sets: `minilm`, the project's prompts encoded by the packaged
@@ -61,21 +71,32 @@ def minilm_set():
       subprocess.run([sys.executable, *cmd], cwd=root, check=True)
   es = data.load_embedding_set(emb)
   train, test = data.split_indices(len(es), es.groups, 0.2, 0)
-  return es.embeddings, train, test
+  return es.embeddings, train, test, es.groups
 
 
 def ref100_set():
   es = synthetic.make_reference_like().embedding_set
   train, test = data.split_indices(len(es), None, 0.3, 0)
-  return es.embeddings, train, test
+  return es.embeddings, train, test, None
+
+
+def validation_fold(train, groups, fraction):
+  """(fit rows, validation rows), both taken from the training rows (by
+  group where there are groups): where settings are chosen, so that the
+  test rows never choose anything."""
+  sub = [groups[i] for i in train] if groups else None
+  fit, val = data.split_indices(len(train), sub, fraction, 1)
+  return train[fit], train[val]
 
 
 SETS = {
-    # name: (loader, d_sae, batch, steps, relu_l1 coefficients (ours),
-    #        SAELens's, topk k values)
-    "minilm": (minilm_set, 1536, 256, 320, [3e-3, 1e-2, 3e-2, 1e-1],
-               [1.0, 3.0, 10.0, 30.0], [16, 32, 64]),
-    "ref100": (ref100_set, 6144, 16, 500, [3e-3, 3e-2], [1.0, 10.0], [32]),
+    # name: (loader, d_sae, batch, steps, SAELens's relu_l1 coefficients
+    #        (ours are these / d_in: the same penalty, its MSE being summed
+    #        over dimensions, so both fronts have points at nearly the same
+    #        L0s and the comparison interpolates little), topk k values)
+    "minilm": (minilm_set, 1536, 256, 320, [1.0, 3.0, 10.0, 30.0],
+               [16, 32, 64]),
+    "ref100": (ref100_set, 6144, 16, 500, [1.0, 10.0], [32]),
 }
 
 
@@ -102,6 +123,8 @@ def train_ours(arch, x_train, x_test, d_sae, batch, steps, coeff=None, k=None,
     config[section][field] = value
   spec = core.static_spec_from_config(config, x_train.shape[0])
   epochs = -(-steps // spec.steps_per_epoch)
+  config.train.epochs = epochs  # the lr schedule's planned length
+  spec = core.static_spec_from_config(config, x_train.shape[0])
   hp = core.hparams_from_config(config)
   xt = jax.numpy.asarray(x_train)
   start = time.perf_counter()
@@ -145,63 +168,87 @@ def interpolate(front, l0):
   """Ours at SAELens's L0: linear in log L0 between the two nearest points
   of our Pareto front (None outside its range)."""
   pts = pareto(front)
-  for (l0a, fa, da), (l0b, fb, db) in zip(pts, pts[1:]):
+  for (l0a, fa, da, *_), (l0b, fb, db, *_) in zip(pts, pts[1:]):
     if l0a <= l0 <= l0b:
       t = (np.log(l0) - np.log(l0a)) / max(np.log(l0b) - np.log(l0a), 1e-9)
       return fa + t * (fb - fa), da + t * (db - da)
   return None
 
 
-def quality(name, python, quick):
-  loader, d_sae, batch, steps, ours_l1, theirs_l1, ks = SETS[name]
-  x, train, test = loader()
+def saelens_schedule(arch, steps, matched):
+  """SAELens's lr schedule: its defaults (constant lr, no warm-ups) or,
+  `matched`, the warm-up and decay this project's defaults use."""
+  if not matched:
+    return {}
+  t = get_config(f"arch={arch}").train
+  return dict(lr_warm_up_steps=int(t.warmup_steps),
+              lr_decay_steps=int(round(t.lr_decay_fraction * steps)),
+              l1_warm_up_steps=int(t.sparsity_warmup_steps))
+
+
+def quality(name, python, quick, fold="test", matched=False, lrs=None,
+            ours_overrides=None, skip_saelens=False):
+  """Each library's front over the L1 coefficients / k values and, per
+  arch, the learning rates in `lrs` (both libraries get the same grid; a
+  front is the union, so the comparison is best against best)."""
+  lrs = lrs or {"relu_l1": [3e-4], "topk": [1e-3]}
+  loader, d_sae, batch, steps, theirs_l1, ks = SETS[name]
+  x, train, test, groups = loader()
+  ours_l1 = [c / x.shape[1] for c in theirs_l1]
+  if fold == "val":
+    train, test = validation_fold(train, groups, 0.2 if groups else 0.3)
   norm = data.fit_normalizer(x[train])
   x_train = norm.apply(x[train]).astype(np.float32)
   x_test = norm.apply(x[test]).astype(np.float32)
   mean = x_train.mean(0)
   if quick:
     ours_l1, theirs_l1, ks, steps = ours_l1[:2], theirs_l1[:2], ks[:1], 40
-  print(f"\n== {name}: train {len(train)} x {x.shape[1]}, test {len(test)}, "
-        f"d_sae {d_sae}, batch {batch}, {steps} steps")
+  print(f"\n== {name}: train {len(train)} x {x.shape[1]}, {fold} "
+        f"{len(test)}, d_sae {d_sae}, batch {batch}, {steps} steps; SAELens "
+        f"schedule {'matched to ours' if matched else 'its defaults'}")
   with tempfile.TemporaryDirectory() as tmp:
     tmp = Path(tmp)
     np.save(tmp / "train.npy", x_train)
     np.save(tmp / "test.npy", x_test)
-    jobs = ([dict(name=f"relu_l1_{c}", arch="relu_l1", l1=c, k=0)
-             for c in theirs_l1] +
-            [dict(name=f"topk_{k}", arch="topk", l1=0.0, k=k) for k in ks])
+    jobs = ([dict(name=f"relu_l1_{c}_{lr}", arch="relu_l1", l1=c, k=0, lr=lr)
+             for lr in lrs["relu_l1"] for c in theirs_l1] +
+            [dict(name=f"topk_{k}_{lr}", arch="topk", l1=0.0, k=k, lr=lr)
+             for lr in lrs["topk"] for k in ks])
     for j in jobs:
       j.update(d_sae=d_sae, batch=batch, steps=steps, seed=0,
-               lr=3e-4 if j["arch"] == "relu_l1" else 1e-3)
+               **saelens_schedule(j["arch"], steps, matched))
     start = time.perf_counter()
-    theirs = run_saelens(python, {"mode": "quality",
-                                  "x_train": str(tmp / "train.npy"),
-                                  "x_test": str(tmp / "test.npy"),
-                                  "jobs": jobs}, tmp)
+    theirs = {} if skip_saelens else run_saelens(
+        python, {"mode": "quality", "x_train": str(tmp / "train.npy"),
+                 "x_test": str(tmp / "test.npy"), "jobs": jobs}, tmp)
     saelens_wall = time.perf_counter() - start
     fronts = {"relu_l1": ([], []), "topk": ([], [])}
-    for j in jobs:
+    for j in jobs if theirs else []:
       r = theirs[j["name"]]
       fvu = metrics.heldout_fvu(x_test, np.load(tmp / f"{j['name']}.xhat.npy"),
                                 mean)
-      fronts[j["arch"]][1].append((r["l0"], fvu, r["dead"]))
-  # The same learning rate as SAELens got (the project's default is 3e-4).
-  runs = [("relu_l1", dict(coeff=c, lr=3e-4)) for c in ours_l1] + [
-      ("topk", dict(k=k, lr=1e-3)) for k in ks]
+      fronts[j["arch"]][1].append((r["l0"], fvu, r["dead"], j["lr"]))
+  # The same learning rates as SAELens got.
+  runs = [("relu_l1", dict(coeff=c, lr=lr)) for lr in lrs["relu_l1"]
+          for c in ours_l1] + [
+              ("topk", dict(k=k, lr=lr)) for lr in lrs["topk"] for k in ks]
   ours_wall = 0.0
   for arch, kw in runs:
     x_hat, l0, dead, seconds = train_ours(arch, x_train, x_test, d_sae, batch,
-                                          steps, **kw)
+                                          steps, overrides=ours_overrides,
+                                          **kw)
     ours_wall += seconds
     fronts[arch][0].append((l0, metrics.heldout_fvu(x_test, x_hat, mean),
-                            dead))
+                            dead, kw["lr"]))
   for arch, (ours, theirs_front) in fronts.items():
     print(f"-- {arch}: held-out FVU@L0 (dead = never fires on train), all "
           "points; then ours on our Pareto front at SAELens's Pareto L0s")
     for label, front in (("emosae ", ours), ("SAELens", theirs_front)):
-      print(f"   {label} " + "  ".join(f"{f:.3f}@{l0:.0f} ({d:.0%})"
-                                        for l0, f, d in sorted(front)))
-    for l0, fvu, dead in pareto(theirs_front):
+      if not front:  # --skip_saelens
+        continue
+      print(f"   {label} " + "  ".join(f"{f:.3f}@{l0:.0f} ({d:.0%}, lr {lr:g})"
+                                        for l0, f, d, lr in sorted(front)))
+    for l0, fvu, dead, _ in pareto(theirs_front):
       mine = interpolate(ours, l0)
       if mine:
         print(f"   at L0 {l0:.0f}: emosae {mine[0]:.3f} ({mine[1]:.0%} dead) "
@@ -266,6 +313,21 @@ def main():
   parser.add_argument("--sets", default="minilm,ref100")
   parser.add_argument("--quick", action="store_true",
                       help="two points per front, 40 steps: a smoke test")
+  parser.add_argument("--fold", choices=["test", "val"], default="test",
+                      help="val: score on a fold of the training rows (for "
+                      "choosing settings; the test rows stay unseen)")
+  parser.add_argument("--saelens_schedule", choices=["defaults", "matched"],
+                      default="defaults",
+                      help="matched: SAELens gets this project's lr warm-up "
+                      "and decay")
+  parser.add_argument("--relu_lrs", default="3e-4",
+                      help="learning rates (comma-separated), both libraries")
+  parser.add_argument("--topk_lrs", default="1e-3")
+  parser.add_argument("--ours", default="",
+                      help="overrides of this project's config, e.g. "
+                      "train.warmup_steps=100,train.max_grad_norm=384")
+  parser.add_argument("--skip_saelens", action="store_true",
+                      help="this project's front only")
   parser.add_argument("--rounds", type=int, default=2)
   parser.add_argument("--steps", type=int, default=3)
   parser.add_argument("--saelens_python",
@@ -277,10 +339,20 @@ def main():
   if args.mode == "speed":
     speed(args.saelens_python, args.rounds, args.steps)
     return
+  try:
+    lrs = {"relu_l1": [float(v) for v in args.relu_lrs.split(",")],
+           "topk": [float(v) for v in args.topk_lrs.split(",")]}
+    ours = {k: int(v) if v.lstrip("-").isdigit() else float(v)
+            for k, v in (item.split("=") for item in args.ours.split(",")
+                         if item)}
+  except ValueError:
+    raise SystemExit("--relu_lrs/--topk_lrs: numbers; --ours: "
+                     "section.field=number,...") from None
   for name in args.sets.split(","):
     if name not in SETS:
       raise SystemExit(f"unknown set {name!r}; choose from {sorted(SETS)}")
-    quality(name, args.saelens_python, args.quick)
+    quality(name, args.saelens_python, args.quick, args.fold,
+            args.saelens_schedule == "matched", lrs, ours, args.skip_saelens)
 
 
 if __name__ == "__main__":

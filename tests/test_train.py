@@ -5,6 +5,7 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from safetensors.numpy import load_file
 
@@ -157,3 +158,41 @@ def test_chunks_reuse_one_compiled_program():
   for first_epoch in range(3):
     state, _ = run(state, hp, x, x, first_epoch)
   assert run._cache_size() == 1  # pylint: disable=protected-access
+
+
+def test_lr_schedule_warms_up_holds_then_decays_to_zero():
+  """lr_at: linear warm-up over 10 steps, constant, then linear decay to 0
+  over the last 20% of 100 planned steps (the values worked out by hand)."""
+  config = tiny_config("topk", train__lr=1e-3, train__warmup_steps=10,
+                       train__lr_decay_fraction=0.2, train__epochs=100)
+  spec = core.static_spec_from_config(config, config.train.batch_size)
+  assert spec.total_steps == 100
+  hp = core.hparams_from_config(config)
+  got = [float(core.lr_at(spec, hp, jnp.float32(s)))
+         for s in (0, 4, 9, 50, 80, 90, 99, 100, 120)]
+  want = [1e-4, 5e-4, 1e-3, 1e-3, 1e-3, 5e-4, 5e-5, 0.0, 0.0]
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-12)
+  hp["lr_decay_fraction"] = jnp.float32(0.0)  # off: constant after warm-up
+  assert float(core.lr_at(spec, hp, jnp.float32(99))) == pytest.approx(1e-3)
+
+
+def test_grad_clip_is_in_summed_loss_units():
+  """max_grad_norm is in units of the loss summed over input dimensions
+  (SAELens's): Adam's updates on our mean loss's gradients g_t equal those of
+  plain optax clip(max_grad_norm) + Adam on d_in x g_t (Adam's eps, 1e-8 on
+  our loss, is d_in x that on the summed one). Gradient sizes vary, so a
+  clip in other units would weight the steps differently."""
+  config = tiny_config("relu_l1", train__max_grad_norm=1.0)
+  spec = core.static_spec_from_config(config, 256)
+  d_in = config.model.d_in
+  summed = optax.chain(optax.clip_by_global_norm(1.0),
+                       optax.scale_by_adam(eps=1e-8 * d_in))
+  ours = core._optimizer(spec)
+  zeros = {"w": jnp.zeros((7, 5))}
+  want_state, got_state = summed.init(zeros), ours.init(zeros)
+  for t, size in enumerate((1e-1, 1e-4, 3e-2, 1e-6, 1e-3)):
+    grads = {"w": size * jax.random.normal(jax.random.PRNGKey(t), (7, 5))}
+    want, want_state = summed.update(
+        jax.tree.map(lambda g: d_in * g, grads), want_state)
+    got, got_state = ours.update(grads, got_state)
+    np.testing.assert_allclose(got["w"], want["w"], rtol=1e-4, atol=1e-9)
