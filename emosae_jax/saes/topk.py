@@ -5,6 +5,7 @@ latents by asking them to explain the residual.
 """
 
 import jax
+import jax.numpy as jnp
 
 from emosae_jax.saes import base
 
@@ -24,6 +25,25 @@ def loss_terms(spec, params, x, x_hat, pre, acts, dead_mask, hp):
   return {"mse": base.reconstruction_mse(x, x_hat),
           "sparsity": jax.numpy.zeros(()),
           "aux": base.aux_k_loss(spec, params, x, x_hat, pre, dead_mask)}
+
+
+def train_terms(spec, params, x, dead_mask, hp):
+  """loss_terms' values for a training step, plus per-latent firing counts;
+  decodes from the k active latents (base.sparse_decode) rather than a
+  dense [batch, d_sae] matrix."""
+  del hp
+  pre = base.pre_activation(params, x)
+  # The barrier keeps XLA's top-k kernel: without it the per-column slices
+  # below merge into the top-k's sort, which then sorts whole rows (10x).
+  top, indices = jax.lax.optimization_barrier(jax.lax.top_k(pre, spec.k))
+  values = base.relu(top)
+  x_hat = base.sparse_decode(params["W_dec"], values, indices) + params["b_dec"]
+  counts = jnp.zeros((spec.d_sae,), x.dtype).at[indices.reshape(-1)].add(
+      (values > 0).reshape(-1).astype(x.dtype))
+  return ({"mse": base.reconstruction_mse(x, x_hat),
+           "sparsity": jnp.zeros(()),
+           "aux": base.aux_k_loss(spec, params, x, x_hat, pre, dead_mask)},
+          jax.lax.stop_gradient(counts), None)
 
 
 def post_update(spec, params, batch_stats):
