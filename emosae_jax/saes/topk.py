@@ -28,22 +28,37 @@ def loss_terms(spec, params, x, x_hat, pre, acts, dead_mask, hp):
 
 
 def train_terms(spec, params, x, dead_mask, hp):
-  """loss_terms' values for a training step, plus per-latent firing counts;
-  decodes from the k active latents (base.sparse_decode) rather than a
-  dense [batch, d_sae] matrix."""
+  """loss_terms' values for a training step, plus per-latent firing counts.
+
+  While no latent is dead (no AuxK), the step touches only the k active
+  latents of each row after the encoder matmul: base.topk_pre_activation
+  and base.sparse_decode replace three of its five dense matmuls. With
+  dead latents it is the plain formula. A real branch, so the sparse path
+  pays nothing for AuxK; under vmap (sweeps) both run."""
   del hp
-  pre = base.pre_activation(params, x)
-  # The barrier keeps XLA's top-k kernel: without it the per-column slices
-  # below merge into the top-k's sort, which then sorts whole rows (10x).
-  top, indices = jax.lax.optimization_barrier(jax.lax.top_k(pre, spec.k))
-  values = base.relu(top)
-  x_hat = base.sparse_decode(params["W_dec"], values, indices) + params["b_dec"]
-  counts = jnp.zeros((spec.d_sae,), x.dtype).at[indices.reshape(-1)].add(
-      (values > 0).reshape(-1).astype(x.dtype))
-  return ({"mse": base.reconstruction_mse(x, x_hat),
-           "sparsity": jnp.zeros(()),
-           "aux": base.aux_k_loss(spec, params, x, x_hat, pre, dead_mask)},
-          jax.lax.stop_gradient(counts), None)
+
+  def sparse(operands):
+    params, x = operands
+    top, indices = base.topk_pre_activation(params, x, spec.k)
+    values = base.relu(top)
+    x_hat = (base.sparse_decode(params["W_dec"], values, indices)
+             + params["b_dec"])
+    counts = jnp.zeros((spec.d_sae,), x.dtype).at[indices.reshape(-1)].add(
+        jnp.sign(values).reshape(-1))
+    return ({"mse": base.reconstruction_mse(x, x_hat),
+             "sparsity": jnp.zeros(()), "aux": jnp.zeros(())},
+            jax.lax.stop_gradient(counts))
+
+  def dense(operands):
+    params, x = operands
+    pre = base.pre_activation(params, x)
+    acts = activation(spec, params, pre, True)
+    x_hat = base.decode(params, acts)
+    return (loss_terms(spec, params, x, x_hat, pre, acts, dead_mask, None),
+            base.firing_counts(acts))
+
+  terms, counts = jax.lax.cond(jnp.any(dead_mask), dense, sparse, (params, x))
+  return terms, counts, None
 
 
 def post_update(spec, params, batch_stats):
