@@ -4,7 +4,8 @@ r"""This project's SAEs side by side with SAELens 6.54.12 (issue 12).
       [--fold=test|val] [--relu_lrs=3e-4,1e-3] [--topk_lrs=1e-3]
       [--saelens_schedule=defaults|matched] [--ours=train.warmup_steps=100]
       [--skip_saelens]
-  python benchmarks/bench_quality.py --mode=speed [--rounds=2]
+  python benchmarks/bench_quality.py --mode=speed [--rounds=2] [--steps=3]
+      [--archs=relu_l1,topk,batchtopk,jumprelu]
 
 Settings are chosen with --fold=val (a fold of the training rows, by
 template group; the test rows are not loaded into any run); the test fold
@@ -30,12 +31,14 @@ steps; cached under /tmp/emosae_bench_minilm), and `ref100`, a 100 x 768
 stand-in for the reference's t5 set (synthetic.make_reference_like, random
 70/30, 768 -> 6144, batch 16).
 speed: steps/s per architecture at batch 4096, 768 -> 6144 on Gaussian
-inputs, rounds alternating between the libraries; prints this project's
-compile time and SAELens's first two steps.
+inputs, rounds alternating between the libraries (each round prints both
+and their ratio); then per architecture the medians, the median ratio, this
+project's compile time, SAELens's first two steps and the load average.
 """
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -260,30 +263,38 @@ def quality(name, python, quick, fold="test", matched=False, lrs=None,
 # -------------------------------------------------------------------- speed
 
 
-def speed(python, rounds, steps):
+def _our_step(arch, kw, d, m, batch, xd):
+  """(compiled step, hp, fresh state, compile seconds) for one arch."""
+  config = get_config(f"arch={arch}")
+  config.model.d_in, config.model.d_sae = d, m
+  for key, v in kw.items():
+    config.model[key] = v
+  spec = core.static_spec_from_config(config, batch)
+  hp = core.hparams_from_config(config)
+  state = core.init_state(spec, jax.random.PRNGKey(0))
+  start = time.perf_counter()
+  step = jax.jit(lambda h, s, xb, spec=spec: core.train_step(
+      spec, h, s, xb), donate_argnums=1).lower(hp, state, xd).compile()
+  return step, hp, state, time.perf_counter() - start
+
+
+def speed(python, rounds, steps, archs_arg):
   d, m, batch = 768, 6144, 4096
   x = np.random.default_rng(0).normal(size=(32768, d)).astype(np.float32)
   archs = {"relu_l1": {}, "topk": {"k": 32}, "batchtopk": {"k": 32},
            "jumprelu": {}}
+  archs = {a: archs[a] for a in archs_arg.split(",")}
   ours, theirs = {a: [] for a in archs}, {a: [] for a in archs}
-  compile_s, first_s = {}, {}
+  compile_s, first_s, loads = {a: [] for a in archs}, {}, []
   with tempfile.TemporaryDirectory() as tmp:
     tmp = Path(tmp)
     np.save(tmp / "x.npy", x)
     xd = jax.numpy.asarray(x[:batch])
-    for _ in range(rounds):
+    for r in range(rounds):
+      loads.append(os.getloadavg()[0])
       for arch, kw in archs.items():
-        config = get_config(f"arch={arch}")
-        config.model.d_in, config.model.d_sae = d, m
-        for key, v in kw.items():
-          config.model[key] = v
-        spec = core.static_spec_from_config(config, batch)
-        hp = core.hparams_from_config(config)
-        state = core.init_state(spec, jax.random.PRNGKey(0))
-        start = time.perf_counter()
-        step = jax.jit(lambda h, s, xb, spec=spec: core.train_step(
-            spec, h, s, xb), donate_argnums=1).lower(hp, state, xd).compile()
-        compile_s[arch] = time.perf_counter() - start
+        step, hp, state, seconds = _our_step(arch, kw, d, m, batch, xd)
+        compile_s[arch].append(seconds)
         state, _ = step(hp, state, xd)
         jax.block_until_ready(state.params)
         start = time.perf_counter()
@@ -293,17 +304,25 @@ def speed(python, rounds, steps):
         ours[arch].append(steps / (time.perf_counter() - start))
         job = dict(name=arch, arch=arch, d_sae=m, k=kw.get("k", 0), l1=1.0,
                    lr=3e-4, batch=batch, steps=steps, seed=0, warm=2)
-        r = run_saelens(python, {"mode": "speed", "x_train": str(tmp / "x.npy"),
-                                 "jobs": [job]}, tmp)[arch]
-        theirs[arch].append(r["steps_per_s"])
-        first_s[arch] = r["first_steps_s"]
+        res = run_saelens(python, {"mode": "speed",
+                                   "x_train": str(tmp / "x.npy"),
+                                   "jobs": [job]}, tmp)[arch]
+        theirs[arch].append(res["steps_per_s"])
+        first_s[arch] = res["first_steps_s"]
+        print(f"   round {r + 1} {arch:10} emosae {ours[arch][-1]:.3f} "
+              f"SAELens {theirs[arch][-1]:.3f} steps/s, ratio "
+              f"{ours[arch][-1] / theirs[arch][-1]:.2f}x", flush=True)
   print(f"\n== speed: 768 -> 6144, batch 4096, {steps} timed steps x "
-        f"{rounds} alternating rounds (medians); devices {jax.devices()}")
+        f"{rounds} alternating rounds (medians; ratio = median of the "
+        f"per-round ratios); devices {jax.devices()}; 1-min load average at "
+        f"each round's start {', '.join(f'{v:.1f}' for v in loads)} on "
+        f"{os.cpu_count()} CPUs")
   for arch in archs:
     a, b = np.median(ours[arch]), np.median(theirs[arch])
-    print(f"   {arch:10} emosae {a:.3f} steps/s (compile {compile_s[arch]:.1f}"
-          f" s)  SAELens {b:.3f} steps/s (first 2 steps {first_s[arch]:.1f} s)"
-          f"  ratio {a / b:.2f}x")
+    ratio = np.median(np.array(ours[arch]) / np.array(theirs[arch]))
+    print(f"   {arch:10} emosae {a:.3f} steps/s (compile "
+          f"{np.median(compile_s[arch]):.1f} s)  SAELens {b:.3f} steps/s "
+          f"(first 2 steps {first_s[arch]:.1f} s)  ratio {ratio:.2f}x")
 
 
 def main():
@@ -330,6 +349,8 @@ def main():
                       help="this project's front only")
   parser.add_argument("--rounds", type=int, default=2)
   parser.add_argument("--steps", type=int, default=3)
+  parser.add_argument("--archs", default="relu_l1,topk,batchtopk,jumprelu",
+                      help="speed: the architectures to time")
   parser.add_argument("--saelens_python",
                       default="/work/venvs/saelens/bin/python")
   args = parser.parse_args()
@@ -337,7 +358,11 @@ def main():
     raise SystemExit(f"no SAELens venv at {args.saelens_python}; pass "
                      "--saelens_python")
   if args.mode == "speed":
-    speed(args.saelens_python, args.rounds, args.steps)
+    unknown = set(args.archs.split(",")) - set(saes.ARCHS)
+    if unknown:
+      raise SystemExit(f"unknown --archs {sorted(unknown)}; choose from "
+                       f"{sorted(saes.ARCHS)}")
+    speed(args.saelens_python, args.rounds, args.steps, args.archs)
     return
   try:
     lrs = {"relu_l1": [float(v) for v in args.relu_lrs.split(",")],

@@ -121,13 +121,11 @@ def init_state(spec: StaticSpec, rng: jax.Array) -> TrainState:
 
 def _loss_fn(spec: StaticSpec, hp: HParams, sparsity_scale, dead_mask,
              params, xb):
-  arch = saes.get_arch(spec.sae.arch)
-  x_hat, acts, pre = saes.forward(spec.sae, params, xb, train=True)
-  terms = arch.loss_terms(spec.sae, params, xb, x_hat, pre, acts, dead_mask,
-                          hp)
+  terms, counts, stats = saes.train_terms(spec.sae, params, xb, dead_mask,
+                                          hp)
   loss = (terms["mse"] + hp["sparsity_coeff"] * sparsity_scale
           * terms["sparsity"] + hp["aux_coeff"] * terms["aux"])
-  return loss, (terms, x_hat, acts, pre)
+  return loss, (terms, counts, stats)
 
 
 def _warmup(step, steps):
@@ -162,7 +160,7 @@ def train_step(spec: StaticSpec, hp: HParams, state: TrainState, xb):
   grad_fn = jax.value_and_grad(
       functools.partial(_loss_fn, spec, hp, sparsity_scale, dead_mask),
       has_aux=True)
-  (loss, (terms, x_hat, acts, pre)), grads = grad_fn(state.params, xb)
+  (loss, (terms, counts, stats)), grads = grad_fn(state.params, xb)
   finite = jnp.isfinite(loss)
   failed = state.failed | ~finite
   # A failed or early-stopped member must not move. Zeroing its gradient and
@@ -175,15 +173,12 @@ def train_step(spec: StaticSpec, hp: HParams, state: TrainState, xb):
                                                state.params)
   lr = jnp.where(frozen, 0.0, lr_at(spec, hp, step_f))
   params = jax.tree.map(lambda p, u: p - lr * u, state.params, updates)
-  stats = (arch.batch_stats(spec.sae, params, pre, acts)
-           if hasattr(arch, "batch_stats") else None)
   params = arch.post_update(spec.sae, params, stats)
-  fired = jnp.any(acts != 0, axis=0)
-  since = jnp.where(fired, 0, state.steps_since_fired + 1)
+  since = jnp.where(counts > 0, 0, state.steps_since_fired + 1)
   state = state.replace(params=params, opt_state=opt_state,
                         steps_since_fired=since, failed=failed,
                         step=state.step + jnp.where(frozen, 0, 1))
-  metrics = dict(terms, loss=loss, l0=jnp.mean(jnp.sum(acts != 0, -1)))
+  metrics = dict(terms, loss=loss, l0=jnp.sum(counts) / xb.shape[0])
   return state, metrics
 
 

@@ -5,9 +5,12 @@ Each architecture is a small module with the same four functions:
   activation(spec, params, pre, train) -> acts
   loss_terms(spec, params, x, x_hat, pre, acts, dead_mask, hp)
                                     -> {"mse", "sparsity", "aux"}
+  train_terms(spec, params, x, dead_mask, hp)
+                                    -> (loss terms, firing counts, batch_stats)
   post_update(spec, params, batch_stats) -> params   (after each optimizer step)
-and optionally batch_stats(spec, params, pre, acts) (statistics post_update
-needs).
+train_terms is the training step's forward pass: the same terms as forward +
+loss_terms (tests/test_train_step_math.py checks values and gradients), plus
+how many rows of the batch each latent fired on and what post_update needs.
 """
 
 from __future__ import annotations
@@ -45,14 +48,28 @@ def encode(spec: SAESpec, params: Params, x: jax.Array,
                                         pre_activation(params, x), train)
 
 
+def _fixed_pre_bias(spec: SAESpec, params: Params) -> Params:
+  if spec.learn_pre_bias:
+    return params
+  # a fixed pre-bias (the data's centring)
+  return dict(params, b_dec=jax.lax.stop_gradient(params["b_dec"]))
+
+
 def forward(spec: SAESpec, params: Params, x: jax.Array, train: bool):
   """Returns (x_hat, acts, pre)."""
-  if not spec.learn_pre_bias:  # a fixed pre-bias (the data's centring)
-    params = dict(params, b_dec=jax.lax.stop_gradient(params["b_dec"]))
+  params = _fixed_pre_bias(spec, params)
   pre = pre_activation(params, x)
   acts = get_arch(spec.arch).activation(spec, params, pre, train)
   return decode(params, acts), acts, pre
 
 
+def train_terms(spec: SAESpec, params: Params, x: jax.Array, dead_mask,
+                hp):
+  """The training step's forward pass on Float[batch d_in] x: returns
+  ({"mse", "sparsity", "aux"}, Float[d_sae] firing counts, batch_stats)."""
+  return get_arch(spec.arch).train_terms(spec, _fixed_pre_bias(spec, params),
+                                         x, dead_mask, hp)
+
+
 __all__ = ["ARCHS", "SAESpec", "Params", "get_arch", "init_params", "encode",
-           "decode", "forward", "pre_activation"]
+           "decode", "forward", "pre_activation", "train_terms"]

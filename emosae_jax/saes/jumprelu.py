@@ -73,6 +73,50 @@ def loss_terms(spec, params, x, x_hat, pre, acts, dead_mask, hp):
           "aux": jnp.zeros(())}
 
 
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def jump_relu_and_counts(pre, theta, bandwidth):
+  """(jump_relu(pre), per-latent count of pre > theta): the count is
+  step()'s sum over the batch with step's straight-through gradient, so the
+  L0 penalty needs no [batch, d_sae] step array, and the backward computes
+  the threshold's two gradients in one pass."""
+  acts = jnp.where(pre > theta, pre, 0.0)
+  return acts, base.firing_counts(acts)  # theta > 0: acts > 0 where fired
+
+
+def _jrc_fwd(pre, theta, bandwidth):
+  return jump_relu_and_counts(pre, theta, bandwidth), (pre, theta)
+
+
+def _jrc_bwd(bandwidth, res, cotangents):
+  pre, theta = res
+  g_acts, g_counts = cotangents
+  # jump_relu's d_theta (-theta/bw * rect * g) plus step's (-1/bw * rect * g)
+  # _rectangle((pre - theta) / bandwidth) in float arithmetic only: a
+  # comparison inside the reduction keeps it out of XLA:CPU's fast kernel.
+  near = jnp.sign(jax.nn.relu(0.5 - jnp.abs(pre - theta) / bandwidth))
+  # One elementwise pass, then the fast column sum; fused into the
+  # reduction, its [d_sae] broadcasts were each written out at full size.
+  per_entry = jax.lax.optimization_barrier(near * (theta * g_acts + g_counts))
+  d_theta = -jnp.sum(per_entry, axis=0) / bandwidth
+  return jnp.where(pre > theta, g_acts, 0.0), d_theta
+
+
+jump_relu_and_counts.defvjp(_jrc_fwd, _jrc_bwd)
+
+
+def train_terms(spec, params, x, dead_mask, hp):
+  """loss_terms' values for a training step, plus per-latent firing counts
+  (theta > 0, so a latent fires exactly when pre > theta)."""
+  del dead_mask, hp
+  theta = jnp.exp(params["log_threshold"])
+  acts, counts = jump_relu_and_counts(base.pre_activation(params, x), theta,
+                                      spec.bandwidth)
+  x_hat = base.decode(params, acts)
+  return ({"mse": base.reconstruction_mse(x, x_hat),
+           "sparsity": jnp.sum(counts) / x.shape[0], "aux": jnp.zeros(())},
+          jax.lax.stop_gradient(counts), None)
+
+
 def post_update(spec, params, batch_stats):
   del spec, batch_stats
   return params

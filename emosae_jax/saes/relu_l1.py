@@ -38,6 +38,22 @@ def loss_terms(spec, params, x, x_hat, pre, acts, dead_mask, hp):
   return {"mse": mse, "sparsity": sparsity, "aux": jnp.zeros(())}
 
 
+def train_terms(spec, params, x, dead_mask, hp):
+  """loss_terms' values for a training step, plus per-latent firing counts;
+  the L1 from per-latent column sums (a fast reduction) times the weights."""
+  del dead_mask, hp
+  acts = base.relu(base.pre_activation(params, x))
+  mse = base.reconstruction_mse(x, base.decode(params, acts))
+  totals = jnp.sum(acts, axis=0)  # acts >= 0: |acts| = acts
+  weights = (base.decoder_norms(params) if spec.decoder_norm == "weighted"
+             else 1.0)
+  sparsity = jnp.sum(totals * weights) / x.shape[0]
+  if spec.sparsity_over_latents == "mean":
+    sparsity /= spec.d_sae
+  return ({"mse": mse, "sparsity": sparsity, "aux": jnp.zeros(())},
+          base.firing_counts(acts), None)
+
+
 def post_update(spec, params, batch_stats):
   del batch_stats
   if spec.decoder_norm == "unit":

@@ -5,6 +5,7 @@ latents by asking them to explain the residual.
 """
 
 import jax
+import jax.numpy as jnp
 
 from emosae_jax.saes import base
 
@@ -24,6 +25,40 @@ def loss_terms(spec, params, x, x_hat, pre, acts, dead_mask, hp):
   return {"mse": base.reconstruction_mse(x, x_hat),
           "sparsity": jax.numpy.zeros(()),
           "aux": base.aux_k_loss(spec, params, x, x_hat, pre, dead_mask)}
+
+
+def train_terms(spec, params, x, dead_mask, hp):
+  """loss_terms' values for a training step, plus per-latent firing counts.
+
+  While no latent is dead (no AuxK), the step touches only the k active
+  latents of each row after the encoder matmul: base.topk_pre_activation
+  and base.sparse_decode replace three of its five dense matmuls. With
+  dead latents it is the plain formula. A real branch, so the sparse path
+  pays nothing for AuxK; under vmap (sweeps) both run."""
+  del hp
+
+  def sparse(operands):
+    params, x = operands
+    top, indices = base.topk_pre_activation(params, x, spec.k)
+    values = base.relu(top)
+    x_hat = (base.sparse_decode(params["W_dec"], values, indices)
+             + params["b_dec"])
+    counts = jnp.zeros((spec.d_sae,), x.dtype).at[indices.reshape(-1)].add(
+        jnp.sign(values).reshape(-1))
+    return ({"mse": base.reconstruction_mse(x, x_hat),
+             "sparsity": jnp.zeros(()), "aux": jnp.zeros(())},
+            jax.lax.stop_gradient(counts))
+
+  def dense(operands):
+    params, x = operands
+    pre = base.pre_activation(params, x)
+    acts = activation(spec, params, pre, True)
+    x_hat = base.decode(params, acts)
+    return (loss_terms(spec, params, x, x_hat, pre, acts, dead_mask, None),
+            base.firing_counts(acts))
+
+  terms, counts = jax.lax.cond(jnp.any(dead_mask), dense, sparse, (params, x))
+  return terms, counts, None
 
 
 def post_update(spec, params, batch_stats):

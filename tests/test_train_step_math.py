@@ -1,0 +1,78 @@
+"""The training step's fast forward pass (saes.train_terms: sparse TopK
+decoding, batch-threshold BatchTopK, fused counts) computes the same loss,
+gradients and firing counts as the plain formula (forward + loss_terms)."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from emosae_jax import saes
+from emosae_jax.saes import batchtopk
+
+HP = {"sparsity_coeff": 1.0}
+
+
+def _setup(arch, decoder_norm="unit", **spec_kw):
+  spec = saes.SAESpec(arch, 16, 64, k=4, k_aux=8, decoder_norm=decoder_norm,
+                      bandwidth=0.3, threshold_init=0.2, **spec_kw)
+  keys = jax.random.split(jax.random.key(0), 4)
+  params = saes.init_params(spec, keys[0])
+  # Unequal biases and decoder norms, so every term has something to do.
+  params["b_enc"] = 0.3 * jax.random.normal(keys[1], (64,))
+  params["W_dec"] = params["W_dec"] * jax.random.uniform(
+      keys[2], (64, 1), minval=0.5, maxval=2.0)
+  x = jax.random.normal(keys[3], (32, 16)) * jnp.linspace(0.5, 2.0, 32)[:, None]
+  return spec, params, x
+
+
+def _losses(spec, dead_mask):
+  arch = saes.get_arch(spec.arch)
+
+  def plain(params, x):
+    x_hat, acts, pre = saes.forward(spec, params, x, train=True)
+    t = arch.loss_terms(spec, params, x, x_hat, pre, acts, dead_mask, HP)
+    return t["mse"] + 0.7 * t["sparsity"] + 0.3 * t["aux"], jnp.sum(
+        acts != 0, axis=0)
+
+  def fast(params, x):
+    t, counts, _ = saes.train_terms(spec, params, x, dead_mask, HP)
+    return t["mse"] + 0.7 * t["sparsity"] + 0.3 * t["aux"], counts
+
+  return plain, fast
+
+
+@pytest.mark.parametrize("arch, kw", [
+    ("relu_l1", {}), ("relu_l1", {"decoder_norm": "weighted"}),
+    ("relu_l1", {"sparsity_over_latents": "mean"}),
+    ("relu_l1", {"learn_pre_bias": False}),
+    ("topk", {}), ("batchtopk", {}), ("jumprelu", {})])
+@pytest.mark.parametrize("some_dead", [False, True])
+def test_train_terms_equal_the_plain_formula(arch, kw, some_dead):
+  spec, params, x = _setup(arch, **kw)
+  dead = (jnp.arange(64) % 3 == 0) if some_dead else jnp.zeros(64, bool)
+  plain, fast = _losses(spec, dead)
+  (want, want_counts), want_grads = jax.value_and_grad(plain, has_aux=True)(
+      params, x)
+  (got, got_counts), got_grads = jax.value_and_grad(fast, has_aux=True)(
+      params, x)
+  np.testing.assert_allclose(got, want, rtol=1e-5)
+  np.testing.assert_array_equal(got_counts, want_counts)
+  for name in want_grads:
+    np.testing.assert_allclose(got_grads[name], want_grads[name], rtol=1e-4,
+                               atol=1e-6, err_msg=name)
+
+
+def test_batch_threshold_is_the_batch_topk_value_when_rows_are_uneven():
+  """Rows of very different norms keep very different numbers of latents;
+  the candidate threshold must still equal the full top-k's, including
+  when a row keeps more than its candidates (the exact fallback)."""
+  pre = jax.random.normal(jax.random.key(1), (256, 400))
+  for scale in (jnp.ones(256), jnp.linspace(0.5, 1.5, 256),
+                jnp.ones(256).at[3].set(50.0)):
+    p = pre * scale[:, None]
+    want = jax.lax.top_k(jax.nn.relu(p).reshape(-1), 256 * 5)[0][-1]
+    got = jax.jit(functools.partial(batchtopk._batch_threshold, k=5))(p)
+    assert float(got) == float(want)
