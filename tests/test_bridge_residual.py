@@ -10,6 +10,7 @@ from bridge import residual, residual_steering, tiny
 from bridge.generate import Settings, TransformersBackend, generate
 from emosae_jax import data
 from emosae_jax import directions_format as fmt
+from residual_helpers import assert_site_refused
 
 PROMPTS = ["a piano piece", "a slow violin melody with soft strings",
            "happy upbeat rock", "dark ambient synth", "calm folk guitar"]
@@ -150,16 +151,8 @@ def test_exported_layer_steers_there_and_wrong_sites_are_refused(
   assert spy.call_args.args[3] == 1  # the layer the export names
   base = generate(backend, PROMPTS[:1], settings=settings)
   assert not np.array_equal(steered, base)
-  fmt.write(tmp_path / "l5", vectors, dict(per, site=fmt.decoder_layer(5)))
-  with pytest.raises(residual_steering.SiteError,
-                     match=r"decoder layer 5 .* 2 decoder layers"):
-    generate(backend, PROMPTS[:1], load_directions(tmp_path / "l5"), 1.0,
-             settings)
-  fmt.write(tmp_path / "w16", vectors[:, :16],
-            dict(per, site=fmt.decoder_layer(1)))
-  with pytest.raises(residual_steering.SiteError, match="32 wide"):
-    generate(backend, PROMPTS[:1], load_directions(tmp_path / "w16"), 1.0,
-             settings)
+  assert_site_refused(backend, vectors, per, settings, tmp_path,
+                      PROMPTS[:1])
   from emosae_jax.errors import UserError
   assert issubclass(residual_steering.SiteError, UserError)
 

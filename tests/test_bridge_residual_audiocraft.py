@@ -20,6 +20,7 @@ from bridge.directions import load_directions
 from bridge.generate import AudiocraftBackend, Settings, generate
 from emosae_jax import data
 from emosae_jax import directions_format as fmt
+from residual_helpers import assert_site_refused
 from conftest import last_line, run_script
 
 PROMPTS = ["a piano piece", "a slow violin melody with soft strings",
@@ -191,16 +192,8 @@ def test_exported_layer_steers_there_and_wrong_sites_are_refused(
   assert spy.call_args.args[3] == 1  # the layer the export names
   assert not np.array_equal(steered,
                             generate(backend, PROMPTS[:1], settings=settings))
-  fmt.write(tmp_path / "l5", vectors, dict(_PER, site=fmt.decoder_layer(5)))
-  with pytest.raises(residual_steering.SiteError,
-                     match=r"decoder layer 5 .* 2 decoder layers"):
-    generate(backend, PROMPTS[:1], load_directions(tmp_path / "l5"), 1.0,
-             settings)
-  fmt.write(tmp_path / "w16", vectors[:, :16],
-            dict(_PER, site=fmt.decoder_layer(1)))
-  with pytest.raises(residual_steering.SiteError, match="32 wide"):
-    generate(backend, PROMPTS[:1], load_directions(tmp_path / "w16"), 1.0,
-             settings)
+  assert_site_refused(backend, vectors, _PER, settings, tmp_path,
+                      PROMPTS[:1])
 
 
 def _extract(loaded, out, texts=PROMPTS, **kw):
