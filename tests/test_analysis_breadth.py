@@ -195,3 +195,60 @@ def test_member_breadth_reappearing_shares():
 def test_broad_support_must_be_a_fraction():
   with pytest.raises(ValueError, match=r"broad_support.*\[0, 1\]"):
     breadth.check_broad_support(5)
+
+
+def _planted_consensus():
+  """Three seeds, one emotion. Seed 0's broad feature 0 matches seed 1's
+  narrow feature 0 (the match of a broad feature can be narrow); seeds 0, 1
+  and 2 share a narrow feature 1 with a higher AUROC. Decoder rows: feature
+  0 along axis 0, feature 1 along axis 1 (so matches are exact)."""
+  from types import SimpleNamespace
+  m, d = 2, 4
+  decoders = np.zeros((3, m, d))
+  decoders[:, 0, 0] = decoders[:, 1, 1] = 1.0
+  arrays = {"significant": np.array([[1, 1], [1, 1], [0, 1]], bool),
+            "emotion": np.zeros((3, m), int),
+            "statistic": np.array([[0.7, 0.9], [0.7, 0.9], [0.5, 0.9]]),
+            "broad": np.array([[1, 0], [0, 0], [0, 0]], bool),
+            "typical_activation": np.ones((3, m))}
+
+  def node(i, f, matches):
+    return {"n_other_seeds": 2, "reappears_in": len(matches),
+            "matches": [{"member": j, "feature": g, "cosine": 1.0}
+                        for j, g in matches]}
+  stab = [{0: node(0, 0, [(1, 0)]), 1: node(0, 1, [(1, 1), (2, 1)])},
+          {0: node(1, 0, [(0, 0)]), 1: node(1, 1, [(0, 1), (2, 1)])},
+          {1: node(2, 1, [(0, 1), (1, 1)])}]
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(20, d))
+  labels = np.arange(20) % 2
+  settings = SimpleNamespace(stability_threshold=0.7, strengths=[0, 1])
+  return (decoders, arrays, stab, [{"seed": s} for s in range(3)],
+          [0, 1, 2], ["happy", "sad"], (x, labels),
+          (np.zeros((d, 2)), np.zeros(2)), rng.normal(size=(2, d)), settings)
+
+
+def test_consensus_keeps_the_narrow_match_of_a_broad_feature():
+  """All robust features are clustered; the consensus is the cluster with a
+  broad feature (seeds 0 and 1), not the larger narrow one, marked broad."""
+  from emosae_jax.analysis import consensus
+  summary, stored = consensus.robust_directions(*_planted_consensus())
+  record = summary["groups"][0]["emotions"]["happy"]
+  assert record["n_clusters"] == 2 and record["n_robust_broad"] == 1
+  assert record["clustered"] == "broad"
+  chosen = record["consensus"]
+  assert sorted(map(tuple, chosen["features"])) == [(0, 0), (1, 0)]
+  assert chosen["n_seeds"] == 2 and chosen["tier"] == "broad"
+  assert chosen["n_broad"] == 1
+  np.testing.assert_allclose(stored["directions/consensus"][0, 0],
+                             [1, 0, 0, 0], atol=1e-6)
+
+
+def test_consensus_without_broad_features_takes_the_most_seeds():
+  from emosae_jax.analysis import consensus
+  args = list(_planted_consensus())
+  args[1] = dict(args[1], broad=np.zeros((3, 2), bool))
+  summary, _ = consensus.robust_directions(*args)
+  chosen = summary["groups"][0]["emotions"]["happy"]["consensus"]
+  assert chosen["n_seeds"] == 3 and chosen["tier"] == "narrow"
+  assert sorted(map(tuple, chosen["features"])) == [(0, 1), (1, 1), (2, 1)]

@@ -8,10 +8,14 @@ only in seed) and emotion, robust features joined by a reappearance match
 (cosine >= the stability threshold) form clusters (connected components);
 a cluster's consensus is the mean of its sign-aligned unit decoder rows,
 renormalised, and its spread the mean cosine of those rows to it. The
-emotion's consensus direction is its cluster covering the most seeds (ties:
-higher mean corpus AUROC). Only the broad robust features (breadth.py) are
-clustered when the configuration has any for the emotion, else the narrow
-ones; the record's "clustered" and the consensus' "tier" say which.
+emotion's consensus direction is chosen among its clusters containing at
+least one broad feature (breadth.py) when there are any, else among all: the
+one covering the most seeds (ties: higher mean corpus AUROC). All robust
+features, broad and narrow, are clustered, because a broad feature's match
+in another seed can be narrow: clustering only the broad ones split such
+clusters and lost seeds. The consensus' "tier" is "broad" when its cluster
+contains a broad feature, else "narrow" ("n_broad": how many); the record's
+"clustered" names the tier of the clusters it was chosen among (the same).
 
 Each emotion's consensus is compared with the best single-seed feature (the
 significant feature of the configuration with the highest corpus AUROC:
@@ -78,6 +82,24 @@ def clusters(stab: list[dict], robust: np.ndarray, emotion: np.ndarray,
   for n in nodes:
     groups.setdefault(root(n), []).append((int(n[0]), int(n[1])))
   return list(groups.values())
+
+
+def tier_of(cluster: list[tuple], broad: np.ndarray) -> str:
+  """"broad" when the cluster contains a broad feature, else "narrow"."""
+  return "broad" if any(broad[n] for n in cluster) else "narrow"
+
+
+def pick_cluster(cl: list[list[tuple]], broad: np.ndarray,
+                 statistic: np.ndarray) -> list[tuple] | None:
+  """Among the clusters containing a broad feature (all clusters if none
+  does; narrow features follow single words, breadth.py), the one covering
+  the most seeds, ties broken by the higher mean corpus AUROC. None: no
+  clusters."""
+  pool = [c for c in cl if tier_of(c, broad) == "broad"] or cl
+  if not pool:
+    return None
+  return max(pool, key=lambda c: (len({i for i, _ in c}), np.mean(
+      [statistic[n] for n in c])))
 
 
 def consensus_of(decoders: np.ndarray, cluster: list[tuple]):
@@ -188,12 +210,10 @@ def robust_directions(decoders: np.ndarray, arrays: dict, stab: list[dict],
       dirs = {"best_feature": _unit(decoders[bi, bf]),
               "class_mean": _unit(class_mean[e])}
       robust_e = robust & (arrays["emotion"] == e)
-      used = ("broad" if np.any((robust_e & arrays["broad"])[members])
-              else "narrow")
-      if used == "broad":  # narrow ones follow single words (breadth.py)
-        robust_e = robust_e & arrays["broad"]
       cl = clusters(stab, robust_e, arrays["emotion"], members,
                     settings.stability_threshold)
+      pick = pick_cluster(cl, arrays["broad"], arrays["statistic"])
+      used = tier_of(pick, arrays["broad"]) if cl else None
       record = {"best_feature": {"member": indices[bi], "feature": int(bf),
                                  "auroc": float(arrays["statistic"][bi, bf])},
                 "n_robust": int(np.sum((robust & (arrays["emotion"] == e))[
@@ -201,17 +221,16 @@ def robust_directions(decoders: np.ndarray, arrays: dict, stab: list[dict],
                 "n_robust_broad": int(np.sum(
                     (robust & arrays["broad"] & (arrays["emotion"] == e))[
                         members])),
-                "clustered": used if cl else None,
+                "clustered": used,
                 "n_clusters": len(cl), "consensus": None}
       if cl:
-        pick = max(cl, key=lambda c: (len({i for i, _ in c}), np.mean(
-            [arrays["statistic"][n] for n in c])))
         consensus[g, e], spread[g, e] = consensus_of(decoders, pick)
         n_seeds[g, e] = len({i for i, _ in pick})
         dirs["consensus"] = consensus[g, e]
         record["consensus"] = {
             "n_seeds": int(n_seeds[g, e]), "spread": float(spread[g, e]),
             "tier": used,
+            "n_broad": int(sum(bool(arrays["broad"][n]) for n in pick)),
             "features": [[indices[i], f] for i, f in pick]}
       record["comparison"] = compare(dirs, e, float(scale[g, e]), corpus,
                                      probe_weights, settings.strengths,
@@ -230,9 +249,10 @@ DEFINITION = (
     "robust: significant, reappears in >= half of the other seeds of its "
     "configuration, holds on every validation set; consensus: sign-aligned "
     "mean of the unit decoder rows of a cluster of robust features matched "
-    "across seeds, renormalised (spread: their mean cosine to it), only "
-    "broad robust features clustered when the emotion has any (else the "
-    "narrow ones; tier says which); "
+    "across seeds, renormalised (spread: their mean cosine to it), all robust "
+    "features clustered, the consensus chosen among the clusters containing "
+    "a broad feature when any do (tier: broad when it contains one), the one "
+    "covering the most seeds; "
     "class_mean: mean normalised training embedding of the emotion minus the "
     "mean of the others'; slope: probe P(emotion) on other emotions' prompts "
     "per unit strength, every unit direction scaled by the best feature's "

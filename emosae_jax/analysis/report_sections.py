@@ -192,9 +192,9 @@ def directions_section(summary: dict) -> Section | None:
                     + [cell(a) for a in c["auroc_validation"]])
   note = (f'<p class="note">{esc(dirs["definition"])}. Random: the mean over'
           " random unit directions. Emotions without robust features have "
-          "no consensus row. The consensus clusters only broad robust "
-          "features where the emotion has any (its row says which tier "
-          "was used).</p>")
+          "no consensus row. The consensus clusters all robust features "
+          "and is chosen among the clusters containing a broad feature "
+          "where any do (its row says which tier).</p>")
   verdicts = "".join(f"<li>{esc(v['text'])}</li>"
                      for v in class_mean_verdicts(summary))
   lead = ("<p>Does the best SAE-derived direction reach the class-mean "
