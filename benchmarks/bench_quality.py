@@ -3,7 +3,7 @@ r"""This project's SAEs side by side with SAELens 6.54.12 (issue 12).
   python benchmarks/bench_quality.py [--sets=minilm,ref100] [--quick]
       [--fold=test|val] [--relu_lrs=3e-4,1e-3] [--topk_lrs=1e-3]
       [--saelens_schedule=defaults|matched] [--ours=train.warmup_steps=100]
-      [--skip_saelens] [--relu_grid=dense] [--archs=relu_l1]
+      [--skip_saelens] [--relu_grid=dense] [--archs=relu_l1] [--seed=0]
   python benchmarks/bench_quality.py --mode=speed [--rounds=2] [--steps=3]
       [--archs=relu_l1,topk,batchtopk,jumprelu]
 
@@ -217,7 +217,7 @@ def saelens_schedule(arch, steps, matched):
 
 def quality(name, python, quick, fold="test", matched=False, lrs=None,
             ours_overrides=None, skip_saelens=False, dense=False,
-            archs=("relu_l1", "topk")):
+            archs=("relu_l1", "topk"), seed=0):
   """Each library's front over the L1 coefficients / k values and, per
   arch, the learning rates in `lrs` (both libraries get the same grid; a
   front is the union, so the comparison is best against best)."""
@@ -248,7 +248,7 @@ def quality(name, python, quick, fold="test", matched=False, lrs=None,
              for lr in lrs["topk"] for k in ks])
     jobs = [j for j in jobs if j["arch"] in archs]
     for j in jobs:
-      j.update(d_sae=d_sae, batch=batch, steps=steps, seed=0,
+      j.update(d_sae=d_sae, batch=batch, steps=steps, seed=seed,
                **saelens_schedule(j["arch"], steps, matched))
     start = time.perf_counter()
     theirs = {} if skip_saelens else run_saelens(
@@ -269,8 +269,8 @@ def quality(name, python, quick, fold="test", matched=False, lrs=None,
   ours_wall = 0.0
   for arch, kw in runs:
     x_hat, l0, dead, seconds = train_ours(arch, x_train, x_test, d_sae, batch,
-                                          steps, overrides=ours_overrides,
-                                          **kw)
+                                          steps, seed=seed,
+                                          overrides=ours_overrides, **kw)
     ours_wall += seconds
     fronts[arch][0].append((l0, metrics.heldout_fvu(x_test, x_hat, mean),
                             dead, kw["lr"]))
@@ -379,6 +379,9 @@ def main():
                       help="this project's front only")
   parser.add_argument("--rounds", type=int, default=2)
   parser.add_argument("--steps", type=int, default=3)
+  parser.add_argument("--seed", type=int, default=0,
+                      help="quality: init and batch-order seed, both "
+                      "libraries (the split stays fixed)")
   parser.add_argument("--relu_grid", choices=["default", "dense"],
                       default="default",
                       help="dense: also the geometric midpoints between the "
@@ -417,7 +420,7 @@ def main():
       raise SystemExit(f"unknown set {name!r}; choose from {sorted(SETS)}")
     quality(name, args.saelens_python, args.quick, args.fold,
             args.saelens_schedule == "matched", lrs, ours, args.skip_saelens,
-            args.relu_grid == "dense", archs.split(","))
+            args.relu_grid == "dense", archs.split(","), args.seed)
 
 
 if __name__ == "__main__":
