@@ -356,7 +356,8 @@ def quality(name, python, quick, fold="test", matched=False, lrs=None,
     l0s = sorted({round(p[0]) for p in pareto(libs["emosae"])})
     print("   PCA      " + "  ".join(f"{pca_fvu(x_train, x_test, k):.3f}@{k}"
                                       for k in l0s) +
-          "  (dense, k components at emosae's Pareto L0s)")
+          "  (dense, k components at emosae's Pareto L0s; exact once k >= "
+          "d_in)")
     print_matched(libs["emosae"], libs["SAELens"])
     if arch == "topk":
       print("   per k, best over lrs (dead fraction, lr):")
