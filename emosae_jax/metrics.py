@@ -36,6 +36,19 @@ def heldout_fvu(x_test, x_hat, train_mean) -> float:
                / total)
 
 
+def pca_reconstruction(x_train, x_test, k: int):
+  """x_test through the top-k principal components of x_train (numpy,
+  float64): centred on the training mean, projected onto the k leading right
+  singular vectors of the centred training rows, mean added back. The dense
+  baseline for a sparse code with L0 = k: k = 0 predicts the training mean
+  (held-out FVU 1.0), rank-k data is reproduced exactly."""
+  x_train = np.asarray(x_train, np.float64)
+  mean = x_train.mean(0)
+  _, _, vt = np.linalg.svd(x_train - mean, full_matrices=False)
+  basis = vt[:k]
+  return mean + (np.asarray(x_test, np.float64) - mean) @ basis.T @ basis
+
+
 def l0(acts):
   """Mean number of non-zero latents per example; acts: [N, d_sae]."""
   return jnp.mean(jnp.sum(acts != 0, axis=-1))

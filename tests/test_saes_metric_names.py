@@ -55,6 +55,22 @@ def test_heldout_fvu_known_values():
   assert metrics.heldout_fvu(x_test, x_test, mean) == 0.0
 
 
+def test_pca_reconstruction_known_answers():
+  """bench_quality's dense baseline: rank-3 data off the origin (held-out
+  rows from the same subspace) is reproduced at k = 3 but not at k = 2, and
+  k = 0 is the training mean (held-out FVU exactly 1)."""
+  rng = np.random.default_rng(0)
+  basis, offset = rng.normal(size=(3, 8)), 5 * rng.normal(size=8)
+  x_train = offset + rng.normal(size=(40, 3)) @ basis
+  x_test = offset + rng.normal(size=(10, 3)) @ basis
+  mean = x_train.mean(0)
+  fvu = {k: metrics.heldout_fvu(
+      x_test, metrics.pca_reconstruction(x_train, x_test, k), mean)
+         for k in (0, 2, 3)}
+  assert fvu[0] == pytest.approx(1.0)
+  assert fvu[2] > 0.01 and fvu[3] < 1e-20
+
+
 def test_auxk_is_a_real_branch():
   """AuxK is skipped, not masked, while no latent is dead: the compiled
   single-run step holds a conditional around it."""
