@@ -15,6 +15,11 @@ class Settings:
   permutations: int = 1000
   fdr: float = 0.05
   min_support: int = 5
+  # Part of the test (kernels._significance): a feature is significant only
+  # if it also fires on >= this FRACTION of its emotion's labelled examples
+  # (BH-significant features below it are still counted, as
+  # "bh_significant"). Shuffled labels go through the same rule. 0 = off.
+  min_support_fraction: float = 0.0
   # Breadth tier (breadth.py): a significant feature is "broad" when it
   # fires on >= this FRACTION of its emotion's labelled examples, else
   # "narrow". It sorts significant features; it changes no test.
@@ -41,6 +46,7 @@ class DeviceSpec:
   n_labels: int
   fdr: float
   min_support: int
+  min_support_fraction: float
   thresholds: tuple[float, ...]
   n_top: int
   strengths: tuple[float, ...]
