@@ -37,7 +37,7 @@ _BROAD_SUPPORT = flags.DEFINE_float(
     "when it fires on at least this fraction of its emotion's examples, "
     "else narrow (reported apart; changes no test).")
 _MIN_SUPPORT_FRACTION = flags.DEFINE_float(
-    "min_support_fraction", 0.0, "Part of the test: a significant feature "
+    "min_support_fraction", 0.15, "Part of the test: a significant feature "
     "must also fire on at least this fraction of its emotion's examples "
     "(shuffled labels go through the same rule; BH-only counts are "
     "reported beside). 0: off.")

@@ -112,11 +112,3 @@ def sweep_fvu(workdir) -> dict[int, float]:
       out[int(e["index"])] = float(value)
   return out
 
-
-def position_of(summary: dict, j_or_path) -> int:
-  """The index in summary["validation"] of a set given by path."""
-  paths = [v["path"] for v in summary.get("validation") or []]
-  if str(j_or_path) not in paths:
-    raise ValueError(f"--select_on={j_or_path} is not among the validation "
-                     f"sets {paths}; give one of them")
-  return paths.index(str(j_or_path))
