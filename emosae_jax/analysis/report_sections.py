@@ -138,10 +138,15 @@ def breadth_note(settings: dict) -> str:
   share = settings.get("broad_support")
   if share is None:
     return ""
+  fraction = settings.get("min_support_fraction") or 0.0
+  every = (f" With min_support_fraction={fraction:g} &ge; broad_support "
+           "every significant feature is broad (the test itself asks for "
+           "breadth now)." if fraction >= share else "")
   return (f"A significant feature is <b>broad</b> when it fires on &ge; "
           f"{share:.0%} of its emotion's corpus examples (broad_support="
           f"{share:g}), else <b>narrow</b>: a narrow feature follows a few "
-          "of the emotion's words and cannot hold where the words are new.")
+          "of the emotion's words and cannot hold where the words are new."
+          + every)
 
 
 def breadth_table(members: list[dict], j: int) -> str:
@@ -150,6 +155,9 @@ def breadth_table(members: list[dict], j: int) -> str:
   in other seeds. Empty for an analysis written before tiers existed."""
   rows = []
   for tier in ("broad", "narrow"):
+    if not any(((m.get("breadth") or {}).get(tier) or {}).get("n")
+               for m in members):
+      continue  # e.g. no narrow feature passes min_support_fraction
     for m in members:
       v = (m["validation"][j].get("by_breadth") or {}).get(tier)
       b = (m.get("breadth") or {}).get(tier)
