@@ -119,7 +119,8 @@ def _chosen_line(ctx, summary: dict) -> str:
           + (f" and &ge; {s['min_support_fraction']:.0%} of the emotion's "
              "examples" if s.get("min_support_fraction") else ""))
   held = [f"on the {r.esc(_set_name(ctx, v['path']))} <b>"
-          f"{_pct(v['share_hold'])}</b> hold (shuffled labels "
+          f"{_pct(v['share_hold'])}</b> hold ({v['hold']['real']} of "
+          f"{v['testable']}; shuffled labels "
           f"{_pct(v['share_hold_shuffled']['mean'])})"
           for j, v in enumerate(m["validation"]) if j != sel["set_index"]]
   return (f"<p><b>Chosen SAE: member {c['member']}</b> ({r.esc(config)}, "
