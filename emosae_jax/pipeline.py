@@ -581,6 +581,13 @@ def run(config, workdir: str | Path, stages: str | None = None,
   if captions and not Path(captions).is_file():
     raise PipelineError(f"--config.validation_captions={captions}: no such "
                         "file (give a caption CSV/TSV/JSONL)")
+  if not 0 <= config.prompts.val_fraction < 1:
+    raise PipelineError(f"--config.prompts.val_fraction="
+                        f"{config.prompts.val_fraction} must lie in [0, 1)")
+  if not 0 <= config.analysis.min_support_fraction <= 1:
+    raise PipelineError(f"--config.analysis.min_support_fraction="
+                        f"{config.analysis.min_support_fraction} is a "
+                        "fraction of an emotion's examples: [0, 1]")
   state = check_workdir(workdir, config)
   models = resolve_models(config, workdir)
   log(f"emosae pipeline: preset {models.preset!r}; text model "

@@ -113,6 +113,12 @@ def test_bad_input_fails_before_work(tmp_path):
   message = last_line(bad.stderr)
   assert bad.returncode != 0 and "HF_HOME" in message and "offline" in message
   assert not (tmp_path / "b" / "prompts.jsonl").exists()
+  bad = run_script("pipeline.py", "--config=configs/pipeline.py:offline",
+                   "--config.analysis.min_support_fraction=15",
+                   f"--workdir={tmp_path / 'c'}")
+  assert bad.returncode != 0 and "fraction of an emotion's examples" in (
+      last_line(bad.stderr))
+  assert not (tmp_path / "c").exists()
 
 
 def test_workdir_of_another_run_is_refused(resumed_run):
