@@ -21,12 +21,12 @@ class Settings:
   # "bh_significant"). Shuffled labels go through the same rule. 0 = off
   # here (older analyses reproduce); scripts/analyze.py and the pipeline
   # use 0.15, chosen on the offline run's val split, never the test split
-  # (fraction-0 analysis, BH-significant features filtered afterwards,
-  # pooled over 6 SAEs): the share holding on val rises with the fraction
-  # (0: 2%, 0.10: 10%, 0.15: 15%, 0.20: 33%) and the share reappearing in
-  # >= half the other seeds too (21%, 46%, 56%, 58%) while the SAEs cover
-  # fewer emotions (9, 8.3, 4.7, 1.8 of 9 per SAE); 0.15 is the largest
-  # fraction leaving significant features for at least half the emotions.
+  # (benchmarks/support_scan.py on a fraction-0 analysis, pooled over its
+  # 6 SAEs): the share holding on val rises with the fraction (0: 2%,
+  # 0.10: 10%, 0.15: 15%, 0.20: 33%) and the share reappearing in >= half
+  # the other seeds too (22%, 46%, 56%, 58%) while the SAEs cover fewer
+  # emotions (9, 8.3, 4.7, 1.8 of 9 per SAE); 0.15 is the largest fraction
+  # leaving significant features for at least half the emotions.
   min_support_fraction: float = 0.0
   # Breadth tier (breadth.py): a significant feature is "broad" when it
   # fires on >= this FRACTION of its emotion's labelled examples, else
