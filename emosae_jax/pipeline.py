@@ -246,8 +246,9 @@ class Context:
 
 def stage_prompts(ctx: Context) -> dict:
   from emosae_jax import prompts
-  records = prompts.generate_prompts(ctx.config.prompts.n,
-                                     seed=ctx.config.prompts.seed)
+  records = prompts.generate_prompts(
+      ctx.config.prompts.n, seed=ctx.config.prompts.seed,
+      val_fraction=ctx.config.prompts.val_fraction)
   prompts.write_prompts(records, ctx.path("prompts.jsonl"))
   neutral = prompts.neutral_prompts(ctx.config.steer.n_prompts,
                                     seed=ctx.config.prompts.seed)
@@ -335,13 +336,25 @@ def _train_data(ctx: Context) -> Path:
 
 
 def _validation_sets(ctx: Context) -> list[str]:
-  """The held-out split, the caption file's set, then any other set named
-  in --config.analysis.validation."""
+  """The held-out split, the caption file's set, any other set named in
+  --config.analysis.validation, then the val split (the selection set,
+  `_selection_set`) when the corpus has one."""
   out = [str(ctx.path("embeddings_heldout"))] if _split_ready(ctx) else []
   if _caption_file(ctx) is not None:
     out.append(str(ctx.path("embeddings_captions")))
   a = ctx.config.analysis.validation
-  return out + [v.strip() for v in a.split(",") if v.strip()]
+  out += [v.strip() for v in a.split(",") if v.strip()]
+  val = _selection_set(ctx)
+  return out + ([val] if val else [])
+
+
+def _selection_set(ctx: Context, name: str = "embeddings_val") -> str | None:
+  """The val split's set, on which the analysis chooses the SAE (never the
+  held-out test split); None without one."""
+  if not _split_ready(ctx):
+    return None
+  path = ctx.path(name)
+  return str(path) if (path / data.SIDECAR_FILE).exists() else None
 
 
 def stage_phase0(ctx: Context) -> dict:
@@ -406,21 +419,30 @@ def first_group(ctx: Context, sweep_dir: str = "sweep") -> Path:
 
 def stage_analysis(ctx: Context) -> dict:
   return sae_analysis(ctx, first_group(ctx), ctx.path("analysis"),
-                      _validation_sets(ctx))
+                      _validation_sets(ctx), _selection_set(ctx))
 
 
 def sae_analysis(ctx: Context, group: Path, out: Path,
-                 validation: list[str]) -> dict:
+                 validation: list[str], select_on: str | None = None
+                 ) -> dict:
+  """Analyses a sweep group; with `select_on` (one of `validation`, not the
+  test split) it also chooses the configuration and member the export
+  steers with (analysis.selection)."""
   from emosae_jax import analysis
   a = ctx.config.analysis
   settings = analysis.Settings(permutations=a.permutations, fdr=a.fdr,
                                min_support=a.min_support,
+                               min_support_fraction=a.min_support_fraction,
                                broad_support=a.broad_support)
   result = analysis.analyze(group, settings=settings,
-                            progress=True, validation=validation)
+                            progress=True, validation=validation,
+                            select_on=select_on)
   analysis.write(result, out)
-  return {"members": len(result.summary["members"]),
-          "validation": validation}
+  record = {"members": len(result.summary["members"]),
+            "validation": validation}
+  chosen = (result.summary.get("selection") or {}).get("chosen")
+  return record | ({"selected_on": select_on, "chosen": chosen}
+                   if chosen else {})
 
 
 def stage_export(ctx: Context) -> dict:
@@ -433,9 +455,14 @@ def export_directions(ctx: Context, group: Path, analysis_dir: Path,
   """The steering choice of an analysed sweep group, exported to `out`."""
   from emosae_jax import analysis, export
   n_fallback = ctx.config.steer.fallback_features
+  # The member the analysis chose on the val split (else the first).
+  summary = analysis.load_summary(analysis_dir)
+  member = ((summary.get("selection") or {}).get("chosen") or {}).get(
+      "member")
   try:
     export.export_directions(
-        group, out, top_per_emotion=ctx.config.steer.top_per_emotion,
+        group, out, member=member,
+        top_per_emotion=ctx.config.steer.top_per_emotion,
         analysis_dir=analysis_dir)
     note = None
   except (ValueError, data.DataError) as e:
@@ -443,9 +470,10 @@ def export_directions(ctx: Context, group: Path, analysis_dir: Path,
       return {"skipped": f"no directions exported: {e}"}
     # Demonstration runs (tiny models) steer with the lowest-p features even
     # when none is significant; the record and report say so.
-    p = analysis.load_arrays(analysis_dir)["p_value"][0]
+    position = export.member_position(summary, member)
+    p = analysis.load_arrays(analysis_dir)["p_value"][position]
     chosen = [int(i) for i in p.argsort()[:n_fallback]]
-    export.export_directions(group, out, features=chosen,
+    export.export_directions(group, out, features=chosen, member=member,
                              analysis_dir=analysis_dir)
     note = (f"no significant features ({e}); exported the {n_fallback} "
             "lowest-p features instead, which are NOT significant")
@@ -457,7 +485,7 @@ def export_directions(ctx: Context, group: Path, analysis_dir: Path,
       meta, ctx.config.steer.top_per_emotion))
   record = {"features": meta["feature_ids"], "emotions": meta["emotions"],
             "kinds": meta["kinds"], "robust": meta["robust"],
-            "steer": steer}
+            "steer": steer, "member": meta["source"]["member"]}
   return record | ({"note": note} if note else {})
 
 
@@ -553,6 +581,13 @@ def run(config, workdir: str | Path, stages: str | None = None,
   if captions and not Path(captions).is_file():
     raise PipelineError(f"--config.validation_captions={captions}: no such "
                         "file (give a caption CSV/TSV/JSONL)")
+  if not 0 <= config.prompts.val_fraction < 1:
+    raise PipelineError(f"--config.prompts.val_fraction="
+                        f"{config.prompts.val_fraction} must lie in [0, 1)")
+  if not 0 <= config.analysis.min_support_fraction <= 1:
+    raise PipelineError(f"--config.analysis.min_support_fraction="
+                        f"{config.analysis.min_support_fraction} is a "
+                        "fraction of an emotion's examples: [0, 1]")
   state = check_workdir(workdir, config)
   models = resolve_models(config, workdir)
   log(f"emosae pipeline: preset {models.preset!r}; text model "

@@ -58,6 +58,7 @@ def holds_section(ctx) -> r.Section | None:
   parts = [f"<p>{r.esc(_split_line(split))}</p>"]
   if summary is None:
     return r.Section("What holds", "".join(parts), id="holds")
+  parts.append(_chosen_line(ctx, summary))
   for j, info in enumerate(summary.get("validation") or []):
     probe = info["corpus_probe"]
     parts.append(
@@ -73,7 +74,8 @@ def holds_section(ctx) -> r.Section | None:
     parts.append(r.table(
         ["member", "corpus-significant", "hold",
          "share holding", "share holding, shuffled labels (mean)",
-         "share reappearing in >= half the other seeds"],
+         "share reappearing in >= half the other seeds",
+         "BH-only: significant", "BH-only: share holding (shuffled)"],
         [_holds_row(m, j) for m in summary["members"]], sortable=False))
   verdicts = class_mean_verdicts(summary)
   if verdicts:
@@ -87,11 +89,49 @@ def holds_section(ctx) -> r.Section | None:
 
 def _holds_row(member: dict, j: int) -> list:
   v = member["validation"][j]
+  bh = v.get("bh") or {}
+  n_bh = next((c["real"] for c in member["counts"]
+               if c["name"] == "bh_significant"), None)
   return [r.cell(member["index"]), r.cell(v["corpus_significant"]),
           r.Cell(r.count_html(v["hold"]), v["hold"]["real"]),
           r.Cell(r.esc(_pct(v["share_hold"]))),
           r.Cell(r.esc(_pct(v["share_hold_shuffled"]["mean"]))),
-          r.Cell(r.esc(_pct(member.get("fraction_reappearing"))))]
+          r.Cell(r.esc(_pct(member.get("fraction_reappearing")))),
+          r.cell(n_bh),
+          r.Cell(r.esc(f"{_pct(bh.get('share_hold'))} ("
+                       f"{_pct((bh.get('share_hold_shuffled') or {}).get('mean'))})"
+                       if bh else "–"))]
+
+
+def _chosen_line(ctx, summary: dict) -> str:
+  """One paragraph: the SAE chosen on the val split and, on each other
+  validation set, the share of its significant features that hold (beside
+  shuffled labels) and reappear; empty without a selection."""
+  sel = summary.get("selection")
+  if not sel:
+    return ""
+  c = sel["chosen"]
+  m = next(m for m in summary["members"] if m["index"] == c["member"])
+  config = ", ".join(f"{k}={v}" for k, v in c["overrides"].items())
+  s = summary["settings"]
+  sig = next(x for x in m["counts"] if x["name"] == "significant")
+  rule = (f"BH q &le; {s['fdr']:g}, support &ge; {s['min_support']}"
+          + (f" and &ge; {s['min_support_fraction']:.0%} of the emotion's "
+             "examples" if s.get("min_support_fraction") else ""))
+  held = [f"on the {r.esc(_set_name(ctx, v['path']))} <b>"
+          f"{_pct(v['share_hold'])}</b> hold ({v['hold']['real']} of "
+          f"{v['testable']}; shuffled labels "
+          f"{_pct(v['share_hold_shuffled']['mean'])})"
+          for j, v in enumerate(m["validation"]) if j != sel["set_index"]]
+  return (f"<p><b>Chosen SAE: member {c['member']}</b> ({r.esc(config)}, "
+          f"seed {c['seed']}), chosen on the "
+          f"{r.esc(_set_name(ctx, sel['set']))} by the share of its "
+          "significant features that hold there and reappear in other seeds"
+          f" (score {r.fmt(c['score'])}). It has <b>{sig['real']}</b> "
+          f"significant features ({rule}; shuffled labels "
+          f"{sig['shuffled']['mean']:.1f}); "
+          + "; ".join(held) + f"; <b>{_pct(m.get('fraction_reappearing'))}"
+          "</b> reappear in at least half of the other seeds.</p>")
 
 
 def _pct(x) -> str:
@@ -103,20 +143,26 @@ def _split_line(split: dict) -> str:
     return "No held-out split: " + _reason(split["skipped"])
   if "heldout" not in split:
     return "No held-out split (the split stage has not run)."
-  return (f"SAEs trained on the train split ({split['train']} prompts); "
-          f"held-out split: {split['heldout']} prompts, a held-out share of "
-          f"{split['heldout_share']:.0%} (templates, emotion words and a "
-          "caption style not seen in training).")
+  val = (f"; val split (the SAE is chosen there): {split['val']} prompts "
+         "with templates and emotion words of its own" if "val" in split
+         else "")
+  return (f"SAEs trained on the train split ({split['train']} prompts)"
+          f"{val}; held-out split: {split['heldout']} prompts, a held-out "
+          f"share of {split['heldout_share']:.0%} (templates, emotion words "
+          "and a caption style not seen in training nor in val); it only "
+          "reports.")
 
 
 def _named(ctx, text: str) -> str:
-  for path in (ctx.path("embeddings_heldout"), ctx.path("embeddings_captions")):
+  for path in (ctx.path("embeddings_heldout"), ctx.path("embeddings_captions"),
+               ctx.path("embeddings_val")):
     text = text.replace(str(path), _set_name(ctx, str(path)))
   return text
 
 
 def _set_name(ctx, path: str) -> str:
   names = {str(ctx.path("embeddings_heldout")): "held-out split",
+           str(ctx.path("embeddings_val")): "val split (selection set)",
            str(ctx.path("embeddings_captions")): "validation captions ("
            + str(ctx.config.validation_captions) + ")"}
   return names.get(path, path)

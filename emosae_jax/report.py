@@ -197,7 +197,10 @@ def summary_section(summary: dict) -> Section:
        f"{perm['scheme']} ({perm['n_groups']} group(s), "
        f"{perm['labels_moved_fraction']:.0%} of labels move per shuffle); "
        f"statistic: max one-vs-rest AUROC; BH at q <= {s['fdr']}; "
-       f"min support {s['min_support']}"),
+       f"min support {s['min_support']}"
+       + (f" and >= {s['min_support_fraction']:g} of the emotion's examples"
+          " (min_support_fraction; BH-only counts beside)"
+          if s.get("min_support_fraction") else "")),
       ("breadth tiers", "broad: a significant feature firing on >= "
        f"{s['broad_support']:g} of its emotion's examples; narrow: the rest"
        if "broad_support" in s else "not computed (older analysis)"),
@@ -235,7 +238,9 @@ def counts_section(summary: dict) -> Section:
           "many features under shuffled labels; compare every count with its "
           "baseline. Significant = permutation p-value survives "
           "Benjamini-Hochberg and the feature fires on enough prompts of its "
-          "emotion.</p>")
+          "emotion (min_support, and min_support_fraction of them); "
+          "bh_significant leaves the fraction out (the rule before it), "
+          "beside its own shuffled count.</p>")
   return Section("Selective features vs shuffled labels",
                  note + table(["member", "count", "value", "definition"],
                               rows), "counts")
@@ -311,7 +316,8 @@ def features_section(summary: dict, max_per_member: int = 300) -> Section:
 def analysis_sections(summary: dict, figures: dict[str, Any]) -> list[Section]:
   """What holds beyond the corpus leads, right after the run summary."""
   from emosae_jax.analysis import report_sections as more
-  sections = [summary_section(summary), more.validation_section(summary),
+  sections = [summary_section(summary), more.selection_section(summary),
+              more.validation_section(summary),
               more.directions_section(summary), counts_section(summary),
               figures_section(figures), features_section(summary)]
   return [s for s in sections if s is not None]

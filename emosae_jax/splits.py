@@ -1,9 +1,11 @@
 """Splitting an embedding set by its prompts' `split` field (numpy only).
 
-The corpus (emosae_jax.prompts) marks each prompt "train" or "test"; the
-test prompts share no template, emotion word or caption style with train.
-The pipeline trains SAEs on the train rows and validates on the test rows
-(emosae_jax.analysis.validation), so both become embedding sets of their own.
+The corpus (emosae_jax.prompts) marks each prompt "train", "val" (when
+asked for) or "test"; val and test share no template, emotion word or
+caption style with train, nor with each other. The pipeline trains SAEs on
+the train rows, chooses settings on the val rows and reports on the test
+rows (emosae_jax.analysis.validation), so each becomes an embedding set of
+its own.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import numpy as np
 from emosae_jax import data
 
 SPLITS = {"train": "train", "heldout": "test"}  # set name -> split value
+OPTIONAL_SPLITS = {"val": "val"}  # written only when some prompt has it
 # Sidecar fields holding one entry per row: subset along with the rows.
 _PER_ROW_META = ("emotion_words",)
 
@@ -44,7 +47,8 @@ def subset(es: data.EmbeddingSet, mask: np.ndarray,
 
 def split_by_prompts(es: data.EmbeddingSet, records: list[dict]
                      ) -> dict[str, data.EmbeddingSet] | str:
-  """{"train": ..., "heldout": ...} by each prompt's `split`, or the reason
+  """{"train": ..., "heldout": ...} (and "val" when some prompt is in the
+  val split) by each prompt's `split`, or the reason
   there is no split (a string) when the prompts carry none (caption files)
   or one side would be empty. `records` are the prompts the set was
   embedded from, in the same order."""
@@ -63,4 +67,8 @@ def split_by_prompts(es: data.EmbeddingSet, records: list[dict]
     if not mask.any():
       return f"no prompt has split {value!r}"
     sets[name] = subset(es, mask, name)
+  for name, value in OPTIONAL_SPLITS.items():
+    mask = values == value
+    if mask.any():
+      sets[name] = subset(es, mask, name)
   return sets

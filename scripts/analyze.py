@@ -36,6 +36,15 @@ _BROAD_SUPPORT = flags.DEFINE_float(
     "broad_support", 0.1, "Breadth tier: a significant feature is broad "
     "when it fires on at least this fraction of its emotion's examples, "
     "else narrow (reported apart; changes no test).")
+_MIN_SUPPORT_FRACTION = flags.DEFINE_float(
+    "min_support_fraction", 0.15, "Part of the test: a significant feature "
+    "must also fire on at least this fraction of its emotion's examples "
+    "(shuffled labels go through the same rule; BH-only counts are "
+    "reported beside). 0: off.")
+_SELECT_ON = flags.DEFINE_string(
+    "select_on", None, "One of --validation (not the test split): choose "
+    "the configuration and member by the share of significant features "
+    "holding there and reappearing across seeds.")
 _WITHIN_GROUPS = flags.DEFINE_boolean(
     "within_groups", True, "Shuffle labels within template groups.")
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of the shuffles.")
@@ -57,12 +66,15 @@ def main(argv):
   from emosae_jax import analysis
   settings = analysis.Settings(
       permutations=_PERMUTATIONS.value, fdr=_FDR.value,
-      min_support=_MIN_SUPPORT.value, broad_support=_BROAD_SUPPORT.value,
+      min_support=_MIN_SUPPORT.value,
+      min_support_fraction=_MIN_SUPPORT_FRACTION.value,
+      broad_support=_BROAD_SUPPORT.value,
       within_groups=_WITHIN_GROUPS.value,
       seed=_SEED.value, stability_threshold=_STABILITY.value,
       member_batch=_MEMBER_BATCH.value)
   result = analysis.analyze(_WORKDIR.value, _DATA.value, settings,
-                            progress=True, validation=_VALIDATION.value)
+                            progress=True, validation=_VALIDATION.value,
+                            select_on=_SELECT_ON.value)
   path = analysis.write(result, _OUT.value or _WORKDIR.value)
   for member in result.summary["members"]:
     counts = "; ".join(
@@ -84,6 +96,14 @@ def main(argv):
           f"({_pct(t['share_hold'])}, shuffled "
           f"{_pct(t['share_hold_shuffled']['mean'])})"
           for name, t in v["by_breadth"].items()))
+  sel = result.summary.get("selection")
+  if sel:
+    for c in sel["configurations"]:
+      print(f"selection on {sel['set']}: {c['overrides']} score "
+            f"{c['score']:.3f} (hold {_pct(c['share_hold'])}, reappear "
+            f"{_pct(c['share_reappear'])}, FVU {c['fvu']})")
+    print(f"chosen: member {sel['chosen']['member']} "
+          f"{sel['chosen']['overrides']}")
   for group in result.summary["directions"]["groups"]:
     for name, r in group["emotions"].items():
       if r and r["consensus"] and r["comparison"]["consensus"][

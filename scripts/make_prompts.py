@@ -33,6 +33,9 @@ _HELDOUT = flags.DEFINE_float("heldout_fraction", 0.2, "Fraction of each "
                               "style's templates, of each emotion's words, "
                               "phrases and scenes, and of the sentence "
                               "frames held out as 'test'.")
+_VAL = flags.DEFINE_float("val_fraction", 0.0, "Fraction of every pool "
+                          "left to training moved into a 'val' split with "
+                          "its own templates and words (0: none).")
 _STYLE = flags.DEFINE_string("heldout_style", prompts.DEFAULT_HELDOUT_STYLE,
                              "Caption style held out whole as 'test'.")
 _UNLABELLED = flags.DEFINE_float("unlabelled_fraction", 0.1, "Mixed/negated "
@@ -50,7 +53,8 @@ def main(argv):
     else:
       records = prompts.generate_prompts(
           _N.value, _SEED.value, _EMOTIONS.value, _HELDOUT.value, tax,
-          heldout_style=_STYLE.value, unlabelled_fraction=_UNLABELLED.value)
+          heldout_style=_STYLE.value, unlabelled_fraction=_UNLABELLED.value,
+          val_fraction=_VAL.value)
   except (prompts.PromptError, OSError) as e:
     cli.exit_with(errors.one_line(e))
   prompts.write_prompts(records, _OUT.value)

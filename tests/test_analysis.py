@@ -407,7 +407,8 @@ def test_script_writes_json_figures_and_report(tmp_path):
     for c in member["counts"]:
       n_counts += 1
       assert {"mean", "min", "max", "n_shuffles"} <= set(c["shuffled"])
-  assert n_counts == 2 + 3  # selectivity>=2, significant, one per emotion
+  # selectivity>=2, significant, bh_significant, one per emotion
+  assert n_counts == 3 + 3
 
   page = (out / "report.html").read_text()
   counts = re.findall(r'<span class="count">\d+</span>( <span class='

@@ -113,6 +113,12 @@ def test_bad_input_fails_before_work(tmp_path):
   message = last_line(bad.stderr)
   assert bad.returncode != 0 and "HF_HOME" in message and "offline" in message
   assert not (tmp_path / "b" / "prompts.jsonl").exists()
+  bad = run_script("pipeline.py", "--config=configs/pipeline.py:offline",
+                   "--config.analysis.min_support_fraction=15",
+                   f"--workdir={tmp_path / 'c'}")
+  assert bad.returncode != 0 and "fraction of an emotion's examples" in (
+      last_line(bad.stderr))
+  assert not (tmp_path / "c").exists()
 
 
 def test_workdir_of_another_run_is_refused(resumed_run):
@@ -178,8 +184,28 @@ def test_sweep_trains_on_train_split_and_validates_on_heldout(resumed_run):
   assert summary["source"]["same_data_as_training"]
   paths = [v["path"] for v in summary["validation"]]
   assert paths == [str(workdir / "embeddings_heldout"),
-                   str(workdir / "embeddings_captions")]
+                   str(workdir / "embeddings_captions"),
+                   str(workdir / "embeddings_val")]
   assert summary["validation"][1]["n_labelled"] == 12  # 4 x 3 captions
+
+
+def test_sae_is_chosen_on_val_and_exported(resumed_run):
+  """The val split is its own prompts; the analysis chooses the SAE there
+  (never on the held-out split) and the export takes that member."""
+  from emosae_jax import prompts
+  workdir, _, _ = resumed_run
+  records = prompts.read_prompts(workdir / "prompts.jsonl")
+  val = data.load_embedding_set(workdir / "embeddings_val")
+  assert val.texts == [r["text"] for r in records if r["split"] == "val"]
+  summary = json.loads((workdir / "analysis" / "analysis.json").read_text())
+  selection = summary["selection"]
+  assert selection["set"] == str(workdir / "embeddings_val")
+  state = json.loads((workdir / "pipeline.json").read_text())
+  export = state["stages"]["export"]["record"]
+  assert export["member"] == selection["chosen"]["member"]
+  assert state["stages"]["analysis"]["record"]["chosen"] == (
+      selection["chosen"])
+  assert "Chosen SAE" in (workdir / "report.html").read_text()
 
 
 def test_report_leads_with_what_holds(resumed_run):

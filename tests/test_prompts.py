@@ -320,3 +320,35 @@ def test_make_prompts_script(tmp_path):
   assert proc.returncode != 0
   assert last_line(proc.stderr).startswith("error: unknown emotion")
   assert "Traceback" not in proc.stderr
+
+
+def test_val_split_shares_no_wording_and_leaves_test_as_it_was(
+    tax, corpus_data, split):
+  """val_fraction carves a "val" split from the training pools: no word
+  form, phrase, scene or template of val is in train or test, none of
+  test's is in val, and the test split holds out the same things."""
+  records = prompts.generate_prompts(900, seed=0, taxonomy=tax,
+                                     val_fraction=0.2)
+  by = {s: [r for r in records if r["split"] == s]
+        for s in ("train", "val", "test")}
+  assert len(by["val"]) >= 0.05 * len(records)
+  val = prompts.make_val_split(corpus_data, split, 0, 0.2)
+  val_words = val.heldout_words()
+  assert val_words and not val_words & split.heldout_words()
+  assert not val.templates & split.templates
+  templates = {s: {r["template"] for r in rs} for s, rs in by.items()}
+  assert templates["val"] <= val.templates
+  assert not templates["val"] & (templates["train"] | templates["test"])
+  assert templates["test"] <= split.templates
+  for name in ("train", "test"):
+    text = "\n".join(r["text"] for r in by[name])
+    assert not prompts.word_pattern(val_words).findall(text), name
+  val_text = "\n".join(r["text"] for r in by["val"])
+  assert not prompts.word_pattern(split.heldout_words()).findall(val_text)
+  for r in by["val"]:
+    assert set(prompts.emotion_words(r)) <= val_words, r
+  # Off by default: the same corpus as before val existed.
+  assert prompts.generate_prompts(300, seed=1, taxonomy=tax) == (
+      prompts.generate_prompts(300, seed=1, taxonomy=tax, val_fraction=0))
+  with pytest.raises(prompts.PromptError, match="val fraction"):
+    prompts.make_val_split(corpus_data, split, 0, 1.0)

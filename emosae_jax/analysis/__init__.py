@@ -16,7 +16,10 @@ on the labelled examples (label -1 rows are left out):
                         firing on >= min_support labelled examples in total, a
                         label-blind filter)
   significant[f]        q <= fdr and f fires on >= min_support examples of its
-                        own emotion
+                        own emotion and on >= min_support_fraction of them
+                        (Settings; 0 = off)
+  bh_significant[f]     the same without the fraction (the rule before it),
+                        counted beside, with its own shuffled null
 
 Every count of "selective" features (the reference rule selectivity >= 2, the
 significant features, per emotion) comes with the same count under each
@@ -52,6 +55,12 @@ counts, top prompts, causal checks, themselves vmapped over features),
 1,000 permutations x 16 members. A host loop feeds member batches of one size
 (the last padded), so a sweep of any size compiles once.
 
+Selection (selection.py): with a selection set (`analyze(select_on=...)`,
+the corpus's val split in the pipeline, never the test split) each
+configuration is scored by the share of its significant features that hold
+there and reappear across seeds; the best one's best member is the chosen
+SAE (summary "selection"), and robust features need to hold there only.
+
 Breadth (breadth.py): each significant feature is "broad" when it fires on
 >= Settings.broad_support (a fraction) of its emotion's examples, else
 "narrow"; counts, holding and reappearing are reported per tier.
@@ -59,7 +68,7 @@ Breadth (breadth.py): each significant feature is "broad" when it fires on
 Modules: settings (Settings, DeviceSpec), breadth, kernels (per-feature statistics),
 device (the jitted member batch, permutations, `compute`), causal (probe,
 ablation, steering), stability (matching across seeds), validation,
-consensus, summary (analysis.json), loading (runs, sweeps, data), files
+consensus, selection, summary (analysis.json), loading (runs, sweeps, data), files
 (writing and reading the outputs), figures, report_sections, core
 (`analyze`). Everything callers use is
 re-exported here: `from emosae_jax import analysis; analysis.analyze(...)`.
@@ -82,6 +91,7 @@ from emosae_jax.analysis.kernels import (
     entry_rank_offsets, feature_ranks, reference_selectivity, sparse_entries)
 from emosae_jax.analysis.loading import (Members, check_inputs, check_labels,
                                          load_data, load_members)
+from emosae_jax.analysis.selection import choose as choose_sae
 from emosae_jax.analysis.settings import DeviceSpec, Settings
 from emosae_jax.analysis.stability import (match_features, reappearing_share,
                                            same_config_groups, stability)

@@ -3,7 +3,8 @@ simplest baselines.
 
 A significant feature is *robust* when it reappears (stability.py) in at
 least half of the other seeds of its configuration and, when validation sets
-are given, holds on every one of them. Per configuration (members differing
+are given, holds on every one of them (analyze passes only its selection
+set when it has one, so that the test split only reports). Per configuration (members differing
 only in seed) and emotion, robust features joined by a reappearance match
 (cosine >= the stability threshold) form clusters (connected components);
 a cluster's consensus is the mean of its sign-aligned unit decoder rows,
@@ -247,7 +248,8 @@ def robust_directions(decoders: np.ndarray, arrays: dict, stab: list[dict],
 
 DEFINITION = (
     "robust: significant, reappears in >= half of the other seeds of its "
-    "configuration, holds on every validation set; consensus: sign-aligned "
+    "configuration, holds on the selection set (every validation set when "
+    "none is named); consensus: sign-aligned "
     "mean of the unit decoder rows of a cluster of robust features matched "
     "across seeds, renormalised (spread: their mean cosine to it), all robust "
     "features clustered, the consensus chosen among the clusters containing "

@@ -48,14 +48,14 @@ def _finish(spec: DeviceSpec, n_perm, x, labels, n_pos, probe_w, probe_b,
   mean_activation = (onehot @ acts) / n_pos[:, None]
   exceed = jnp.sum(null["statistic"] >= real["statistic"] - _TIE_TOL, 0)
   p_value = (1.0 + exceed) / (n_perm + 1.0)
-  q_value, significant = _significance(spec, p_value, real["support"],
-                                       prep["tested"])
-  null_sig, null_sig_by_emotion, null_holds, null_holds_broad = (
-      _null_significance(
-      spec, null["statistic"], null["emotion"], null["support"],
-      prep["tested"], reference))
-  holds = (significant & reference["significant"]
-           & (real["emotion"] == reference["emotion"]))
+  q_value, significant, bh_significant = _significance(
+      spec, p_value, real["support"], n_pos[real["emotion"]], prep["tested"])
+  nulls = _null_significance(spec, null["statistic"], null["emotion"],
+                             null["support"], n_pos, prep["tested"],
+                             reference)
+  same = real["emotion"] == reference["emotion"]
+  holds = significant & reference["significant"] & same
+  bh_holds = bh_significant & reference["bh_significant"] & same
 
   emotion = real["emotion"]
   own_rate = jnp.take_along_axis(real["rate"], emotion[None], 0)[0]
@@ -88,17 +88,21 @@ def _finish(spec: DeviceSpec, n_perm, x, labels, n_pos, probe_w, probe_b,
       "support": real["support"], "fires": prep["fires"],
       "typical_activation": typical, "p_value": p_value,
       "q_value": q_value, "significant": significant,
-      "tested": prep["tested"],
+      "bh_significant": bh_significant, "tested": prep["tested"],
       "selective_counts": real["selective_counts"],
       "null_selective_counts": null["selective_counts"],  # [P, T]
       "significant_count": jnp.sum(significant),
       "significant_by_emotion": jnp.stack(
           [jnp.sum(significant & (emotion == e)) for e in range(k)]),
-      "null_significant_count": null_sig,  # [P]
-      "null_significant_by_emotion": null_sig_by_emotion,  # [P, K]
+      "bh_significant_count": jnp.sum(bh_significant),
+      "null_significant_count": nulls["significant"],  # [P]
+      "null_significant_by_emotion": nulls["by_emotion"],  # [P, K]
+      "null_bh_significant_count": nulls["bh_significant"],  # [P]
       "holds": holds, "holds_count": jnp.sum(holds),
-      "null_holds_count": null_holds,  # [P]
-      "null_holds_broad_count": null_holds_broad,  # [P]
+      "bh_holds_count": jnp.sum(bh_holds),
+      "null_holds_count": nulls["holds"],  # [P]
+      "null_holds_broad_count": nulls["holds_broad"],  # [P]
+      "null_bh_holds_count": nulls["bh_holds"],  # [P]
       "selectivity_hist": real["selectivity_hist"],
       "null_selectivity_hist": null["selectivity_hist"].sum(0) / n_perm,
       "statistic_hist": real["statistic_hist"],
@@ -117,9 +121,10 @@ def analyze_members(spec: DeviceSpec, params, x, labels, perms, probe_w,
   in [0, K); perms: Int[P, N] (labels[perms[i]] is shuffle i); probe_w:
   Float[d, K], probe_b: Float[K]; random_dirs: Float[R, d] unit rows;
   steer_rows: Int[S] the rows the steering check runs on; reference:
-  {"significant": Bool[B, m], "emotion": Int[B, m], "broad": Bool[B, m]}
-  the features (their emotions in these labels, their breadth tier) whose
-  holding is counted, real and shuffled.
+  {"significant": Bool[B, m], "bh_significant": Bool[B, m], "emotion":
+  Int[B, m], "broad": Bool[B, m]} the features (significant by the full
+  rule and by BH alone, their emotions in these labels, their breadth tier)
+  whose holding is counted, real and shuffled.
   Returns a dict of arrays with a leading [B] axis (see the module doc).
   """
   n, n_perm = x.shape[0], perms.shape[0]
@@ -164,6 +169,7 @@ def run_members(spec: DeviceSpec, member_batch: int, params: dict, x,
   n_members, m = int(params["W_dec"].shape[0]), int(params["W_dec"].shape[1])
   if reference is None:
     reference = {"significant": np.zeros((n_members, m), bool),
+                 "bh_significant": np.zeros((n_members, m), bool),
                  "emotion": np.full((n_members, m), -1, np.int32),
                  "broad": np.zeros((n_members, m), bool)}
   args = [jnp.asarray(a) for a in (x, labels, perms, probe_w, probe_b,
@@ -235,6 +241,7 @@ def device_spec(sae: saes.SAESpec, n_labels: int, settings: Settings,
   return DeviceSpec(
       sae=sae, n_labels=n_labels, fdr=float(settings.fdr),
       min_support=int(settings.min_support),
+      min_support_fraction=float(settings.min_support_fraction),
       thresholds=tuple(float(t) for t in settings.selectivity_thresholds),
       n_top=settings.n_top,
       strengths=tuple(float(s) for s in settings.strengths),

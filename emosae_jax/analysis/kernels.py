@@ -159,9 +159,27 @@ def _stats(spec: DeviceSpec, counts, offset_sums, n_pos, n, zero_rank,
   }
 
 
-def _significance(spec: DeviceSpec, p, support, tested):
+# Supports are counts and n_pos * fraction a float: 0.1 of 30 is exactly 3.
+_SUPPORT_TOL = 1e-6
+
+
+def _supported(spec: DeviceSpec, support, n_pos_own):
+  """(absolute, full): support >= min_support; and also >= min_support_
+  fraction of the emotion's n_pos_own examples (the test's breadth part)."""
+  absolute = support >= spec.min_support
+  share = support >= spec.min_support_fraction * n_pos_own - _SUPPORT_TOL
+  return absolute, absolute & share
+
+
+def _significance(spec: DeviceSpec, p, support, n_pos_own, tested):
+  """(q, significant, bh_significant): BH over the tested features; both
+  need q <= fdr and support >= min_support; `significant` also fires on >=
+  min_support_fraction of its emotion's examples (n_pos_own: Float[m], the
+  examples of each feature's emotion)."""
   q = benjamini_hochberg(p, tested)
-  return q, (q <= spec.fdr) & tested & (support >= spec.min_support)
+  absolute, full = _supported(spec, support, n_pos_own)
+  rejected = (q <= spec.fdr) & tested
+  return q, rejected & full, rejected & absolute
 
 
 def _at_least_host(stat: np.ndarray) -> np.ndarray:
@@ -193,15 +211,18 @@ def column_at_least(stat: jax.Array) -> jax.Array:
                            vmap_method="expand_dims")
 
 
-def _null_significance(spec: DeviceSpec, stat, emotion, support, tested,
-                       reference):
-  """Significant counts [P], per emotion [P, K], and of the reference's
-  features for the reference's emotion [P] (all, and the broad ones), under
-  each shuffle.
+def _null_significance(spec: DeviceSpec, stat, emotion, support, n_pos,
+                       tested, reference):
+  """Under each shuffle, by the same rule as the real labels: significant
+  counts [P] ("significant"; "bh_significant": without the support
+  fraction), per emotion [P, K] ("by_emotion"), and of the reference's
+  features significant for the reference's emotion [P] ("holds", "holds_
+  broad": its broad ones, "bh_holds": both sides BH-significant only).
 
-  reference: {"significant": Bool[m], "emotion": Int[m], "broad": Bool[m]}
-  (e.g. the corpus result a validation set is checked against, its broad
-  tier; all False when there is none).
+  reference: {"significant", "bh_significant", "broad": Bool[m], "emotion":
+  Int[m]} (e.g. the corpus result a validation set is checked against;
+  all False when there is none). n_pos: Float[K] examples per emotion (the
+  same under every shuffle).
 
   stat, emotion, support: [P, m] of one member. Shuffle s is tested against
   all shuffles: p = #{s': stat_s' >= stat_s} / P (itself included, i.e.
@@ -218,11 +239,15 @@ def _null_significance(spec: DeviceSpec, stat, emotion, support, tested,
   grid = jnp.arange(n_perm + 1)
   passes = (grid * jnp.sum(tested) <= spec.fdr * below * n_perm) & (grid > 0)
   cutoff = jnp.max(jnp.where(passes, grid, 0), axis=1)  # [P]
-  sig = ((at_least <= cutoff[:, None]) & tested
-         & (support >= spec.min_support))
+  rejected = (at_least <= cutoff[:, None]) & tested
+  absolute, full = _supported(spec, support, n_pos[emotion])
+  sig, bh_sig = rejected & full, rejected & absolute
   by_emotion = jnp.stack([jnp.sum(sig & (emotion == e), 1)
                           for e in range(spec.n_labels)], 1)
-  holding = (sig & reference["significant"]
-             & (emotion == reference["emotion"]))
-  return (jnp.sum(sig, 1), by_emotion, jnp.sum(holding, 1),
-          jnp.sum(holding & reference["broad"], 1))
+  same = emotion == reference["emotion"]
+  holding = sig & reference["significant"] & same
+  bh_holding = bh_sig & reference["bh_significant"] & same
+  return {"significant": jnp.sum(sig, 1), "bh_significant": jnp.sum(
+      bh_sig, 1), "by_emotion": by_emotion, "holds": jnp.sum(holding, 1),
+          "holds_broad": jnp.sum(holding & reference["broad"], 1),
+          "bh_holds": jnp.sum(bh_holding, 1)}

@@ -1,6 +1,7 @@
-"""Report sections of the analysis's newer parts: validation on other
-labelled sets (leading with the features that hold), stability across
-seeds, robust directions. `report.analysis_sections` places them."""
+"""Report sections of the analysis's newer parts: the SAE chosen on the
+selection set, validation on other labelled sets (leading with the features
+that hold), stability across seeds, robust directions.
+`report.analysis_sections` places them."""
 
 from __future__ import annotations
 
@@ -18,6 +19,44 @@ def _prompts(prompts: list[dict]) -> str:
                   f"[{esc(p['emotion'])}, {p['activation']:.2f}]</span></li>"
                   for p in prompts)
   return f'<ol class="prompts">{items}</ol>'
+
+
+def selection_section(summary: dict) -> Section | None:
+  """Which configuration and member were chosen on the selection set, each
+  configuration's scores beside its FVU, and what FVU alone would pick."""
+  sel = summary.get("selection")
+  if not sel:
+    return None
+  chosen = sel["chosen"]
+  rows = []
+  for g, c in enumerate(sel["configurations"]):
+    config = ", ".join(f"{k}={v}" for k, v in c["overrides"].items()) or "–"
+    mark = " (chosen)" if g == chosen["configuration"] else ""
+    rows.append([Cell(esc(config + mark)), cell(c["score"]),
+                 Cell(esc(_pct(c["share_hold"])), c["share_hold"]),
+                 Cell(esc(_pct(c["share_reappear"])), c["share_reappear"]),
+                 cell(c["n_significant"]), cell(c["fvu"]),
+                 Cell(esc(", ".join(
+                     f"{s['member']}: {s['share_robust']:.0%}"
+                     for s in c["members"])))])
+  fvu = sel.get("fvu_choice")
+  fvu_line = ("" if fvu is None else
+              " FVU alone would choose " + esc(", ".join(
+                  f"{k}={v}" for k, v in fvu["overrides"].items()) or "it")
+              + (" too." if fvu["same_as_chosen"] else
+                 ", a different configuration."))
+  lead = (f"<p>Chosen SAE: <b>member {chosen['member']}</b> (seed "
+          f"{chosen['seed']}; "
+          + esc(", ".join(f"{k}={v}" for k, v in chosen["overrides"].items())
+                or "the only configuration")
+          + f"), chosen on {esc(sel['set'])}, score "
+          f"{fmt(chosen['score'])}.{fvu_line} The export steers with it; "
+          "the other sets only report.</p>"
+          f'<p class="note">{esc(sel["definition"])}</p>')
+  return Section("Chosen SAE (by validation agreement)", lead + table(
+      ["configuration", "score (share robust)", "share holding there",
+       "share reappearing", "significant per seed", "FVU (held out)",
+       "member: share robust"], rows, sortable=False), "selection")
 
 
 def validation_section(summary: dict, max_rows: int = 300) -> Section | None:
@@ -99,10 +138,15 @@ def breadth_note(settings: dict) -> str:
   share = settings.get("broad_support")
   if share is None:
     return ""
+  fraction = settings.get("min_support_fraction") or 0.0
+  every = (f" With min_support_fraction={fraction:g} &ge; broad_support "
+           "every significant feature is broad (the test itself asks for "
+           "breadth now)." if fraction >= share else "")
   return (f"A significant feature is <b>broad</b> when it fires on &ge; "
           f"{share:.0%} of its emotion's corpus examples (broad_support="
           f"{share:g}), else <b>narrow</b>: a narrow feature follows a few "
-          "of the emotion's words and cannot hold where the words are new.")
+          "of the emotion's words and cannot hold where the words are new."
+          + every)
 
 
 def breadth_table(members: list[dict], j: int) -> str:
@@ -111,6 +155,9 @@ def breadth_table(members: list[dict], j: int) -> str:
   in other seeds. Empty for an analysis written before tiers existed."""
   rows = []
   for tier in ("broad", "narrow"):
+    if not any(((m.get("breadth") or {}).get(tier) or {}).get("n")
+               for m in members):
+      continue  # e.g. no narrow feature passes min_support_fraction
     for m in members:
       v = (m["validation"][j].get("by_breadth") or {}).get(tier)
       b = (m.get("breadth") or {}).get(tier)

@@ -43,8 +43,15 @@ def member_counts(arrays: dict, i: int, label_names: list[str],
   out.append(count_entry(
       "significant",
       f"permutation test, BH q <= {settings.fdr:g}, support >= "
-      f"{settings.min_support}", arrays["significant_count"][i],
+      f"{settings.min_support} and >= {settings.min_support_fraction:g} of "
+      "its emotion's examples", arrays["significant_count"][i],
       arrays["null_significant_count"][i]))
+  out.append(count_entry(
+      "bh_significant",
+      f"permutation test, BH q <= {settings.fdr:g}, support >= "
+      f"{settings.min_support} (no support fraction: the rule before "
+      "min_support_fraction)", arrays["bh_significant_count"][i],
+      arrays["null_bh_significant_count"][i]))
   for e, name in enumerate(label_names):
     out.append(count_entry(
         f"significant/{name}", f"significant features whose emotion is "

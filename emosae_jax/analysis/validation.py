@@ -112,6 +112,8 @@ def validate(members: Members, corpus: dict, probe_weights, vset: ValidationSet,
   ref_emotion = to_val[corpus["emotion"]]
   testable = corpus["significant"] & (ref_emotion >= 0)
   reference = {"significant": testable, "emotion": ref_emotion,
+               "bh_significant": corpus["bh_significant"] & (
+                   ref_emotion >= 0),
                "broad": testable & corpus["broad"]}
   es = vset.es
   x = runs.normalizer_of(members.info).apply(es.embeddings)
@@ -125,6 +127,7 @@ def validate(members: Members, corpus: dict, probe_weights, vset: ValidationSet,
   arrays["auroc_own"] = np.where(ref_emotion >= 0, own, np.nan).astype(
       np.float32)
   arrays["corpus_testable"] = reference["significant"]
+  arrays["corpus_bh_testable"] = reference["bh_significant"]
   arrays["corpus_broad"] = reference["broad"]
   info = {"path": vset.path, "data_hash": es.meta.get("content_hash"),
           "n_labelled": len(es), "emotions": vset.names,
@@ -156,7 +159,9 @@ def prefixed(arrays: dict, j: int) -> dict:
           "q_value", "significant", "tested", "holds", "holds_count",
           "null_holds_count", "null_holds_broad_count", "corpus_testable",
           "corpus_broad", "significant_count",
-          "null_significant_count", "top_index", "top_value")
+          "null_significant_count", "top_index", "top_value",
+          "bh_significant", "bh_holds_count", "null_bh_holds_count",
+          "corpus_bh_testable")
   return {PREFIX.format(j) + k: arrays[k] for k in keep}
 
 
@@ -182,9 +187,14 @@ def member_validation(arrays: dict, info: dict, i: int,
   hold = count_entry(
       "hold", "corpus-significant features significant on the validation "
       "set for the same emotion", arrays["holds_count"][i], null)
+  bh_hold = count_entry(
+      "hold/bh", "BH-significant corpus features (no support fraction) "
+      "BH-significant on the validation set for the same emotion",
+      arrays["bh_holds_count"][i], arrays["null_bh_holds_count"][i])
   return {
       "path": info["path"], "corpus_significant": n_corpus_significant,
       **_holding(hold, int(np.sum(testable))),
+      "bh": _holding(bh_hold, int(np.sum(arrays["corpus_bh_testable"][i]))),
       "significant_on_validation": count_entry(
           "significant on validation", "features significant on the "
           "validation set (any emotion)", arrays["significant_count"][i],

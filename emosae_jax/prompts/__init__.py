@@ -10,7 +10,7 @@ Standard library only (no numpy, no jax): the torch side (`bridge`,
 
 A prompt record is a dict:
   {"id", "text", "emotion" (None: neutral, mixed or negated), "template",
-   "shape", "split" ("train" | "test" | "neutral" | "caption"), "slots",
+   "shape", "split" ("train" | "val" | "test" | "neutral" | "caption"), "slots",
    "valence", "arousal"} plus, for corpus prompts, "style", "kind", "cue",
    "intensity", "emotions", "negated", "emotion_words".
 """
@@ -18,7 +18,8 @@ A prompt record is a dict:
 from emosae_jax.prompts.corpus import DEFAULT_N, generate_prompts, n_words
 from emosae_jax.prompts.lexicon import (CORPUS_FILE, DEFAULT_HELDOUT_STYLE,
                                         Corpus, Family, Split, check_corpus,
-                                        load_corpus, make_split, word_pattern)
+                                        load_corpus, make_split,
+                                        make_val_split, word_pattern)
 from emosae_jax.prompts.files import (CaptionImport, emotion_words,
                                       import_captions, label_arrays,
                                       label_text, load_prompt_file,

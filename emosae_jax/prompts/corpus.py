@@ -26,7 +26,7 @@ from typing import Any, Iterable
 from emosae_jax.prompts.lexicon import (DEFAULT_HELDOUT_STYLE,
                                         EMOTION_SLOTS, OPTIONAL, SLOT, Corpus,
                                         Family, Split, bases, load_corpus,
-                                        make_split)
+                                        make_split, make_val_split)
 from emosae_jax.prompts.taxonomy import (PromptError, Taxonomy,
                                          check_emotions, load_taxonomy)
 
@@ -44,22 +44,34 @@ _WORD = re.compile(r"[\w'-]+")
 # Rendering one prompt
 
 
+def _part(item, pool: str, split: Split, val: Split | None) -> str:
+  """"test", "val" or "train": which split's pool `item` belongs to."""
+  if item in getattr(split, pool):
+    return "test"
+  return "val" if val is not None and item in getattr(val, pool) else "train"
+
+
 class _Writer:
   """Draws the wording of one split's prompts from that split's pools."""
 
-  def __init__(self, corpus: Corpus, split: Split, test: bool,
-               rng: random.Random):
+  def __init__(self, corpus: Corpus, split: Split, part: str,
+               rng: random.Random, val: Split | None = None):
     self.c, self.rng = corpus, rng
 
-    def mine(held: bool) -> bool:
-      return held == test
-    self.families = {e: [f for f in fs if mine(f in split.families)]
+    def mine(item, pool: str) -> bool:
+      return _part(item, pool, split, val) == part
+    self.families = {e: [f for f in fs if mine(f, "families")]
                      for e, fs in corpus.families.items()}
-    self.phrases = {e: [p for p in ps if mine(p in split.phrases)]
+    self.phrases = {e: [p for p in ps if mine(p, "phrases")]
                     for e, ps in corpus.phrases.items()}
-    self.implied = {e: [p for p in ps if mine(p in split.implied)]
+    self.implied = {e: [p for p in ps if mine(p, "implied")]
                     for e, ps in corpus.implied.items()}
-    self.frames = {k: [f for f in fs if mine((k, f) in split.frames)]
+    # A frame list too short to give val one of its own (tag_phrase has
+    # two: one is test's) lends val the training frames: frames are
+    # scaffolding ("the mood is {adj}"), the emotion wording stays val's.
+    self.frames = {k: [f for f in fs if mine((k, f), "frames")]
+                   or (part == "val" and [f for f in fs if _part(
+                       (k, f), "frames", split, val) == "train"]) or []
                    for k, fs in corpus.frames.items()}
 
   def family(self, emotion: str, need: str, avoid: set) -> Family:
@@ -230,13 +242,18 @@ def generate_prompts(n: int = DEFAULT_N, seed: int = 0,
                      taxonomy: Taxonomy | None = None,
                      heldout_style: str = DEFAULT_HELDOUT_STYLE,
                      unlabelled_fraction: float = UNLABELLED_FRACTION,
-                     corpus: Corpus | None = None) -> list[dict]:
+                     corpus: Corpus | None = None,
+                     val_fraction: float = 0.0) -> list[dict]:
   """n labelled prompts (balanced: every emotion gets the same sequence of
   templates and modes) plus round(unlabelled_fraction * n) mixed/negated
   ones with emotion None. Unique texts; deterministic in the arguments.
 
+  val_fraction > 0 moves that fraction of every pool the test split left
+  to training into a "val" split (lexicon.make_val_split) that shares no
+  wording with train nor test; the test split stays the same.
+
   Each record: id, text, emotion, template, shape (= style), style, split
-  ("train" | "test"), kind ("single" | "mixed" | "negated"), cue ("word" |
+  ("train" | "val" | "test"), kind ("single" | "mixed" | "negated"), cue ("word" |
   "phrase" | "implied" | "negated"), intensity, emotions (all emotions the
   text names), negated (those it negates), emotion_words, slots, valence,
   arousal.
@@ -253,6 +270,8 @@ def generate_prompts(n: int = DEFAULT_N, seed: int = 0,
     raise PromptError(f"unlabelled_fraction must be in [0, 1], got "
                       f"{unlabelled_fraction}")
   split = make_split(corpus, seed, heldout_fraction, heldout_style)
+  val = (make_val_split(corpus, split, seed, val_fraction) if val_fraction
+         else None)
   per = {e: n // len(names) + (i < n % len(names))
          for i, e in enumerate(names)}
   plan = _plan(corpus, 2 * max(per.values()) + 50,
@@ -260,19 +279,24 @@ def generate_prompts(n: int = DEFAULT_N, seed: int = 0,
   rows, seen = [], set()
 
   def make(writers, key, t, kind, emos, mode) -> bool:
-    w = writers[t["id"] in split.templates]
+    part = _part(t["id"], "templates", split, val)
+    w = writers[part]
     for attempt in range(50):
       carrier = random.Random(f"{seed}:carrier:{key}:{attempt}")
       got = _one_prompt(w, t, kind, emos, mode, carrier)
       if got and got[0].lower() not in seen:
         seen.add(got[0].lower())
-        rows.append((t, kind, emos, mode, w is writers[True], *got))
+        rows.append((t, kind, emos, mode, part, *got))
         return True
     return False
 
+  def writers_for(rng):
+    return {part: _Writer(corpus, split, part, rng, val)
+            for part in ("train", "test") + (("val",) if val else ())}
+
   for e in names:
     rng = random.Random(f"{seed}:{e}")
-    writers = {h: _Writer(corpus, split, h, rng) for h in (False, True)}
+    writers = writers_for(rng)
     # Plan item i has the same carrier (genre, instruments, tag order, ...)
     # for every emotion: minimal pairs, so that no carrier feature can
     # correlate with the label even by chance in a corpus of this size.
@@ -285,7 +309,7 @@ def generate_prompts(n: int = DEFAULT_N, seed: int = 0,
     if made < per[e]:
       raise PromptError(f"cannot make {per[e]} unique prompts for {e!r}")
   rng = random.Random(f"{seed}:unlabelled")
-  writers = {h: _Writer(corpus, split, h, rng) for h in (False, True)}
+  writers = writers_for(rng)
   n_unlabelled = round(unlabelled_fraction * n) if len(names) > 1 else 0
   for i, (t, _) in enumerate(_plan(corpus, 3 * n_unlabelled + 20, rng,
                                    {"word": 1.0})):
@@ -300,12 +324,12 @@ def generate_prompts(n: int = DEFAULT_N, seed: int = 0,
 
 
 def _record(i: int, row: tuple, tax: Taxonomy) -> dict:
-  t, kind, emos, mode, test, text, values, ctx = row
+  t, kind, emos, mode, part, text, values, ctx = row
   label = emos[0] if kind == "single" else None
   negated = ([] if kind != "negated" else emos[-1:])
   return dict(id=f"p{i:05d}", text=text, emotion=label, template=t["id"],
               shape=t["style"], style=t["style"],
-              split="test" if test else "train", kind=kind,
+              split=part, kind=kind,
               cue="negated" if kind == "negated" and len(emos) == 1 else mode,
               intensity=ctx.get("intensity"), emotions=list(emos),
               negated=negated, emotion_words=sorted(ctx["words"]),

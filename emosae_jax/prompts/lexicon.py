@@ -2,7 +2,9 @@
 
 `load_corpus` reads and checks the lexicon (word families by intensity,
 phrases, implied scenes), frames, neutral slots and caption-style
-templates; `make_split` chooses what the "test" split holds out.
+templates; `make_split` chooses what the "test" split holds out and
+`make_val_split` what a "val" split takes from the rest (for choosing
+settings without looking at the test split).
 """
 
 from __future__ import annotations
@@ -149,6 +151,42 @@ class Split:
     """Every held-out word form, phrase and scene (lower case)."""
     return ({w.lower() for f in self.families for w in f.forms}
             | {p.lower() for p in self.phrases | self.implied})
+
+
+def make_val_split(corpus: Corpus, test: Split, seed: int = 0,
+                   fraction: float = 0.2) -> Split:
+  """The "val" parts: `fraction` of every pool the test split left to
+  training (templates of every style but the held-out one, each emotion's
+  word families per intensity, phrases, scenes, frames), so that val shares
+  no wording with train nor test. It holds out no whole style (the test
+  split took the one spare). Deterministic in (corpus, test, seed,
+  fraction); its own random stream, so the test split is unchanged."""
+  if not 0 < fraction < 1:
+    raise PromptError(f"val fraction must be in (0, 1), got {fraction}")
+  rng = random.Random(f"val:{seed}")
+  templates = set()
+  for style in sorted(corpus.styles):
+    if style != test.heldout_style:
+      templates.update(_holdout([t["id"] for t in corpus.styles[style]
+                                 if t["id"] not in test.templates],
+                                fraction, rng))
+  families, phrases, implied = set(), set(), set()
+  for e in sorted(corpus.families):
+    for level in LEVELS:
+      families.update(_holdout([f for f in corpus.families[e]
+                                if f.level == level
+                                and f not in test.families], fraction, rng))
+    phrases.update(_holdout([p for p in corpus.phrases[e]
+                             if p not in test.phrases], fraction, rng))
+    implied.update(_holdout([p for p in corpus.implied[e]
+                             if p not in test.implied], fraction, rng))
+  frames = set()
+  for kind in sorted(corpus.frames):
+    frames.update((kind, f) for f in _holdout(
+        [f for f in corpus.frames[kind] if (kind, f) not in test.frames],
+        fraction, rng))
+  return Split("", frozenset(templates), frozenset(families),
+               frozenset(phrases), frozenset(implied), frozenset(frames))
 
 
 def _holdout(items: list, fraction: float, rng: random.Random) -> list:
