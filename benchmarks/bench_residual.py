@@ -2,13 +2,20 @@ r"""Residual-stream extraction and steering: batching gain, hook overhead, cost.
 
   python benchmarks/bench_residual.py [--size=tiny|small] [--device=cpu]
       [--backend=transformers|audiocraft] [--clock=wall|process]
-      [--n=32] [--batch_size=8] [--frames=16] [--duration=1.0]
-      [--repeats=5] [--threads=N] [--parts=extraction,overhead]
+      [--prompts=corpus|short] [--n=32] [--batch_size=8] [--frames=16]
+      [--duration=1.0] [--repeats=5] [--threads=N]
+      [--parts=extraction,overhead]
 
 1. Extraction (bridge.residual.pooled_batch, every layer, sampling, guidance
-   3, --frames new tokens): --n prompts in batches of --batch_size against
-   one generate call per prompt; seconds per prompt and the speed-up
-   (target >= 5x).
+   3, --frames new tokens): --n prompts in batches of --batch_size (the
+   plan extract uses: bridge.residual.batch_plan) against one generate call
+   per prompt; seconds per prompt and the speed-up (target >= 5x).
+   --prompts=corpus (default): the first --n texts of the project's corpus
+   (emosae_jax.prompts.generate_prompts, seed 0, what
+   scripts/make_prompts.py writes); short: eight short captions numbered
+   (the earlier bench set). audiocraft: the T5 token counts of the set and
+   how they fall into batches (its padding is masked during extraction:
+   bridge.audiocraft_padding).
 2. Hook overhead: a plain generate of one --duration clip against the same
    call with the residual steering hook at the middle layer, and against
    the same call with every layer captured (greedy, so all do identical
@@ -23,11 +30,16 @@ model's cost without its weights. tiny is bridge.tiny's test model.
 --clock=process times CPU seconds of this process (CPU only): on a machine
 shared with other jobs wall-clock best-of-N swung by +-30% between runs,
 far more than the hooks cost.
---backend=audiocraft measures audiocraft's MusicGen (tiny only: its tiny
-test model, concatenated CFG) through the same hooks.
+--backend=audiocraft measures audiocraft's MusicGen (concatenated CFG)
+through the same hooks; its small is bench_steer_batch's
+small_audiocraft_musicgen (musicgen_lm.yaml at model_scale small, random).
+Each timing line carries the 1-minute load average read after it.
 """
 
 import argparse
+import collections
+import os
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -40,11 +52,26 @@ import torch  # noqa: E402
 from bench_steer_batch import build  # noqa: E402
 from bridge import residual, residual_steering  # noqa: E402
 from bridge.generate import Settings  # noqa: E402
+from emosae_jax import prompts as prompt_corpus  # noqa: E402
 
 PROMPTS = ("a piano piece with soft strings", "sad slow violin melody",
            "happy upbeat rock song with drums", "dark ambient synth",
            "calm acoustic guitar", "tense cinematic score with low brass",
            "joyful folk tune", "an electronic track with a steady beat")
+
+
+def load() -> str:
+  """The 1-minute load average (a shared machine: read beside timings)."""
+  return f"load {os.getloadavg()[0]:.2f}"
+
+
+def bench_texts(kind: str, n: int) -> list[str]:
+  if kind == "short":
+    return [PROMPTS[i % len(PROMPTS)] + f" {i}" for i in range(n)]
+  records = prompt_corpus.generate_prompts(max(n, 9), seed=0)
+  if len(records) < n:
+    raise SystemExit(f"error: the corpus has only {len(records)} prompts")
+  return [r["text"] for r in records[:n]]
 
 
 def _sync(device):
@@ -111,6 +138,7 @@ def main():
   p.add_argument("--device", default="cpu")
   p.add_argument("--backend", choices=["transformers", "audiocraft"],
                  default="transformers")
+  p.add_argument("--prompts", choices=["corpus", "short"], default="corpus")
   p.add_argument("--n", type=int, default=32)
   p.add_argument("--batch_size", type=int, default=8)
   p.add_argument("--frames", type=int, default=16)
@@ -132,7 +160,7 @@ def main():
     raise SystemExit(f"error: --device={args.device} but torch sees no GPU")
   backend = build(args.size, args.backend, args.device)
   n_layers = len(residual_steering.decoder_layers(backend.model))
-  texts = [PROMPTS[i % len(PROMPTS)] + f" {i}" for i in range(args.n)]
+  texts = bench_texts(args.prompts, args.n)
   print(f"{args.size} {args.backend} MusicGen ({n_layers} layers x "
         f"{residual_steering.decoder_width(backend.model)}) on {args.device} "
         f"(threads {torch.get_num_threads()}, {args.clock} clock)")
@@ -145,10 +173,12 @@ def main():
 
 
 def report_extraction(backend, texts, args, n_layers):
+  if residual.backend_name(backend) == "audiocraft":
+    report_token_counts(backend, texts, args.batch_size)
   batched, looped = extraction(backend, texts, args.batch_size, args.frames,
                                args.device)
-  print(f"extraction, {args.n} prompts, {args.frames} frames, all "
-        f"{n_layers} layers, guidance 3:")
+  print(f"extraction, {args.n} {args.prompts} prompts, {args.frames} "
+        f"frames, all {n_layers} layers, guidance 3 ({load()}):")
   calls = len(residual.batch_plan(backend, texts, args.batch_size))
   print(f"  batched (batch {args.batch_size}, {calls} calls): "
         f"{batched / args.n:8.4f} s per prompt")
@@ -156,11 +186,29 @@ def report_extraction(backend, texts, args, n_layers):
   print(f"  speed-up: {looped / batched:.2f}x (target >= 5x)")
 
 
+def report_token_counts(backend, texts, batch_size):
+  """How the prompts' T5 token counts spread, and what batching by exact
+  count (the plan before padding was masked) would have made of them."""
+  counts = residual.token_counts(backend, texts)
+  groups = sorted(collections.Counter(counts).values())
+  by_count = sum(-(-g // batch_size) for g in groups)
+  plan = residual.batch_plan(backend, texts, batch_size)
+  padded = sum(max(counts[i] for i in rows) * len(rows) for rows in plan)
+  print(f"T5 token counts (this model's tokenizer): {min(counts)}-"
+        f"{max(counts)}, median {statistics.median(counts):g}, "
+        f"{len(groups)} distinct; prompts per count: min {groups[0]}, "
+        f"median {statistics.median(groups):g}, max {groups[-1]}")
+  print(f"  one count per batch would take {by_count} calls "
+        f"({len(texts) / by_count:.1f} prompts per call); sorted by count "
+        f"and masked: {len(plan)} calls, padding "
+        f"{100 * (1 - sum(counts) / padded):.1f}% of the keys")
+
+
 def report_overhead(backend, args, n_layers):
   settings = Settings(duration=args.duration, sampling=False)
   t = overhead(backend, settings, args.repeats, args.device)
   print(f"one {args.duration:g} s clip, greedy, guidance 3, best of "
-        f"{args.repeats}:")
+        f"{args.repeats} ({load()}):")
   print(f"  plain generate     : {t['plain']:8.3f} s")
   print(f"  steered (layer {n_layers // 2:2d}) : {t['steered']:8.3f} s "
         f"(+{100 * (t['steered'] / t['plain'] - 1):.1f}%, target <= 5%)")
