@@ -22,8 +22,17 @@ musicgen's memory-efficient, bias-free one). Rows whose mask is all zero
 (CFG's null condition, an empty prompt) stay unmasked: their keys are all
 equal, so any count of them gives the same uniform average.
 
-Used by bridge.residual's audiocraft extraction only; steering and audio
-generation keep audiocraft's own behaviour. Never imports jax.
+`null_text_skipped(lm)` runs the T5 encoder on the rows that have text
+only. Under classifier-free guidance audiocraft encodes [B prompts; B empty
+null prompts] in one T5 call and then multiplies the null rows by their
+all-zero mask, so half of that call (a quarter of the compute of a
+16-frame extraction with musicgen-small) makes zeros; here those rows are
+zeros without the call. The result is the same (zeros, and the prompt
+rows of T5 do not see other rows: T5 masks its own padding).
+
+`batched(lm)` is both. Used by bridge.residual's audiocraft extraction
+only; steering and audio generation keep audiocraft's own behaviour. Never
+imports jax.
 """
 
 from __future__ import annotations
@@ -111,3 +120,39 @@ def masked(lm) -> Iterator[None]:
     handle.remove()
     for attn in modules:
       del attn.forward  # back to the class's method
+
+
+@contextlib.contextmanager
+def null_text_skipped(lm) -> Iterator[None]:
+  """Inside: T5 conditioners encode only rows whose mask is not all zero."""
+  conditioners = [c for c in lm.condition_provider.conditioners.values()
+                  if hasattr(c, "t5") and hasattr(c, "output_proj")]
+
+  def forward_of(conditioner):
+    library = conditioner.forward
+
+    def forward(inputs):
+      mask = inputs["attention_mask"]
+      rows = mask.any(dim=1)
+      if rows.all() or not rows.any():
+        return library(inputs)
+      embeds, _ = library({k: v[rows] for k, v in inputs.items()})
+      out = embeds.new_zeros(mask.shape + embeds.shape[-1:])
+      out[rows] = embeds
+      return out, mask
+    return forward
+
+  for conditioner in conditioners:
+    conditioner.forward = forward_of(conditioner)
+  try:
+    yield
+  finally:
+    for conditioner in conditioners:
+      del conditioner.forward
+
+
+@contextlib.contextmanager
+def batched(lm) -> Iterator[None]:
+  """masked(lm) and null_text_skipped(lm) together (extraction)."""
+  with masked(lm), null_text_skipped(lm):
+    yield

@@ -192,7 +192,7 @@ def pooled_batch(backend, texts: Sequence[str], layers: Sequence[int],
   generated step but the last) per layer. kwargs: generate_kwargs()."""
   run = _run_audiocraft if backend_name(backend) == "audiocraft" \
       else _run_transformers
-  masked = audiocraft_padding.masked(backend.model.lm) \
+  masked = audiocraft_padding.batched(backend.model.lm) \
       if run is _run_audiocraft else contextlib.nullcontext()
   with capture(backend.model, layers) as captures, torch.inference_mode(), \
       masked:

@@ -263,28 +263,39 @@ def test_batched_extraction_equals_one_by_one(backend, musicgen_layout,
   kwargs = residual.generate_kwargs(6, 3.0, False, 250)
   rows = [texts[i] for i in plan[0]]
   masked, _ = residual.pooled_batch(be, rows, [1], kwargs, 0)
-  with mock.patch.object(audiocraft_padding, "masked",
+  with mock.patch.object(audiocraft_padding, "batched",
                          lambda lm: contextlib.nullcontext()):
     unmasked, _ = residual.pooled_batch(be, rows, [1], kwargs, 0)
   assert np.abs(unmasked[0] - masked[0]).max() > 0.05
   np.testing.assert_allclose(unmasked[1], masked[1], rtol=1e-5, atol=1e-5)
 
 
-def test_padding_mask_leaves_unpadded_batches_alone(musicgen_layout):
-  """One prompt (no padding) runs the library's own attention, bit for
-  bit; the hooks and patched forwards go afterwards."""
+def test_one_prompt_is_unchanged_and_t5_skips_null_rows(musicgen_layout):
+  """One prompt (no padding): the library's own attention, bit for bit,
+  and T5 runs on the prompt's row only (not CFG's empty null row); the
+  hooks and patched forwards go afterwards."""
   kwargs = residual.generate_kwargs(5, 3.0, False, 250)
   lm = musicgen_layout.model.lm
-  with mock.patch.object(audiocraft_padding, "masked",
-                         lambda lm: contextlib.nullcontext()):
-    plain, _ = residual.pooled_batch(musicgen_layout, PROMPTS[:1], [0, 1],
-                                     kwargs, 0)
-  masked, _ = residual.pooled_batch(musicgen_layout, PROMPTS[:1], [0, 1],
-                                    kwargs, 0)
+  t5 = lm.condition_provider.conditioners["description"].t5
+  rows = []
+  handle = t5.register_forward_pre_hook(
+      lambda m, a, k: rows.append(k["input_ids"].shape[0]), with_kwargs=True)
+  try:
+    with mock.patch.object(audiocraft_padding, "batched",
+                           lambda lm: contextlib.nullcontext()):
+      plain, _ = residual.pooled_batch(musicgen_layout, PROMPTS[:1], [0, 1],
+                                       kwargs, 0)
+    masked, _ = residual.pooled_batch(musicgen_layout, PROMPTS[:1], [0, 1],
+                                      kwargs, 0)
+  finally:
+    handle.remove()
+  assert rows == [2, 1]  # [prompt; null] without, the prompt alone with
   assert np.array_equal(plain, masked)
   assert not lm._forward_pre_hooks  # pylint: disable=protected-access
   assert all("forward" not in vars(layer.cross_attention)
              for layer in lm.transformer.layers)
+  assert "forward" not in vars(lm.condition_provider.conditioners[
+      "description"])
 
 
 # --- the scripts, on a tiny audiocraft folder (T5 in a temporary hub cache) --
