@@ -90,17 +90,52 @@ def timed(fn, device):
   return CLOCK() - start
 
 
+class TextEncoderClock:
+  """Seconds spent in the text encoder (audiocraft: its condition
+  provider, T5 plus projection), summed over calls while entered."""
+
+  def __init__(self, backend, device):
+    model = backend.model
+    self.module = model.lm.condition_provider \
+        if residual.backend_name(backend) == "audiocraft" \
+        else model.text_encoder
+    self.device, self.seconds, self._start = device, 0.0, None
+
+  def __enter__(self):
+    def pre(*_):
+      _sync(self.device)
+      self._start = CLOCK()
+
+    def post(*_):
+      _sync(self.device)
+      self.seconds += CLOCK() - self._start
+    self.handles = [self.module.register_forward_pre_hook(pre),
+                    self.module.register_forward_hook(post)]
+    return self
+
+  def __exit__(self, *exc):
+    for h in self.handles:
+      h.remove()
+
+
 def extraction(backend, texts, batch_size, frames, device):
-  """(seconds batched, seconds one by one) for all of `texts`."""
+  """{batched, looped: seconds for all of `texts`; batched_text,
+  looped_text: of which in the text encoder}."""
   layers = list(range(len(residual_steering.decoder_layers(backend.model))))
   kwargs = residual.generate_kwargs(frames, 3.0, True, 250)
-  # extract's batches (audiocraft: prompts of one token count together).
+  # extract's batches (planned once per run, as extract does).
+  plans = {size: residual.batch_plan(backend, texts, size)
+           for size in (batch_size, 1)}
   run = lambda size: [residual.pooled_batch(
       backend, [texts[i] for i in rows], layers, kwargs, b)
-                      for b, rows in enumerate(residual.batch_plan(
-                          backend, texts, size))]
+                      for b, rows in enumerate(plans[size])]
   run(batch_size)  # warm-up
-  return timed(lambda: run(batch_size), device), timed(lambda: run(1), device)
+  out = {}
+  for name, size in (("batched", batch_size), ("looped", 1)):
+    with TextEncoderClock(backend, device) as text:
+      out[name] = timed(lambda: run(size), device)  # pylint: disable=cell-var-from-loop
+    out[name + "_text"] = text.seconds
+  return out
 
 
 def overhead(backend, settings, repeats, device):
@@ -175,15 +210,17 @@ def main():
 def report_extraction(backend, texts, args, n_layers):
   if residual.backend_name(backend) == "audiocraft":
     report_token_counts(backend, texts, args.batch_size)
-  batched, looped = extraction(backend, texts, args.batch_size, args.frames,
-                               args.device)
+  t = extraction(backend, texts, args.batch_size, args.frames, args.device)
   print(f"extraction, {args.n} {args.prompts} prompts, {args.frames} "
         f"frames, all {n_layers} layers, guidance 3 ({load()}):")
   calls = len(residual.batch_plan(backend, texts, args.batch_size))
-  print(f"  batched (batch {args.batch_size}, {calls} calls): "
-        f"{batched / args.n:8.4f} s per prompt")
-  print(f"  one prompt per call : {looped / args.n:8.4f} s per prompt")
-  print(f"  speed-up: {looped / batched:.2f}x (target >= 5x)")
+  for name, label in (("batched", f"batched (batch {args.batch_size}, "
+                                  f"{calls} calls)"),
+                      ("looped", "one prompt per call")):
+    print(f"  {label:26s}: {t[name] / args.n:8.4f} s per prompt, of which "
+          f"text encoder {t[name + '_text'] / args.n:.4f}")
+  print(f"  speed-up: {t['looped'] / t['batched']:.2f}x (target >= 5x); "
+        f"decoder alone: {(t['looped'] - t['looped_text']) / (t['batched'] - t['batched_text']):.2f}x")
 
 
 def report_token_counts(backend, texts, batch_size):
