@@ -15,7 +15,7 @@ r"""Residual-stream extraction and steering: batching gain, hook overhead, cost.
    scripts/make_prompts.py writes); short: eight short captions numbered
    (the earlier bench set). audiocraft: the T5 token counts of the set and
    how they fall into batches (its padding is masked during extraction:
-   bridge.audiocraft_padding).
+   bridge.audiocraft_batching).
 2. Hook overhead: a plain generate of one --duration clip against the same
    call with the residual steering hook at the middle layer, and against
    the same call with every layer captured (greedy, so all do identical

@@ -42,7 +42,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from bridge import (audiocraft_padding, decoder_backends, embedding_io,
+from bridge import (audiocraft_batching, decoder_backends, embedding_io,
                     residual_steering, t5)
 from emosae_jax import data
 from emosae_jax import directions_format as fmt
@@ -192,7 +192,7 @@ def pooled_batch(backend, texts: Sequence[str], layers: Sequence[int],
   generated step but the last) per layer. kwargs: generate_kwargs()."""
   run = _run_audiocraft if backend_name(backend) == "audiocraft" \
       else _run_transformers
-  masked = audiocraft_padding.batched(backend.model.lm) \
+  masked = audiocraft_batching.batched(backend.model.lm) \
       if run is _run_audiocraft else contextlib.nullcontext()
   with capture(backend.model, layers) as captures, torch.inference_mode(), \
       masked:
@@ -209,7 +209,7 @@ def batch_plan(backend, texts: Sequence[str],
   transformers: consecutive prompts (its cross-attention masks padding).
   audiocraft: prompts sorted by T5 token count (stable), then cut into
   batches, so that a batch pads little; its padding is masked during
-  extraction (bridge.audiocraft_padding), so each prompt's states do not
+  extraction (bridge.audiocraft_batching), so each prompt's states do not
   depend on its batch (test_bridge_residual_audiocraft).
   """
   order = list(range(len(texts)))

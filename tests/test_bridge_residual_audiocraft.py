@@ -16,7 +16,7 @@ import pytest
 import torch
 from torch import nn
 
-from bridge import audiocraft_padding, residual, residual_steering, tiny
+from bridge import audiocraft_batching, residual, residual_steering, tiny
 from bridge.directions import load_directions
 from bridge.generate import AudiocraftBackend, Settings, generate
 from emosae_jax import data
@@ -243,8 +243,9 @@ def musicgen_layout():
 def test_batched_extraction_equals_one_by_one(backend, musicgen_layout,
                                               layout, tmp_path):
   """Batches mix T5 token counts: audiocraft's cross-attention sees the
-  padding, so only the mask (bridge.audiocraft_padding) keeps a short
-  prompt beside a long one where it is alone."""
+  padding, so only the mask (bridge.audiocraft_batching) keeps a short
+  prompt beside a long one where it is alone; the reference is
+  audiocraft's unpatched computation, one prompt per call."""
   be = backend if layout == "default" else musicgen_layout
   texts = ["a happy song", "a piano piece with soft strings", "a sad song",
            "calm"]
@@ -253,19 +254,19 @@ def test_batched_extraction_equals_one_by_one(backend, musicgen_layout,
   assert [counts[i] for rows in plan for i in rows] == sorted(counts)
   assert all(len({counts[i] for i in rows}) == 2 for rows in plan)
   batched, _ = _extract(be, tmp_path / "b", texts, sampling=False)
-  alone, _ = _extract(be, tmp_path / "one", texts, sampling=False,
-                      batch_size=1)
-  for b, a in zip(batched, alone):
-    np.testing.assert_allclose(data.load_embedding_set(b).embeddings,
-                               data.load_embedding_set(a).embeddings,
-                               rtol=1e-5, atol=1e-5)
-  # Without the mask the shorter prompt of a batch moves.
+  # The reference: audiocraft's own computation, one prompt per call.
   kwargs = residual.generate_kwargs(6, 3.0, False, 250)
   rows = [texts[i] for i in plan[0]]
-  masked, _ = residual.pooled_batch(be, rows, [1], kwargs, 0)
-  with mock.patch.object(audiocraft_padding, "batched",
+  with mock.patch.object(audiocraft_batching, "batched",
                          lambda lm: contextlib.nullcontext()):
+    alone = np.concatenate([residual.pooled_batch(be, [t], [0, 1], kwargs,
+                                                  0)[0] for t in texts])
     unmasked, _ = residual.pooled_batch(be, rows, [1], kwargs, 0)
+  for layer, path in enumerate(batched):
+    np.testing.assert_allclose(data.load_embedding_set(path).embeddings,
+                               alone[:, layer], rtol=1e-5, atol=1e-5)
+  # Without the mask the shorter prompt of a batch moves.
+  masked, _ = residual.pooled_batch(be, rows, [1], kwargs, 0)
   assert np.abs(unmasked[0] - masked[0]).max() > 0.05
   np.testing.assert_allclose(unmasked[1], masked[1], rtol=1e-5, atol=1e-5)
 
@@ -281,7 +282,7 @@ def test_one_prompt_is_unchanged_and_t5_skips_null_rows(musicgen_layout):
   handle = t5.register_forward_pre_hook(
       lambda m, a, k: rows.append(k["input_ids"].shape[0]), with_kwargs=True)
   try:
-    with mock.patch.object(audiocraft_padding, "batched",
+    with mock.patch.object(audiocraft_batching, "batched",
                            lambda lm: contextlib.nullcontext()):
       plain, _ = residual.pooled_batch(musicgen_layout, PROMPTS[:1], [0, 1],
                                        kwargs, 0)
