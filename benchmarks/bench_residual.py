@@ -14,8 +14,9 @@ r"""Residual-stream extraction and steering: batching gain, hook overhead, cost.
    (emosae_jax.prompts.generate_prompts, seed 0, what
    scripts/make_prompts.py writes); short: eight short captions numbered
    (the earlier bench set). audiocraft: the T5 token counts of the set and
-   how they fall into batches (its padding is masked during extraction:
-   bridge.audiocraft_batching).
+   how they fall into batches (extraction masks its padding:
+   bridge.audiocraft_batching), and the one-prompt loop once more with
+   audiocraft's own computation (that module off): the loop before it.
 2. Hook overhead: a plain generate of one --duration clip against the same
    call with the residual steering hook at the middle layer, and against
    the same call with every layer captured (greedy, so all do identical
@@ -38,11 +39,13 @@ Each timing line carries the 1-minute load average read after it.
 
 import argparse
 import collections
+import contextlib
 import os
 import statistics
 import sys
 import time
 from pathlib import Path
+from unittest import mock
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -50,7 +53,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch  # noqa: E402
 
 from bench_steer_batch import build  # noqa: E402
-from bridge import residual, residual_steering  # noqa: E402
+from bridge import (audiocraft_batching, residual,  # noqa: E402
+                    residual_steering)
 from bridge.generate import Settings  # noqa: E402
 from emosae_jax import prompts as prompt_corpus  # noqa: E402
 
@@ -130,9 +134,17 @@ def extraction(backend, texts, batch_size, frames, device):
       backend, [texts[i] for i in rows], layers, kwargs, b)
                       for b, rows in enumerate(plans[size])]
   run(batch_size)  # warm-up
+  runs = [("batched", batch_size, contextlib.nullcontext()),
+          ("looped", 1, contextlib.nullcontext())]
+  if residual.backend_name(backend) == "audiocraft":
+    # The loop again with audiocraft's own computation (no padding mask,
+    # keys and values projected every step, T5 on the null rows too).
+    runs.append(("library", 1, mock.patch.object(
+        audiocraft_batching, "batched",
+        lambda lm: contextlib.nullcontext())))
   out = {}
-  for name, size in (("batched", batch_size), ("looped", 1)):
-    with TextEncoderClock(backend, device) as text:
+  for name, size, patch in runs:
+    with patch, TextEncoderClock(backend, device) as text:
       out[name] = timed(lambda: run(size), device)  # pylint: disable=cell-var-from-loop
     out[name + "_text"] = text.seconds
   return out
@@ -216,11 +228,17 @@ def report_extraction(backend, texts, args, n_layers):
   calls = len(residual.batch_plan(backend, texts, args.batch_size))
   for name, label in (("batched", f"batched (batch {args.batch_size}, "
                                   f"{calls} calls)"),
-                      ("looped", "one prompt per call")):
+                      ("looped", "one prompt per call"),
+                      ("library", "the same, audiocraft's own")):
+    if name not in t:
+      continue
     print(f"  {label:26s}: {t[name] / args.n:8.4f} s per prompt, of which "
           f"text encoder {t[name + '_text'] / args.n:.4f}")
   print(f"  speed-up: {t['looped'] / t['batched']:.2f}x (target >= 5x); "
         f"decoder alone: {(t['looped'] - t['looped_text']) / (t['batched'] - t['batched_text']):.2f}x")
+  if "library" in t:
+    print(f"  over audiocraft's own one-prompt loop: "
+          f"{t['library'] / t['batched']:.2f}x")
 
 
 def report_token_counts(backend, texts, batch_size):
