@@ -8,8 +8,9 @@ Generates one prompt at every strength (greedy, guidance 3), once as a
 batch of len(strengths) rows steered row by row, once as separate calls,
 and prints both wall times, their ratio, and whether the codes match.
 --size=small is a random-weight model with musicgen-small's architecture
-(T5-base encoder, 24 x 1024 decoder, 4 x 2048 codes, 32 kHz Encodec): the
-real model's cost without its weights. tiny is bridge.tiny's test model.
+(T5-base encoder, 24 x 1024 decoder, 4 x 2048 codes, 32 kHz Encodec), for
+either backend: the real model's cost without its weights. tiny is
+bridge.tiny's test model.
 """
 
 import argparse
@@ -54,16 +55,53 @@ def small_musicgen():
   return model
 
 
+def small_audiocraft_musicgen():
+  """Random audiocraft MusicGen shaped like musicgen-small: the LM of
+  audiocraft's config/model/lm/musicgen_lm.yaml at model_scale small (24 x
+  1024, 16 heads, 4 x 2048 codes, memory-efficient attention, no biases),
+  the 32 kHz Encodec of encodec_large_nq4_s640.yaml (SEANet 64 filters,
+  ratios 8-5-4-4, 2 LSTM layers, 128 dims), a random T5-base encoder. The
+  tokenizer is bridge.tiny's (no T5 vocabulary offline): it splits words
+  it lacks into letters, so prompts run longer than with t5-base's."""
+  from unittest import mock
+  import omegaconf
+  from audiocraft.models import MusicGen, builders
+  from audiocraft.modules import conditioners
+  from transformers import T5Config, T5EncoderModel
+  cfg = tiny.tiny_audiocraft_config(dict(
+      tiny.MUSICGEN_LM_LAYOUT, n_q=4, card=2048, dim=1024, num_heads=16,
+      num_layers=24, hidden_scale=4, bias_proj=False))
+  cfg["codebooks_pattern"]["delay"]["delays"] = [0, 1, 2, 3]
+  cfg["encodec"].update(sample_rate=32000)
+  cfg["seanet"].update(dimension=128, n_filters=64, ratios=[8, 5, 4, 4],
+                       lstm=2)
+  cfg["rvq"].update(n_q=4, bins=2048)
+  cfg = omegaconf.OmegaConf.create(cfg)
+  torch.manual_seed(0)
+  t5 = T5EncoderModel(T5Config(vocab_size=32128, d_model=768, d_kv=64,
+                               d_ff=3072, num_layers=12,
+                               num_heads=12)).eval()
+  with mock.patch.object(conditioners.T5EncoderModel, "from_pretrained",
+                         lambda *a, **k: t5), \
+       mock.patch.object(conditioners.T5Tokenizer, "from_pretrained",
+                         lambda *a, **k: tiny.tiny_t5_tokenizer()):
+    lm = builders.get_lm_model(cfg).eval()
+  compression = builders.get_compression_model(cfg).eval()
+  lm.cfg = cfg
+  return MusicGen("small-random", compression, lm)
+
+
 def build(size, backend_name, device):
   """A backend object around a random model (no weights are loaded)."""
   if backend_name == "audiocraft":
-    if size != "tiny":
-      raise SystemExit("error: --backend=audiocraft has only --size=tiny")
     backend = AudiocraftBackend.__new__(AudiocraftBackend)
     with warnings.catch_warnings():
       warnings.simplefilter("ignore")
-      backend.model = tiny.tiny_audiocraft_musicgen()
+      backend.model = tiny.tiny_audiocraft_musicgen() if size == "tiny" \
+          else small_audiocraft_musicgen()
     backend.model.lm.to(device)
+    backend.model.compression_model.to(device)
+    backend.model_id, backend.device = f"{size}-random", device
     return backend
   backend = TransformersBackend.__new__(TransformersBackend)
   model, backend.processor = tiny.tiny_musicgen()

@@ -42,7 +42,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from bridge import decoder_backends, embedding_io, residual_steering, t5
+from bridge import (audiocraft_batching, decoder_backends, embedding_io,
+                    residual_steering, t5)
 from emosae_jax import data
 from emosae_jax import directions_format as fmt
 
@@ -191,7 +192,10 @@ def pooled_batch(backend, texts: Sequence[str], layers: Sequence[int],
   generated step but the last) per layer. kwargs: generate_kwargs()."""
   run = _run_audiocraft if backend_name(backend) == "audiocraft" \
       else _run_transformers
-  with capture(backend.model, layers) as captures, torch.inference_mode():
+  masked = audiocraft_batching.batched(backend.model.lm) \
+      if run is _run_audiocraft else contextlib.nullcontext()
+  with capture(backend.model, layers) as captures, torch.inference_mode(), \
+      masked:
     torch.manual_seed(seed)
     run(backend, texts, kwargs)
     pooled = torch.stack([captures[l].mean() for l in layers], 1)
@@ -200,28 +204,29 @@ def pooled_batch(backend, texts: Sequence[str], layers: Sequence[int],
 
 def batch_plan(backend, texts: Sequence[str],
                batch_size: int) -> list[list[int]]:
-  """Prompt indices per generate call.
+  """Prompt indices per generate call: batches of batch_size.
 
   transformers: consecutive prompts (its cross-attention masks padding).
-  audiocraft: prompts of one T5 token count together, so that no row is
-  padded: its cross-attention attends to padded positions, which moved a
-  short prompt's states by as much as their own size when batched beside a
-  long one (tiny model, greedy); this way each prompt's states do not
+  audiocraft: prompts sorted by T5 token count (stable), then cut into
+  batches, so that a batch pads little; its padding is masked during
+  extraction (bridge.audiocraft_batching), so each prompt's states do not
   depend on its batch (test_bridge_residual_audiocraft).
   """
-  if backend_name(backend) != "audiocraft":
-    return [list(range(i, min(i + batch_size, len(texts))))
-            for i in range(0, len(texts), batch_size)]
+  order = list(range(len(texts)))
+  if backend_name(backend) == "audiocraft":
+    counts = token_counts(backend, texts)
+    order.sort(key=lambda i: counts[i])
+  return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+def token_counts(backend, texts: Sequence[str]) -> list[int]:
+  """audiocraft: each prompt's T5 token count (0 without a description
+  conditioner)."""
   conditioners = backend.model.lm.condition_provider.conditioners
-  conditioner = conditioners["description"] \
-      if "description" in conditioners else None
-  groups: dict[int, list[int]] = {}
-  for i, text in enumerate(texts):
-    length = 0 if conditioner is None else int(
-        conditioner.tokenize([text])["attention_mask"].shape[1])
-    groups.setdefault(length, []).append(i)
-  return [rows[j:j + batch_size] for rows in groups.values()
-          for j in range(0, len(rows), batch_size)]
+  if "description" not in conditioners:
+    return [0] * len(texts)
+  tokenize = conditioners["description"].tokenize
+  return [int(tokenize([t])["attention_mask"].sum()) for t in texts]
 
 
 def backend_name(backend) -> str:
@@ -316,6 +321,8 @@ def extract(out: str | os.PathLike, texts: Sequence[str],
                   guidance_scale=guidance_scale, sampling=sampling,
                   top_k=top_k, seed=seed, dtype=dtype, pooling="mean",
                   backend=backend, format_version=FORMAT_VERSION)
+  if backend == "audiocraft":  # batches changed with this (old partials go)
+    settings["batching"] = "token-count-sorted, padding masked"
   key = cache_key(rev, source, settings, texts, labels, label_names, groups)
   cached = None if force else _cached(out, key)
   if cached:

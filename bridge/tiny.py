@@ -200,8 +200,16 @@ AUDIOCRAFT_T5_NAME = "t5-base"
 AUDIOCRAFT_T5_DIM = 768
 
 
-def tiny_audiocraft_config() -> dict:
-  """The xp.cfg of a tiny audiocraft MusicGen (LM + SEANet/RVQ codec)."""
+# musicgen's LM layout (audiocraft config/model/lm/musicgen_lm.yaml): the
+# memory-efficient (custom) attention, no biases. The tiny default keeps
+# audiocraft's defaults (torch's nn.MultiheadAttention, biases).
+MUSICGEN_LM_LAYOUT = {"memory_efficient": True, "bias_attn": False,
+                      "bias_ff": False}
+
+
+def tiny_audiocraft_config(lm_overrides: dict | None = None) -> dict:
+  """The xp.cfg of a tiny audiocraft MusicGen (LM + SEANet/RVQ codec);
+  lm_overrides: transformer_lm keys to change (e.g. MUSICGEN_LM_LAYOUT)."""
   seanet = {
       "dimension": 16, "channels": 1, "causal": False, "n_filters": 4,
       "n_residual_layers": 1, "ratios": _TINY_RATIOS, "activation": "ELU",
@@ -218,7 +226,7 @@ def tiny_audiocraft_config() -> dict:
           "n_q": TINY_N_Q, "card": TINY_CARD, "dim": 32, "num_heads": 4,
           "num_layers": 2, "hidden_scale": 2, "norm_first": True,
           "causal": True, "cross_attention": True, "bias_proj": False,
-          "positional_embedding": "sin"},
+          "positional_embedding": "sin", **(lm_overrides or {})},
       "codebooks_pattern": {"modeling": "delay", "delay": {
           "delays": list(range(TINY_N_Q)), "flatten_first": 0,
           "empty_initial": 0}},
@@ -243,7 +251,7 @@ def tiny_audiocraft_config() -> dict:
   }
 
 
-def tiny_audiocraft_musicgen(seed: int = 0):
+def tiny_audiocraft_musicgen(seed: int = 0, lm_overrides: dict | None = None):
   """An audiocraft MusicGen with random weights, built in memory.
 
   Its description conditioner wraps tiny_t5_encoder(768): T5Conditioner's
@@ -255,7 +263,7 @@ def tiny_audiocraft_musicgen(seed: int = 0):
   from audiocraft.models import MusicGen, builders
   from audiocraft.modules import conditioners
   t5, tokenizer = tiny_t5_encoder(AUDIOCRAFT_T5_DIM, seed)
-  cfg = omegaconf.OmegaConf.create(tiny_audiocraft_config())
+  cfg = omegaconf.OmegaConf.create(tiny_audiocraft_config(lm_overrides))
   with mock.patch.object(conditioners.T5EncoderModel, "from_pretrained",
                          lambda *a, **k: t5), \
        mock.patch.object(conditioners.T5Tokenizer, "from_pretrained",

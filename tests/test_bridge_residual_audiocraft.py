@@ -5,6 +5,7 @@ Needs audiocraft (scripts/install_audiocraft.sh): tested for real, never
 skipped.
 """
 
+import contextlib
 import json
 import os
 import warnings
@@ -15,7 +16,7 @@ import pytest
 import torch
 from torch import nn
 
-from bridge import residual, residual_steering, tiny
+from bridge import audiocraft_batching, residual, residual_steering, tiny
 from bridge.directions import load_directions
 from bridge.generate import AudiocraftBackend, Settings, generate
 from emosae_jax import data
@@ -226,20 +227,76 @@ def test_extraction_writes_a_set_per_layer(backend, tmp_path):
     _extract(backend, tmp_path / "c", backend="transformers")
 
 
-def test_batched_extraction_equals_one_by_one(backend, tmp_path):
-  """Batches hold prompts of one token count: audiocraft's cross-attention
-  sees padding, so a short prompt beside a long one would move."""
+@pytest.fixture(scope="module")
+def musicgen_layout():
+  """musicgen's LM layout: memory-efficient attention, no biases."""
+  be = AudiocraftBackend.__new__(AudiocraftBackend)
+  with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    be.model = tiny.tiny_audiocraft_musicgen(
+        seed=0, lm_overrides=tiny.MUSICGEN_LM_LAYOUT)
+  be.model_id, be.device = "tiny-musicgen-layout", "cpu"
+  return be
+
+
+@pytest.mark.parametrize("layout", ["default", "musicgen"])
+def test_batched_extraction_equals_one_by_one(backend, musicgen_layout,
+                                              layout, tmp_path):
+  """Batches mix T5 token counts: audiocraft's cross-attention sees the
+  padding, so only the mask (bridge.audiocraft_batching) keeps a short
+  prompt beside a long one where it is alone; the reference is
+  audiocraft's unpatched computation, one prompt per call."""
+  be = backend if layout == "default" else musicgen_layout
   texts = ["a happy song", "a piano piece with soft strings", "a sad song",
            "calm"]
-  plan = residual.batch_plan(backend, texts, 2)
-  assert sorted(map(sorted, plan)) == [[0, 2], [1], [3]]
-  batched, _ = _extract(backend, tmp_path / "b", texts, sampling=False)
-  alone, _ = _extract(backend, tmp_path / "one", texts, sampling=False,
-                      batch_size=1)
-  for b, a in zip(batched, alone):
-    np.testing.assert_allclose(data.load_embedding_set(b).embeddings,
-                               data.load_embedding_set(a).embeddings,
-                               rtol=1e-5, atol=1e-5)
+  counts = residual.token_counts(be, texts)
+  plan = residual.batch_plan(be, texts, 2)
+  assert [counts[i] for rows in plan for i in rows] == sorted(counts)
+  assert all(len({counts[i] for i in rows}) == 2 for rows in plan)
+  batched, _ = _extract(be, tmp_path / "b", texts, sampling=False)
+  # The reference: audiocraft's own computation, one prompt per call.
+  kwargs = residual.generate_kwargs(6, 3.0, False, 250)
+  rows = [texts[i] for i in plan[0]]
+  with mock.patch.object(audiocraft_batching, "batched",
+                         lambda lm: contextlib.nullcontext()):
+    alone = np.concatenate([residual.pooled_batch(be, [t], [0, 1], kwargs,
+                                                  0)[0] for t in texts])
+    unmasked, _ = residual.pooled_batch(be, rows, [1], kwargs, 0)
+  for layer, path in enumerate(batched):
+    np.testing.assert_allclose(data.load_embedding_set(path).embeddings,
+                               alone[:, layer], rtol=1e-5, atol=1e-5)
+  # Without the mask the shorter prompt of a batch moves.
+  masked, _ = residual.pooled_batch(be, rows, [1], kwargs, 0)
+  assert np.abs(unmasked[0] - masked[0]).max() > 0.05
+  np.testing.assert_allclose(unmasked[1], masked[1], rtol=1e-5, atol=1e-5)
+
+
+def test_one_prompt_is_unchanged_and_t5_skips_null_rows(musicgen_layout):
+  """One prompt (no padding): the library's own attention, bit for bit,
+  and T5 runs on the prompt's row only (not CFG's empty null row); the
+  hooks and patched forwards go afterwards."""
+  kwargs = residual.generate_kwargs(5, 3.0, False, 250)
+  lm = musicgen_layout.model.lm
+  t5 = lm.condition_provider.conditioners["description"].t5
+  rows = []
+  handle = t5.register_forward_pre_hook(
+      lambda m, a, k: rows.append(k["input_ids"].shape[0]), with_kwargs=True)
+  try:
+    with mock.patch.object(audiocraft_batching, "batched",
+                           lambda lm: contextlib.nullcontext()):
+      plain, _ = residual.pooled_batch(musicgen_layout, PROMPTS[:1], [0, 1],
+                                       kwargs, 0)
+    masked, _ = residual.pooled_batch(musicgen_layout, PROMPTS[:1], [0, 1],
+                                      kwargs, 0)
+  finally:
+    handle.remove()
+  assert rows == [2, 1]  # [prompt; null] without, the prompt alone with
+  assert np.array_equal(plain, masked)
+  assert not lm._forward_pre_hooks  # pylint: disable=protected-access
+  assert all("forward" not in vars(layer.cross_attention)
+             for layer in lm.transformer.layers)
+  assert "forward" not in vars(lm.condition_provider.conditioners[
+      "description"])
 
 
 # --- the scripts, on a tiny audiocraft folder (T5 in a temporary hub cache) --
