@@ -117,7 +117,14 @@ def _encoder_affine_bwd(residuals, d_pre):
   centred, w_enc = residuals
   rows = d_pre.reshape(-1, d_pre.shape[-1])  # any leading batch shape
   d_b_enc = jnp.sum(rows, axis=0)
-  d_w_enc = centred.reshape(-1, centred.shape[-1]).T @ rows
+  centred_t = centred.reshape(-1, centred.shape[-1]).T
+  if rows.shape[0] <= SMALL_BATCH:
+    # [d_in, batch], a few KB: materialised (the barrier keeps XLA from
+    # folding the transpose into the matmul) it goes to YNNPACK's matmul,
+    # which made this [d_in x batch x d_sae] product 1.3x faster at batch
+    # 16 than XLA's transposed-operand dot, with identical results.
+    centred_t = jax.lax.optimization_barrier(centred_t)
+  d_w_enc = centred_t @ rows
   return (d_pre @ w_enc.T, -(w_enc @ d_b_enc), d_w_enc, d_b_enc)
 
 
