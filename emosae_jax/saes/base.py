@@ -138,8 +138,9 @@ def decode(params: Params, acts: jax.Array) -> jax.Array:
   return acts @ params["W_dec"] + params["b_dec"]
 
 
-# At and below this many rows the decoder's backward takes the gradient into
-# the latents as W_dec @ g.T (below); above it, autodiff's g @ W_dec.T.
+# At and below this many rows (where the step is bound by passes over the
+# weights, not by matmul FLOPs) the decoder and encoder backward passes are
+# arranged to save passes over the weights (below).
 SMALL_BATCH = 64
 
 
@@ -153,18 +154,16 @@ def _decode_small_batch_fwd(acts, w_dec, b_dec):
 
 
 def _decode_small_batch_bwd(residuals, g):
-  # The gradient into the latents, g @ W_dec.T, streams W_dec against its
-  # rows' layout; XLA:CPU's (YNNPACK's) matmul ran it 1.7x slower at batch 16
-  # x 768 -> 6144 than W_dec @ g.T, which reads each row of W_dec once. The
-  # barrier keeps XLA from folding the transpose back into the matmul (the
-  # transpose itself is [d_sae, batch], a few hundred KB), and it releases
-  # W_dec's gradient only after that matmul has read W_dec: otherwise
-  # nothing orders the read before the optimizer's in-place update of W_dec,
-  # and XLA copies W_dec (two full passes) every step to be safe.
+  # The same gradients as autodiff's, and in the same matmuls (so the same
+  # bits), but W_dec's gradient waits for the gradient into the latents:
+  # otherwise nothing orders that matmul's read of W_dec before the
+  # optimizer's in-place update of W_dec, and XLA copies W_dec (two full
+  # passes over it) every step to be safe. The wait is a data dependency
+  # that changes no value: acts >= 0 plus a zero (0 x a finite number).
   acts, w_dec = residuals
-  d_acts_t = jax.lax.optimization_barrier(w_dec @ g.T)
-  d_w_dec = acts.T @ g + 0.0 * d_acts_t[0, 0]
-  return d_acts_t.T, d_w_dec, jnp.sum(g, axis=0)
+  d_acts = g @ w_dec.T
+  after = acts + 0.0 * d_acts[0, 0]
+  return d_acts, after.T @ g, jnp.sum(g, axis=0)
 
 
 _decode_small_batch.defvjp(_decode_small_batch_fwd, _decode_small_batch_bwd)
