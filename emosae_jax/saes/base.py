@@ -92,6 +92,12 @@ def init_params(spec: SAESpec, extra_params, rng: jax.Array) -> Params:
   return dict(variables["params"])
 
 
+# At and below this many rows (where the step is bound by passes over the
+# weights, not by matmul FLOPs) the decoder and encoder backward passes are
+# arranged to save passes over the weights (below).
+SMALL_BATCH = 64
+
+
 def pre_activation(params: Params, x: jax.Array) -> jax.Array:
   """Float[batch d_in] -> Float[batch d_sae]."""
   return _encoder_affine(x, params["b_dec"], params["W_enc"], params["b_enc"])
@@ -121,8 +127,9 @@ def _encoder_affine_bwd(residuals, d_pre):
   if rows.shape[0] <= SMALL_BATCH:
     # [d_in, batch], a few KB: materialised (the barrier keeps XLA from
     # folding the transpose into the matmul) it goes to YNNPACK's matmul,
-    # which made this [d_in x batch x d_sae] product 1.3x faster at batch
-    # 16 than XLA's transposed-operand dot, with identical results.
+    # which ran this [d_in x batch x d_sae] product 1.3x faster at batch 16
+    # x 768 -> 6144 than XLA's transposed-operand dot (2-core CPU), with
+    # identical results.
     centred_t = jax.lax.optimization_barrier(centred_t)
   d_w_enc = centred_t @ rows
   return (d_pre @ w_enc.T, -(w_enc @ d_b_enc), d_w_enc, d_b_enc)
@@ -136,12 +143,6 @@ def decode(params: Params, acts: jax.Array) -> jax.Array:
   if acts.ndim == 2 and acts.shape[0] <= SMALL_BATCH:
     return _decode_small_batch(acts, params["W_dec"], params["b_dec"])
   return acts @ params["W_dec"] + params["b_dec"]
-
-
-# At and below this many rows (where the step is bound by passes over the
-# weights, not by matmul FLOPs) the decoder and encoder backward passes are
-# arranged to save passes over the weights (below).
-SMALL_BATCH = 64
 
 
 @jax.custom_vjp
