@@ -17,6 +17,7 @@ from typing import Any
 import flax
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from emosae_jax import saes
@@ -105,12 +106,22 @@ def _optimizer(spec: StaticSpec) -> optax.GradientTransformation:
   return optax.chain(*parts)
 
 
+def _zero_opt_state(spec: StaticSpec, params: Params):
+  """_optimizer(spec).init(params): Adam's count and moments start at 0
+  (clipping keeps no state), built from host zeros. optax's init makes each
+  zero array with its own eager op, one compile per shape: at 768 -> 6144
+  that took 0.3-2.6 s of a run's start on the shared 2-core machines."""
+  abstract = jax.eval_shape(_optimizer(spec).init, params)
+  return jax.tree.map(lambda a: jax.device_put(np.zeros(a.shape, a.dtype)),
+                      abstract)
+
+
 def init_state(spec: StaticSpec, rng: jax.Array) -> TrainState:
   """A fresh state; `rng` is a raw uint32[2] key (jax.random.PRNGKey)."""
   params = saes.init_params(spec.sae, jax.random.fold_in(rng, 0))
   return TrainState(
       step=jnp.zeros((), jnp.int32), epoch=jnp.zeros((), jnp.int32),
-      params=params, opt_state=_optimizer(spec).init(params), rng=rng,
+      params=params, opt_state=_zero_opt_state(spec, params), rng=rng,
       steps_since_fired=jnp.zeros((spec.sae.d_sae,), jnp.int32),
       best_val=jnp.asarray(jnp.inf, jnp.float32),
       best_epoch=jnp.zeros((), jnp.int32),
@@ -400,7 +411,10 @@ def _epoch(spec: StaticSpec, hp: HParams, x_train, x_val, state: TrainState,
       epoch=state.epoch + active,
       best_val=jnp.where(improved, val["loss"], state.best_val),
       best_epoch=jnp.where(improved, state.epoch + 1, state.best_epoch),
-      best_params=jax.tree.map(lambda b, p: jnp.where(improved, p, b),
+      # A real branch: the parameters are copied only in epochs that
+      # improve, instead of a select reading both sets every epoch (under
+      # vmap, in sweeps, it is that select again).
+      best_params=jax.lax.cond(improved, lambda b, p: p, lambda b, p: b,
                                state.best_params, state.params),
       bad_epochs=bad,
       stopped=state.stopped | (bad >= spec.patience))
