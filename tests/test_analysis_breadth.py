@@ -59,11 +59,11 @@ def _set(split: str, seed: int) -> data.EmbeddingSet:
       encoder={"name": "planted", "revision": "1"})
 
 
-@pytest.fixture(scope="module")
-def planted():
-  """(run, validation folder, Result) of the dictionary SAE."""
+def write_planted_run(name):
+  """(run, params, validation folder): the dictionary SAE as a run on the
+  planted training set."""
   from emosae_jax import runs
-  root = helpers.scratch("breadth")
+  root = helpers.scratch(name)
   train = data.save_embedding_set(_set("train", 0), root / "train")
   val = data.save_embedding_set(_set("validation", 1), root / "validation")
   dic = _dictionary()
@@ -75,9 +75,16 @@ def planted():
   run = helpers.write_run(root / "run", train, _f32(placeholder), m, m)
   norm = runs.normalizer_of(runs.load_members(run).info)
   # b_enc < 0: float rounding leaves ~1e-7 where a feature is off.
-  params = dict(placeholder, b_dec=-norm.mean * norm.scale,
-                b_enc=np.full(m, -0.01))
-  runs.write_params(run, _f32(params))
+  params = _f32(dict(placeholder, b_dec=-norm.mean * norm.scale,
+                     b_enc=np.full(m, -0.01)))
+  runs.write_params(run, params)
+  return run, params, val
+
+
+@pytest.fixture(scope="module")
+def planted():
+  """(run, validation folder, Result) of the dictionary SAE."""
+  run, _, val = write_planted_run("breadth")
   result = analysis.analyze(run, settings=analysis.Settings(
       permutations=200, n_causal=8, n_random=2),
                             validation=[str(val)])

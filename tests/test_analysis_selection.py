@@ -10,11 +10,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import analysis_helpers as helpers
-from emosae_jax import analysis, data, runs
+from emosae_jax import analysis, runs
 from emosae_jax.analysis import kernels, settings as settings_lib
-from test_analysis_breadth import (D, N_BROAD, N_NARROW, _dictionary, _f32,
-                                   _set)
+from test_analysis_breadth import N_BROAD, N_NARROW, write_planted_run
 
 BROAD = set(range(N_BROAD))
 NARROW = set(range(N_BROAD, N_BROAD + N_NARROW))
@@ -24,19 +22,7 @@ SETTINGS = dict(permutations=200, n_causal=8, n_random=2)
 @pytest.fixture(scope="module")
 def planted():
   """(run of the dictionary SAE, its params, validation folder)."""
-  root = helpers.scratch("selection")
-  train = data.save_embedding_set(_set("train", 0), root / "train")
-  val = data.save_embedding_set(_set("validation", 1), root / "validation")
-  dic = _dictionary()
-  m = len(dic)
-  placeholder = {"W_enc": dic.T, "b_enc": np.zeros(m), "W_dec": dic,
-                 "b_dec": np.zeros(D)}
-  run = helpers.write_run(root / "run", train, _f32(placeholder), m, m)
-  norm = runs.normalizer_of(runs.load_members(run).info)
-  params = _f32(dict(placeholder, b_dec=-norm.mean * norm.scale,
-                     b_enc=np.full(m, -0.01)))
-  runs.write_params(run, params)
-  return run, params, val
+  return write_planted_run("selection")
 
 
 def test_support_fraction_keeps_the_general_feature_drops_the_narrow(
