@@ -52,6 +52,9 @@ class ScanSettings:
   permutations: int = 200
   fdr: float = 0.05
   min_support: int = 5
+  # Part of the test, as in the analysis: a significant feature also fires
+  # on >= this fraction of its emotion's examples (0: BH and support only).
+  min_support_fraction: float = 0.0
 
 
 def expand(paths: Sequence[str | Path]) -> list[Path]:
@@ -128,7 +131,9 @@ def feature_row(path: Path, workdir: Path, s: ScanSettings) -> dict:
   rows = np.flatnonzero(es.labels >= 0)
   x = runs.normalizer_of(members.info).apply(es.embeddings[rows])
   settings = analysis.Settings(permutations=s.permutations, fdr=s.fdr,
-                               min_support=s.min_support, seed=s.seed,
+                               min_support=s.min_support,
+                               min_support_fraction=s.min_support_fraction,
+                               seed=s.seed,
                                n_causal=0, n_top=1)
   arrays, extras = analysis.compute(
       members.sae, members.params, x.astype(np.float32), es.labels[rows],

@@ -78,7 +78,8 @@ def scan_settings(config):
       shuffles=d.scan_shuffles, arch=s.arch, expansion=d.scan_expansion,
       k=s.k, epochs=d.scan_epochs, batch_size=s.batch_size,
       lr=float(s.learning_rates.split(",")[0]),
-      permutations=d.scan_permutations, fdr=a.fdr, min_support=a.min_support)
+      permutations=d.scan_permutations, fdr=a.fdr, min_support=a.min_support,
+      min_support_fraction=a.min_support_fraction)
 
 
 def stage_layer_scan(ctx) -> dict:
@@ -185,7 +186,8 @@ def scan_section(ctx, result: dict) -> r.Section:
       f" the significant features of a small SAE ({s['arch']}, "
       f"{s['expansion']}x, {s['epochs']} epochs) trained on the site's set "
       f"(permutation test, BH q &le; {s['fdr']:g}, support &ge; "
-      f"{s['min_support']}), beside the same count under each of "
+      f"{s['min_support']} and &ge; {s.get('min_support_fraction', 0):g} of "
+      "the emotion's examples), beside the same count under each of "
       f"{s['permutations']} label shuffles. A reading counts only as far as "
       "it stands above its null.</p>")
   if best:

@@ -37,6 +37,10 @@ _K = flags.DEFINE_integer("k", 16, "TopK k.")
 _PERMUTATIONS = flags.DEFINE_integer("permutations", 200, "Label shuffles "
                                      "for the feature test and its null.")
 _MIN_SUPPORT = flags.DEFINE_integer("min_support", 5, "Minimum support.")
+_MIN_SUPPORT_FRACTION = flags.DEFINE_float(
+    "min_support_fraction", 0.15, "Part of the test, as in analyze.py: a "
+    "significant feature also fires on >= this fraction of its emotion's "
+    "examples (0: BH and support only).")
 
 
 def main(argv):
@@ -45,7 +49,8 @@ def main(argv):
   settings = layer_scan.ScanSettings(
       shuffles=_SHUFFLES.value, seed=_SEED.value, sae=_SAE.value,
       epochs=_EPOCHS.value, expansion=_EXPANSION.value, k=_K.value,
-      permutations=_PERMUTATIONS.value, min_support=_MIN_SUPPORT.value)
+      permutations=_PERMUTATIONS.value, min_support=_MIN_SUPPORT.value,
+      min_support_fraction=_MIN_SUPPORT_FRACTION.value)
   result = layer_scan.scan(_SETS.value, _OUT.value, settings)
   best = result["best"]
   print(f"best decoder layer: {best['site']} (probe {best['probe_excess']:+.3f}"

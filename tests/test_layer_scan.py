@@ -1,6 +1,7 @@
 """emosae_jax.layer_scan on tiny sets with a known answer: a layer set with
 an emotion planted in it stands above both nulls; a pure-noise one does not."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -57,3 +58,11 @@ def test_planted_layer_stands_above_its_nulls(tmp_path):
                           log=lambda *_: (_ for _ in ()).throw(
                               AssertionError("recomputed a row")))
   assert again["rows"] == result["rows"]
+  # The support fraction reaches the feature test: asking every feature to
+  # fire on all of its emotion's examples leaves fewer significant.
+  strict = layer_scan.scan([res], tmp_path / "scan_strict",
+                           dataclasses.replace(settings,
+                                               min_support_fraction=1.0),
+                           log=print)
+  assert strict["settings"]["min_support_fraction"] == 1.0
+  assert strict["rows"][1]["significant"] < planted["significant"]
