@@ -17,7 +17,6 @@ from typing import Any
 import flax
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
 from emosae_jax import saes
@@ -106,14 +105,12 @@ def _optimizer(spec: StaticSpec) -> optax.GradientTransformation:
   return optax.chain(*parts)
 
 
-def _zero_opt_state(spec: StaticSpec, params: Params):
-  """_optimizer(spec).init(params): Adam's count and moments start at 0
-  (clipping keeps no state), built from host zeros. optax's init makes each
-  zero array with its own eager op, one compile per shape: at 768 -> 6144
-  that took 0.3-2.6 s of a run's start on the shared 2-core machines."""
-  abstract = jax.eval_shape(_optimizer(spec).init, params)
-  return jax.tree.map(lambda a: jax.device_put(np.zeros(a.shape, a.dtype)),
-                      abstract)
+def _initial_opt_state(spec: StaticSpec, params: Params):
+  """_optimizer(spec).init(params), jitted: eager, optax's init makes each
+  zero array with its own op, one compile per shape (0.3-2.6 s of a run's
+  start at 768 -> 6144 on the shared 2-core machines); one jitted program
+  makes the same state whatever the optimizer keeps."""
+  return jax.jit(_optimizer(spec).init)(params)
 
 
 def init_state(spec: StaticSpec, rng: jax.Array) -> TrainState:
@@ -121,7 +118,7 @@ def init_state(spec: StaticSpec, rng: jax.Array) -> TrainState:
   params = saes.init_params(spec.sae, jax.random.fold_in(rng, 0))
   return TrainState(
       step=jnp.zeros((), jnp.int32), epoch=jnp.zeros((), jnp.int32),
-      params=params, opt_state=_zero_opt_state(spec, params), rng=rng,
+      params=params, opt_state=_initial_opt_state(spec, params), rng=rng,
       steps_since_fired=jnp.zeros((spec.sae.d_sae,), jnp.int32),
       best_val=jnp.asarray(jnp.inf, jnp.float32),
       best_epoch=jnp.zeros((), jnp.int32),

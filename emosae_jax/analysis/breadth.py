@@ -41,9 +41,11 @@ def tier(broad: bool) -> str:
   return TIERS[0] if broad else TIERS[1]
 
 
-def check_broad_support(value: float) -> None:
+def check_broad_support(value: float, flag: str = "broad_support") -> None:
+  """Refuses a support fraction (--broad_support, --min_support_fraction)
+  outside [0, 1]."""
   if not 0.0 <= value <= 1.0:
-    raise ValueError(f"--broad_support is a fraction of an emotion's "
+    raise ValueError(f"--{flag} is a fraction of an emotion's "
                      f"examples and must lie in [0, 1], got {value}")
 
 

@@ -55,10 +55,7 @@ def analyze(workdir: str | Path, data_path: str | None = None,
   if not 0 < settings.fdr < 1:
     raise ValueError(f"--fdr must lie in (0, 1), got {settings.fdr}")
   check_broad_support(settings.broad_support)
-  if not 0 <= settings.min_support_fraction <= 1:
-    raise ValueError(f"--min_support_fraction is a fraction of an emotion's "
-                     f"examples and must lie in [0, 1], got "
-                     f"{settings.min_support_fraction}")
+  check_broad_support(settings.min_support_fraction, "min_support_fraction")
   labelled = np.flatnonzero(es.labels >= 0)
   normalizer = runs.normalizer_of(members.info)
   x = normalizer.apply(es.embeddings[labelled]).astype(np.float32)
