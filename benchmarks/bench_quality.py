@@ -8,6 +8,7 @@ sparsify 1.3.3 (TopK) and PCA (issue 12).
       [--sparsify_lrs=3e-3,auto] [--skip_sparsify]
   python benchmarks/bench_quality.py --mode=speed [--rounds=2] [--steps=3]
       [--archs=relu_l1,topk,batchtopk,jumprelu]
+      [--precision=float32|tensorfloat32]  (on a GPU: --steps=50)
 
 Settings are chosen with --fold=val (a fold of the training rows, by
 template group; the test rows are not loaded into any run); the test fold
@@ -49,6 +50,10 @@ speed: steps/s per architecture at batch 4096, 768 -> 6144 on Gaussian
 inputs, rounds alternating between the libraries (each round prints both
 and their ratio); then per architecture the medians, the median ratio, this
 project's compile time, SAELens's first two steps and the load average.
+On a GPU both libraries run there, at one matmul precision
+(--precision): float32 (default; JAX's own GPU default is TF32 and
+torch's is float32, so out of the box the two would not do the same
+arithmetic) or tensorfloat32 for both. On CPU both are float32 anyway.
 """
 
 import argparse
@@ -370,10 +375,12 @@ def quality(name, python, quick, fold="test", matched=False, lrs=None,
 # -------------------------------------------------------------------- speed
 
 
-def _our_step(arch, kw, d, m, batch, xd):
+def _our_step(arch, kw, d, m, batch, xd, precision):
   """(compiled step, hp, fresh state, compile seconds) for one arch."""
   config = get_config(f"arch={arch}")
   config.model.d_in, config.model.d_sae = d, m
+  if jax.default_backend() != "cpu":  # CPU dots are float32 either way
+    config.train.matmul_precision = precision
   for key, v in kw.items():
     config.model[key] = v
   spec = core.static_spec_from_config(config, batch)
@@ -385,7 +392,7 @@ def _our_step(arch, kw, d, m, batch, xd):
   return step, hp, state, time.perf_counter() - start
 
 
-def speed(python, rounds, steps, archs_arg):
+def speed(python, rounds, steps, archs_arg, precision):
   d, m, batch = 768, 6144, 4096
   x = np.random.default_rng(0).normal(size=(32768, d)).astype(np.float32)
   archs = {"relu_l1": {}, "topk": {"k": 32}, "batchtopk": {"k": 32},
@@ -400,7 +407,8 @@ def speed(python, rounds, steps, archs_arg):
     for r in range(rounds):
       loads.append(os.getloadavg()[0])
       for arch, kw in archs.items():
-        step, hp, state, seconds = _our_step(arch, kw, d, m, batch, xd)
+        step, hp, state, seconds = _our_step(arch, kw, d, m, batch, xd,
+                                             precision)
         compile_s[arch].append(seconds)
         state, _ = step(hp, state, xd)
         jax.block_until_ready(state.params)
@@ -410,7 +418,8 @@ def speed(python, rounds, steps, archs_arg):
         jax.block_until_ready(out["loss"])
         ours[arch].append(steps / (time.perf_counter() - start))
         job = dict(name=arch, arch=arch, d_sae=m, k=kw.get("k", 0), l1=1.0,
-                   lr=3e-4, batch=batch, steps=steps, seed=0, warm=2)
+                   lr=3e-4, batch=batch, steps=steps, seed=0, warm=2,
+                   tf32=precision == "tensorfloat32")
         res = run_saelens(python, {"mode": "speed",
                                    "x_train": str(tmp / "x.npy"),
                                    "jobs": [job]}, tmp)[arch]
@@ -421,7 +430,8 @@ def speed(python, rounds, steps, archs_arg):
               f"{ours[arch][-1] / theirs[arch][-1]:.2f}x", flush=True)
   print(f"\n== speed: 768 -> 6144, batch 4096, {steps} timed steps x "
         f"{rounds} alternating rounds (medians; ratio = median of the "
-        f"per-round ratios); devices {jax.devices()}; 1-min load average at "
+        f"per-round ratios); devices {jax.devices()}, matmuls in "
+        f"{precision}; 1-min load average at "
         f"each round's start {', '.join(f'{v:.1f}' for v in loads)} on "
         f"{os.cpu_count()} CPUs")
   for arch in archs:
@@ -455,6 +465,9 @@ def main():
   parser.add_argument("--skip_saelens", action="store_true",
                       help="this project's front only")
   parser.add_argument("--rounds", type=int, default=2)
+  parser.add_argument("--precision", default="float32",
+                      choices=["float32", "tensorfloat32"],
+                      help="speed: both libraries' matmul precision on GPU")
   parser.add_argument("--steps", type=int, default=3)
   parser.add_argument("--seed", type=int, default=0,
                       help="quality: init and batch-order seed, both "
@@ -493,7 +506,8 @@ def main():
     raise SystemExit(f"unknown --archs {sorted(unknown)} for --mode="
                      f"{args.mode}; choose from {sorted(known)}")
   if args.mode == "speed":
-    speed(args.saelens_python, args.rounds, args.steps, archs)
+    speed(args.saelens_python, args.rounds, args.steps, archs,
+          args.precision)
     return
   try:
     lrs = {"relu_l1": [float(v) for v in args.relu_lrs.split(",")],

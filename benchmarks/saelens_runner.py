@@ -104,6 +104,10 @@ def quality(job, x_train, x_test, out_dir):
 
 def speed(job, x):
   torch.manual_seed(job["seed"])
+  # TF32 only when asked (bench_quality --precision), so that both
+  # libraries do the same arithmetic on a GPU.
+  torch.backends.cuda.matmul.allow_tf32 = job.get("tf32", False)
+  torch.backends.cudnn.allow_tf32 = job.get("tf32", False)
   sae = build(job, x.shape[1])
   t = trainer(job, sae, x)
   data = batches(x, job["batch"], job["seed"])

@@ -94,6 +94,9 @@ def get_config(arg=None):
   # A validation loss above this many times its best (after the warm-ups)
   # restores the best parameters with fresh Adam moments; 0 turns it off.
   config.train.divergence_factor = 3.0
+  # "default": the backend's matmul precision (TF32 on NVIDIA GPUs, full
+  # float32 on CPU); "highest" for float32 everywhere (train_core.StaticSpec).
+  config.train.matmul_precision = "default"
   config.train.epochs_per_call = 10  # epochs per compiled call / log line
   config.train.checkpoint_every_epochs = 50
 

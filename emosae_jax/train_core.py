@@ -10,6 +10,7 @@ stopped or failed simply stops changing.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 from typing import Any
@@ -49,6 +50,34 @@ class StaticSpec:
   # The planned steps (epochs x steps_per_epoch): where lr_decay_fraction's
   # linear decay to 0 ends. 0: unknown, no decay.
   total_steps: int = 0
+  # Matmul precision the step and evaluation are traced with: "default"
+  # (the backend's: TF32 on NVIDIA GPUs since Ampere, bf16 passes on TPUs,
+  # full float32 on CPU) or a jax.default_matmul_precision name, e.g.
+  # "highest" (float32 everywhere: on an H200 about 4x slower per step).
+  matmul_precision: str = "default"
+
+
+MATMUL_PRECISIONS = ("default", "high", "highest", "bfloat16",
+                     "tensorfloat32", "float32")
+
+
+def matmul_precision(spec: StaticSpec):
+  """A context tracing matmuls at spec.matmul_precision (the setting is
+  read when a jitted function is traced, so it is applied inside it)."""
+  if spec.matmul_precision == "default":
+    return contextlib.nullcontext()
+  return jax.default_matmul_precision(spec.matmul_precision)
+
+
+def with_spec_precision(fn):
+  """fn(spec, ...) traced under matmul_precision(spec)."""
+
+  @functools.wraps(fn)
+  def traced(spec, *args, **kwargs):
+    with matmul_precision(spec):
+      return fn(spec, *args, **kwargs)
+
+  return traced
 
 
 @flax.struct.dataclass
@@ -93,7 +122,8 @@ def static_spec_from_config(config, n_train: int) -> StaticSpec:
                     max_grad_norm=t.max_grad_norm / m.d_in, eval_chunk=2048,
                     divergence_factor=t.divergence_factor,
                     resample=t.resample, partial_batch=partial,
-                    total_steps=t.epochs * max(1, steps))
+                    total_steps=t.epochs * max(1, steps),
+                    matmul_precision=t.get("matmul_precision", "default"))
 
 
 def _optimizer(spec: StaticSpec) -> optax.GradientTransformation:
@@ -155,6 +185,7 @@ def lr_at(spec: StaticSpec, hp: HParams, step):
   return jnp.where(decay_steps > 0, lr * jnp.clip(left, 0.0, 1.0), lr)
 
 
+@with_spec_precision
 def train_step(spec: StaticSpec, hp: HParams, state: TrainState, xb):
   """One optimizer step on batch xb [batch, d_in]; returns (state, metrics).
 
@@ -302,6 +333,7 @@ def _reset_moments(opt_state, dead):
       if isinstance(s, optax.ScaleByAdamState) else s for s in opt_state)
 
 
+@with_spec_precision
 def evaluate(spec: StaticSpec, hp: HParams, params: Params, x):
   """Loss, MSE, FVU and L0 on x [n, d_in], in chunks to bound memory.
 

@@ -56,6 +56,9 @@ def validate_config(config) -> None:
       (t.batch_size > 0 and t.epochs > 0 and t.epochs_per_call > 0,
        "train.batch_size, train.epochs and train.epochs_per_call must be > 0"),
       (t.lr > 0, f"train.lr={t.lr} must be > 0"),
+      (t.get("matmul_precision", "default") in core.MATMUL_PRECISIONS,
+       f"train.matmul_precision={t.get('matmul_precision')!r}: use one of "
+       f"{', '.join(core.MATMUL_PRECISIONS)}"),
       (t.patience > 0, "train.patience must be > 0"),
   ]
   for ok, message in checks:
@@ -128,6 +131,7 @@ def epoch_rows(metric_arrays: dict, member: int | None = None,
 
 
 @functools.partial(jax.jit, static_argnums=0)
+@core.with_spec_precision
 def firing_counts(spec: core.StaticSpec, params, x):
   """How many examples of x [n, d] each latent fires on: int32 [d_sae]."""
   chunk = min(spec.eval_chunk, x.shape[0])

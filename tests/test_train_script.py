@@ -44,6 +44,9 @@ def _train(tmp_path, *extra):
      "unknown SAE architecture"),
     (None, ["--config.data.synthetic=True", "--config.train.typo=1"],
      "typo"),
+    (None, ["--config.data.synthetic=True",
+            "--config.train.matmul_precision=fp64"],
+     "train.matmul_precision='fp64'"),
 ])
 def test_bad_input_one_line_error_nothing_written(tmp_path, setup, args,
                                                   message):

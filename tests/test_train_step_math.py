@@ -123,3 +123,29 @@ def test_reference_step_does_not_copy_the_decoder():
   copies = [line for line in text.splitlines()
             if " copy(" in line and "f32[256,64]" in line.split("copy(")[0]]
   assert not copies, copies
+
+
+@pytest.mark.parametrize("preset", ["reference", "arch=topk"])
+def test_matmul_precision_reaches_every_matmul_of_the_step(preset):
+  """train.matmul_precision is applied where the step is traced: with
+  "highest" every dot of the step (forward, hand-arranged backward, AuxK,
+  evaluation) asks for float32; with "default" none does (so GPUs keep
+  their TF32 default)."""
+  config = get_config(preset)
+  config.model.d_in, config.model.d_sae = 16, 64
+  config.model.k = min(config.model.k, 8)
+
+  def dots(precision):
+    config.train.matmul_precision = precision
+    spec = core.static_spec_from_config(config, 70)
+    hp = core.hparams_from_config(config)
+    state = core.init_state(spec, jax.random.PRNGKey(0))
+    run = jax.jit(lambda s, x: (core.train_step(spec, hp, s, x[:16]),
+                                core.evaluate(spec, hp, s.params, x)))
+    text = run.lower(state, jnp.zeros((70, 16))).as_text()
+    return [line for line in text.splitlines() if "dot_general" in line]
+
+  highest, default = dots("highest"), dots("default")
+  assert len(highest) == len(default) >= 6
+  assert all("precision = [HIGHEST, HIGHEST]" in d for d in highest)
+  assert not any("HIGHEST" in d for d in default)
