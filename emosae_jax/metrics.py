@@ -59,6 +59,19 @@ def firing_rate(acts):
   return jnp.mean(acts != 0, axis=0)
 
 
+def wilson_interval(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
+  """Wilson score interval for a share k / n (95% at z = 1.96): the range a
+  report should give beside "3 of 6 hold", where the share alone hides how
+  little six features can say. (0, 1) when n is 0."""
+  if n <= 0:
+    return 0.0, 1.0
+  p, z2 = k / n, z * z
+  denom = 1 + z2 / n
+  centre = (p + z2 / (2 * n)) / denom
+  half = z * np.sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / denom
+  return float(max(0.0, centre - half)), float(min(1.0, centre + half))
+
+
 def dead_fraction(acts):
   """Fraction of latents that never fire on `acts` (the training set)."""
   return jnp.mean(jnp.all(acts == 0, axis=0))

@@ -120,9 +120,12 @@ def _chosen_line(ctx, summary: dict) -> str:
              "examples" if s.get("min_support_fraction") else ""))
   held = [f"on the {r.esc(_set_name(ctx, v['path']))} <b>"
           f"{_pct(v['share_hold'])}</b> hold ({v['hold']['real']} of "
-          f"{v['testable']}; shuffled labels "
-          f"{_pct(v['share_hold_shuffled']['mean'])})"
+          f"{v['testable']}, {_interval(v['hold']['real'], v['testable'])};"
+          f" shuffled labels {_pct(v['share_hold_shuffled']['mean'])})"
           for j, v in enumerate(m["validation"]) if j != sel["set_index"]]
+  reappear = m.get("fraction_reappearing")
+  reappear_ci = ("" if reappear is None else " (" + _interval(
+      round(reappear * sig["real"]), sig["real"]) + ")")
   return (f"<p><b>Chosen SAE: member {c['member']}</b> ({r.esc(config)}, "
           f"seed {c['seed']}), chosen on the "
           f"{r.esc(_set_name(ctx, sel['set']))} by the share of its "
@@ -130,12 +133,19 @@ def _chosen_line(ctx, summary: dict) -> str:
           f" (score {r.fmt(c['score'])}). It has <b>{sig['real']}</b> "
           f"significant features ({rule}; shuffled labels "
           f"{sig['shuffled']['mean']:.1f}); "
-          + "; ".join(held) + f"; <b>{_pct(m.get('fraction_reappearing'))}"
-          "</b> reappear in at least half of the other seeds.</p>")
+          + "; ".join(held) + f"; <b>{_pct(reappear)}</b>{reappear_ci} "
+          "reappear in at least half of the other seeds.</p>")
 
 
 def _pct(x) -> str:
   return "–" if x is None else f"{x:.0%}"
+
+
+def _interval(k: int, n: int) -> str:
+  """'95% CI 19-81%' (Wilson) for k of n."""
+  from emosae_jax.metrics import wilson_interval
+  low, high = wilson_interval(k, n)
+  return f"95% CI {low:.0%}-{high:.0%}"
 
 
 def _split_line(split: dict) -> str:

@@ -205,7 +205,9 @@ def test_sae_is_chosen_on_val_and_exported(resumed_run):
   assert export["member"] == selection["chosen"]["member"]
   assert state["stages"]["analysis"]["record"]["chosen"] == (
       selection["chosen"])
-  assert "Chosen SAE" in (workdir / "report.html").read_text()
+  page = (workdir / "report.html").read_text()
+  # the chosen SAE's shares come with their binomial uncertainty
+  assert "Chosen SAE" in page and "95% CI" in page
 
 
 def test_report_leads_with_what_holds(resumed_run):

@@ -81,3 +81,15 @@ def test_auxk_is_a_real_branch():
   jaxpr = jax.make_jaxpr(lambda s, x: core.train_step(spec, hp, s, x))(
       state, jnp.ones((256, 32)))
   assert "cond[" in str(jaxpr)
+
+
+def test_wilson_interval_known_values():
+  """3 of 6: centred on 1/2 with half-width 0.312 (the textbook formula);
+  0 of n never goes below 0, n of n never above 1; no data: (0, 1)."""
+  np.testing.assert_allclose(metrics.wilson_interval(3, 6), (0.1876, 0.8124),
+                             atol=1e-4)
+  low, high = metrics.wilson_interval(0, 10)
+  assert low == 0.0 and 0.27 < high < 0.28
+  low, high = metrics.wilson_interval(10, 10)
+  assert high == 1.0 and 0.72 < low < 0.73
+  assert metrics.wilson_interval(0, 0) == (0.0, 1.0)
