@@ -359,15 +359,28 @@ def _selection_set(ctx: Context, name: str = "embeddings_val") -> str | None:
 
 def stage_phase0(ctx: Context) -> dict:
   from emosae_jax import probe
+  splits = None
+  if _selection_set(ctx) is not None:  # train, val and test sets exist
+    splits = {name: data.load_embedding_set(ctx.path(f"embeddings_{name}"))
+              for name in ("train", "val", "heldout")}
   result = probe.phase0(data.load_embedding_set(ctx.path("embeddings")),
-                        ctx.path("phase0"))
+                        ctx.path("phase0"), splits=splits)
   return {"phase0": str(ctx.path("phase0"))} | _brief_phase0(result)
 
 
 def _brief_phase0(result: dict) -> dict:
   held = result.get("probe_heldout") or {}
-  return {"heldout_accuracy": held.get("accuracy"),
-          "chance": held.get("chance")}
+  brief = {"heldout_accuracy": held.get("accuracy"),
+           "chance": held.get("chance")}
+  chosen = result.get("probe_val_chosen")
+  if chosen and "skipped" in chosen:
+    brief["val_chosen_probe"] = chosen
+  elif chosen:
+    brief["val_chosen_probe"] = {
+        part: {"balanced_accuracy": chosen[part]["balanced_accuracy"],
+               "shuffled": chosen[part]["shuffled_label_balanced_accuracy"]}
+        for part in ("val", "test")}
+  return brief
 
 
 def _sae_base_config(ctx: Context, d_model: int):

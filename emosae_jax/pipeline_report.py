@@ -192,6 +192,7 @@ def phase0_section(ctx) -> r.Section | None:
   if words:
     rows.append(("probe accuracy, held-out emotion words",
                  words["accuracy"], words["chance"]))
+  rows += _val_chosen_rows(result)
   body = r.table(["measure", "value", "chance"],
                  [[r.cell(a), r.cell(b), r.cell(c)] for a, b, c in rows],
                  sortable=False)
@@ -204,6 +205,28 @@ def phase0_section(ctx) -> r.Section | None:
       body += r.img_tag(png, name)
   return r.Section("Phase 0: are emotions in the embeddings?", body,
                    id="phase0")
+
+
+def _val_chosen_rows(result: dict) -> list[tuple]:
+  """The val-chosen probe's balanced accuracy on val and test, beside the
+  shuffled-label probe's (its chance), and the older train+val figure."""
+  rows = []
+  style = result.get("probe_heldout_style")
+  if style:
+    part = style["heldout_split"]
+    rows.append(("balanced accuracy, held-out split (probe fit on train + "
+                 "val, C by template-grouped CV)", part["balanced_accuracy"],
+                 part["shuffled_label_balanced_accuracy"]))
+  chosen = result.get("probe_val_chosen")
+  if chosen and "skipped" not in chosen:
+    how = (f"C={chosen['C']}, {chosen['content_directions']} content "
+           "directions removed, both chosen on val")
+    for part, name in (("val", "val split"), ("test", "held-out split")):
+      rows.append((f"balanced accuracy, {name} (probe fit on train; {how}; "
+                   "chance: shuffled-label probe)",
+                   chosen[part]["balanced_accuracy"],
+                   chosen[part]["shuffled_label_balanced_accuracy"]))
+  return rows
 
 
 def sweep_section(ctx) -> r.Section | None:

@@ -371,11 +371,26 @@ def heldout_style_probe(es: data.EmbeddingSet, seed: int) -> dict | None:
               heldout_style_only=style)
 
 
+def _val_chosen(splits: dict, seed: int) -> dict:
+  """split_probe.val_chosen_probe on the splits, or {"skipped": why} when a
+  split cannot carry a probe (e.g. a tiny val split with one emotion)."""
+  from emosae_jax import split_probe  # it imports this module
+  try:
+    return split_probe.val_chosen_probe(splits["train"], splits["val"],
+                                        splits["heldout"], seed)
+  except data.DataError as e:
+    return {"skipped": str(e)}
+
+
 def phase0(es: data.EmbeddingSet, out_dir: str | Path, n_folds: int = 5,
            n_permutations: int = 1000, seed: int = 0,
-           progress: bool = True) -> dict:
+           progress: bool = True,
+           splits: dict[str, data.EmbeddingSet] | None = None) -> dict:
   """Probe, similarity test and plots for the labelled rows of `es`.
 
+  splits: the corpus's "train", "val" and "heldout" (test) sets, when it
+  has a val split; adds `probe_val_chosen` (split_probe.val_chosen_probe:
+  fit on train, chosen on val, scored on test), else that key is None.
   Writes out_dir/phase0.json, pca.png and similarity.png (atomically) and
   returns the phase0.json contents.
   """
@@ -408,6 +423,7 @@ def phase0(es: data.EmbeddingSet, out_dir: str | Path, n_folds: int = 5,
       by_words["heldout_words"] = held_words
   step("held-out templates and words")
   by_style = heldout_style_probe(es, seed)
+  val_chosen = _val_chosen(splits, seed) if splits else None
   step("held-out caption style")
   cosine = cosine_similarity_test(x, y, names, n_permutations, seed)
   cosine_c = cosine_similarity_test(x, y, names, n_permutations, seed,
@@ -425,6 +441,7 @@ def phase0(es: data.EmbeddingSet, out_dir: str | Path, n_folds: int = 5,
       content_hash=es.meta.get("content_hash"),
       probe_kfold=kfold, probe_heldout=heldout,
       probe_heldout_words=by_words, probe_heldout_style=by_style,
+      probe_val_chosen=val_chosen,
       cosine=cosine, cosine_centered=cosine_c, pca=pca,
       plots=["pca.png", "similarity.png"], seed=seed)
   data.atomic_write_json(out_dir / "phase0.json", result)

@@ -1,14 +1,17 @@
 r"""Phase 0 first look at an embedding set: probes, similarity test, PCA.
 
   python scripts/phase0.py --data=/tmp/emosae/emb_minilm --out=/tmp/emosae/phase0
+  python scripts/phase0.py --data=runs/demo/embeddings --splits=runs/demo \
+      --out=/tmp/emosae/phase0
 
 Writes phase0.json (probe accuracy on held-out templates, on held-out emotion
 words and by k-fold, each beside chance; for a corpus from make_prompts, the
 balanced accuracy of a probe trained on the training split and scored on the
 held-out split (templates + emotion words + caption style) and on the
 held-out caption style alone, beside 1/K and a shuffled-label probe;
-within- vs between-emotion cosine similarity with a permutation p-value) and
-PNG plots.
+within- vs between-emotion cosine similarity with a permutation p-value;
+with --splits, the probe fit on the train split with its settings chosen on
+the val split, scored on val and once on the test split) and PNG plots.
 """
 
 import sys
@@ -27,12 +30,22 @@ _FOLDS = flags.DEFINE_integer("folds", 5, "k of the stratified k-fold probe.")
 _PERMS = flags.DEFINE_integer("permutations", 1000, "Label permutations of "
                               "the similarity test.")
 _SEED = flags.DEFINE_integer("seed", 0, "Seed for folds and permutations.")
+_SPLITS = flags.DEFINE_string("splits", None, "A pipeline workdir holding "
+                              "embeddings_train/, embeddings_val/ and "
+                              "embeddings_heldout/: adds the probe fit on "
+                              "train, chosen on val, scored on test.")
 
 
 def main(argv):
   del argv
   es = data.load_embedding_set(_DATA.value)
-  r = probe.phase0(es, _OUT.value, _FOLDS.value, _PERMS.value, _SEED.value)
+  splits = None
+  if _SPLITS.value:
+    splits = {name: data.load_embedding_set(
+        Path(_SPLITS.value) / f"embeddings_{name}")
+              for name in ("train", "val", "heldout")}
+  r = probe.phase0(es, _OUT.value, _FOLDS.value, _PERMS.value, _SEED.value,
+                   splits=splits)
   h, k, c = r["probe_heldout"], r["probe_kfold"], r["cosine"]
   print(f"held-out {h['split']} probe accuracy {h['accuracy']:.3f} "
         f"(chance {h['chance']:.3f}, shuffled labels "
@@ -46,6 +59,16 @@ def main(argv):
             f"(chance {part['chance_uniform']:.3f}, shuffled labels "
             f"{part['shuffled_label_balanced_accuracy']:.3f}; "
             f"{part['n_test']} test prompts, C={part['C']})")
+  v = r["probe_val_chosen"]
+  if v and "skipped" in v:
+    print(f"val-chosen probe skipped: {v['skipped']}")
+  elif v:
+    for part in ("val", "test"):
+      print(f"val-chosen probe (C={v['C']}, {v['content_directions']} "
+            f"content directions removed) on {part}: balanced accuracy "
+            f"{v[part]['balanced_accuracy']:.3f} (shuffled labels "
+            f"{v[part]['shuffled_label_balanced_accuracy']:.3f}; "
+            f"{v[part]['n_test']} prompts)")
   w = r["probe_heldout_words"]
   if w:
     print(f"held-out emotion words probe accuracy {w['accuracy']:.3f} "

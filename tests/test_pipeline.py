@@ -89,6 +89,12 @@ def test_report_holds_every_stage(resumed_run):
   assert "shuffled labels" in html  # every count beside its baseline
   assert html.count("<audio") >= 2 and "data:audio/wav;base64," in html
   assert "valence slope" in html and "random valence slope" in html
+  # The phase-0 probe fit on train, chosen on val, scored on test.
+  assert "both chosen on val" in html
+  chosen = json.loads((workdir / "pipeline.json").read_text())["stages"][
+      "phase0"]["record"]["val_chosen_probe"]
+  assert 0 <= chosen["test"]["balanced_accuracy"] <= 1
+  assert 0 <= chosen["test"]["shuffled"] <= 1
   assert "NOT significant" in html  # tiny models: honest fallback note
   steering = json.loads((workdir / "steering" / "steering.json").read_text())
   evaluation = json.loads((workdir / "steering" /

@@ -221,3 +221,31 @@ def test_phase0_script(synthetic, tmp_path):
                     f"--out={tmp_path / 'out2'}")
   assert proc.returncode != 0 and "Traceback" not in proc.stderr
   assert last_line(proc.stderr).startswith("error: no embedding set")
+
+
+def test_phase0_adds_the_val_chosen_probe_from_the_corpus_splits(tmp_path):
+  """A corpus with a val split, split as the pipeline splits it: the probe
+  fits on train, val chooses, test reports; planted emotion is found."""
+  from emosae_jax import prompts, splits
+  recs = prompts.generate_prompts(180, seed=0, val_fraction=0.2)
+  names, labels, groups, heldout = prompts.label_arrays(recs)
+  rng = np.random.default_rng(0)
+  y = np.asarray(labels)
+  x = rng.normal(size=(len(recs), 24))
+  x[y >= 0] += 2.0 * rng.normal(size=(len(names), 24))[y[y >= 0]]
+  es = data.make_embedding_set(x, labels, names, [r["text"] for r in recs],
+                               groups, heldout_groups=heldout)
+  sets = splits.split_by_prompts(es, recs)
+  res = probe.phase0(es, tmp_path, n_folds=3, n_permutations=10,
+                     progress=False, splits=sets)
+  v = res["probe_val_chosen"]
+  assert v["test"]["n_test"] == int(np.sum(sets["heldout"].labels >= 0))
+  assert v["val"]["n_test"] == int(np.sum(sets["val"].labels >= 0))
+  assert v["test"]["n_train"] == int(np.sum(sets["train"].labels >= 0))
+  assert v["test"]["balanced_accuracy"] > 0.9
+  # Shuffled labels send whole emotion clusters to random labels: a lottery
+  # over 9 clusters, so a loose bound.
+  assert v["test"]["shuffled_label_balanced_accuracy"] < 0.5
+  assert v["val"]["balanced_accuracy"] == max(v["val_grid"].values())
+  on_disk = json.loads((tmp_path / "phase0.json").read_text())
+  assert on_disk["probe_val_chosen"]["C"] == v["C"]
