@@ -28,7 +28,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from emosae_jax import analysis  # noqa: E402
 
-FRACTIONS = (0.0, 0.05, 0.08, 0.1, 0.12, 0.14, 0.15, 0.16, 0.18, 0.2, 0.25)
+FRACTIONS = (0.0, 0.05, 0.08, 0.1, 0.12, 0.14, 0.15, 0.16, 0.18, 0.2, 0.25, 0.3,
+             0.4, 0.5)
 
 
 def scan(summary: dict, arrays: dict, j: int, fractions=FRACTIONS):

@@ -33,9 +33,10 @@ _MIN_SUPPORT = flags.DEFINE_integer(
     "min_support", 5, "A feature must fire on this many prompts of its "
     "emotion to count as significant.")
 _BROAD_SUPPORT = flags.DEFINE_float(
-    "broad_support", 0.1, "Breadth tier: a significant feature is broad "
+    "broad_support", 0.2, "Breadth tier: a significant feature is broad "
     "when it fires on at least this fraction of its emotion's examples, "
-    "else narrow (reported apart; changes no test).")
+    "else narrow (reported apart; changes no test). Keep it above "
+    "--min_support_fraction, or every significant feature is broad.")
 _MIN_SUPPORT_FRACTION = flags.DEFINE_float(
     "min_support_fraction", 0.15, "Part of the test: a significant feature "
     "must also fire on at least this fraction of its emotion's examples "
