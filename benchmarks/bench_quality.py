@@ -5,6 +5,7 @@ sparsify 1.3.3 (TopK) and PCA (issue 12).
       [--fold=test|val] [--relu_lrs=3e-4,1e-3] [--topk_lrs=1e-3]
       [--saelens_schedule=defaults|matched] [--ours=train.warmup_steps=100]
       [--skip_saelens] [--relu_grid=dense] [--archs=relu_l1] [--seed=0]
+      [--seeds=0,1,2]  (relu_l1 only: one table over the seeds at common L0s)
       [--sparsify_lrs=3e-3,auto] [--skip_sparsify]
   python benchmarks/bench_quality.py --mode=speed [--rounds=2] [--steps=3]
       [--archs=relu_l1,topk,batchtopk,jumprelu]
@@ -370,6 +371,39 @@ def quality(name, python, quick, fold="test", matched=False, lrs=None,
                        x_test)
   print("   wall: " + ", ".join(f"{lib} {s:.0f} s" for lib, s in walls.items())
         + " (emosae incl. compile, the others incl. their imports)")
+  return fronts
+
+
+def common_l0s(fronts, n=8):
+  """`n` L0s, evenly spaced in log L0, inside every front's Pareto range
+  (so that each is interpolated, never extrapolated); [] if none."""
+  lo = max(min(p[0] for p in pareto(f)) for f in fronts)
+  hi = min(max(p[0] for p in pareto(f)) for f in fronts)
+  return list(np.geomspace(lo, hi, n)) if lo < hi else []
+
+
+def print_seed_summary(by_seed):
+  """Per L0 common to every seed's two fronts: each library's held-out FVU
+  (interpolated in log L0) as mean +- sd over seeds, the paired difference
+  emosae - SAELens (mean, min, max over seeds) and dead fractions (mean)."""
+  seeds = sorted(by_seed)
+  l0s = common_l0s([by_seed[s][lib] for s in seeds
+                    for lib in ("emosae", "SAELens")])
+  print(f"\n== relu_l1 over seeds {','.join(map(str, seeds))}: held-out FVU "
+        "at common L0s (each seed's front interpolated in log L0; "
+        "mean +- sd over seeds; diff = emosae - SAELens per seed; 1-min load "
+        f"average now {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs)")
+  print("   L0     emosae          SAELens         diff mean [min, max]"
+        "        dead emosae / SAELens")
+  for l0 in l0s:
+    at = {lib: np.array([interpolate(by_seed[s][lib], l0) for s in seeds])
+          for lib in ("emosae", "SAELens")}
+    ours, theirs = at["emosae"], at["SAELens"]  # rows: (fvu, dead) per seed
+    diff = ours[:, 0] - theirs[:, 0]
+    print(f"   {l0:5.1f}  {ours[:, 0].mean():.3f} +- {ours[:, 0].std(ddof=1):.3f}"
+          f"  {theirs[:, 0].mean():.3f} +- {theirs[:, 0].std(ddof=1):.3f}"
+          f"  {diff.mean():+.3f} [{diff.min():+.3f}, {diff.max():+.3f}]"
+          f"  {ours[:, 1].mean():6.1%} / {theirs[:, 1].mean():.1%}")
 
 
 # -------------------------------------------------------------------- speed
@@ -472,6 +506,10 @@ def main():
   parser.add_argument("--seed", type=int, default=0,
                       help="quality: init and batch-order seed, both "
                       "libraries (the split stays fixed)")
+  parser.add_argument("--seeds", default="",
+                      help="quality, relu_l1: these seeds (comma-separated, "
+                      "at least 2; overrides --seed), then one table over "
+                      "them at common L0s")
   parser.add_argument("--relu_grid", choices=["default", "dense"],
                       default="default",
                       help="dense: also the geometric midpoints between the "
@@ -517,16 +555,26 @@ def main():
     ours = {k: int(v) if v.lstrip("-").isdigit() else float(v)
             for k, v in (item.split("=") for item in args.ours.split(",")
                          if item)}
+    seeds = [int(v) for v in args.seeds.split(",")] if args.seeds else [
+        args.seed]
   except ValueError:
     raise SystemExit("--relu_lrs/--topk_lrs/--sparsify_lrs: numbers; --ours: "
-                     "section.field=number,...") from None
+                     "section.field=number,...; --seeds: integers") from None
+  if args.seeds and (len(set(seeds)) < 2 or archs != "relu_l1" or
+                     args.skip_saelens):
+    raise SystemExit("--seeds: at least 2 distinct seeds, with "
+                     "--archs=relu_l1 and SAELens (not --skip_saelens)")
   for name in args.sets.split(","):
     if name not in SETS:
       raise SystemExit(f"unknown set {name!r}; choose from {sorted(SETS)}")
-    quality(name, args.saelens_python, args.quick, args.fold,
-            args.saelens_schedule == "matched", lrs, ours, args.skip_saelens,
-            args.relu_grid == "dense", archs.split(","), args.seed,
-            None if args.skip_sparsify else args.sparsify_python)
+    by_seed = {seed: quality(
+        name, args.saelens_python, args.quick, args.fold,
+        args.saelens_schedule == "matched", lrs, ours, args.skip_saelens,
+        args.relu_grid == "dense", archs.split(","), seed,
+        None if args.skip_sparsify else args.sparsify_python)["relu_l1"]
+               for seed in seeds}
+    if args.seeds:
+      print_seed_summary(by_seed)
 
 
 if __name__ == "__main__":

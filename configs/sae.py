@@ -91,6 +91,9 @@ def get_config(arg=None):
   # not measured: clipping keeps the large early gradients from dominating
   # Adam's second moment over a short run.
   config.train.max_grad_norm = 1.0
+  # Adam's epsilon, on our mean loss (as optax's default; SAELens's 1e-8 is
+  # on a loss d_in times larger, i.e. 1e-8 / d_in here).
+  config.train.adam_eps = 1e-8
   # A validation loss above this many times its best (after the warm-ups)
   # restores the best parameters with fresh Adam moments; 0 turns it off.
   config.train.divergence_factor = 3.0

@@ -55,6 +55,11 @@ class StaticSpec:
   # full float32 on CPU) or a jax.default_matmul_precision name, e.g.
   # "highest" (float32 everywhere: on an H200 about 4x slower per step).
   matmul_precision: str = "default"
+  # Adam's epsilon on the gradient of this project's (mean) loss. Gradients
+  # of SAELens's loss, summed over input dimensions, are d_in times larger,
+  # so its eps (also 1e-8) weighs d_in times less; 1e-8 / d_in makes the
+  # two updates the same arithmetic.
+  adam_eps: float = 1e-8
 
 
 MATMUL_PRECISIONS = ("default", "high", "highest", "bfloat16",
@@ -123,13 +128,14 @@ def static_spec_from_config(config, n_train: int) -> StaticSpec:
                     divergence_factor=t.divergence_factor,
                     resample=t.resample, partial_batch=partial,
                     total_steps=t.epochs * max(1, steps),
-                    matmul_precision=t.get("matmul_precision", "default"))
+                    matmul_precision=t.get("matmul_precision", "default"),
+                    adam_eps=t.get("adam_eps", 1e-8))
 
 
 def _optimizer(spec: StaticSpec) -> optax.GradientTransformation:
   # The learning rate (with warm-up) is applied by hand after this chain, so
   # it can be a traced per-member value in sweeps.
-  parts = [optax.scale_by_adam()]
+  parts = [optax.scale_by_adam(eps=spec.adam_eps)]
   if spec.max_grad_norm > 0:
     parts.insert(0, optax.clip_by_global_norm(spec.max_grad_norm))
   return optax.chain(*parts)

@@ -235,3 +235,28 @@ def test_batchtopk_step_writes_no_zeros_for_the_aux_branch():
                    and not re.search(r" (dot|custom-call|sort|scatter)\(",
                                      body)]
   assert not zero_branches, zero_branches
+
+
+def test_adam_eps_reaches_the_step():
+  """train.adam_eps is Adam's epsilon: Adam's first (bias-corrected) update
+  is lr * g / (|g| + eps), so with eps 0 every weight with a gradient moves
+  by exactly lr, and with an eps far above the gradients by far less."""
+  config = get_config("arch=relu_l1")
+  config.model.d_in, config.model.d_sae = 16, 64
+  config.train.max_grad_norm = 0.0  # the clip would rescale g, not |update|
+  x = jax.random.normal(jax.random.key(1), (32, 16))
+
+  def first_update(eps):
+    config.train.adam_eps = eps
+    spec = core.static_spec_from_config(config, 32)
+    hp = core.hparams_from_config(config)
+    state = core.init_state(spec, jax.random.PRNGKey(0))
+    new, _ = jax.jit(lambda s: core.train_step(spec, hp, s, x))(state)
+    return np.abs(np.asarray(new.params["W_enc"] - state.params["W_enc"]))
+
+  lr = config.train.lr
+  moved = first_update(0.0)
+  moved = moved[moved > 0]
+  assert moved.size > 100
+  np.testing.assert_allclose(moved, lr, rtol=1e-3)
+  assert first_update(1e3).max() < 1e-3 * lr
