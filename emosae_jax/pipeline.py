@@ -338,17 +338,17 @@ def _train_data(ctx: Context) -> Path:
 def _validation_sets(ctx: Context) -> list[str]:
   """The held-out split, the caption file's set, any other set named in
   --config.analysis.validation, then the val split (the selection set,
-  `_selection_set`) when the corpus has one."""
+  `selection_set`) when the corpus has one."""
   out = [str(ctx.path("embeddings_heldout"))] if _split_ready(ctx) else []
   if _caption_file(ctx) is not None:
     out.append(str(ctx.path("embeddings_captions")))
   a = ctx.config.analysis.validation
   out += [v.strip() for v in a.split(",") if v.strip()]
-  val = _selection_set(ctx)
+  val = selection_set(ctx)
   return out + ([val] if val else [])
 
 
-def _selection_set(ctx: Context, name: str = "embeddings_val") -> str | None:
+def selection_set(ctx: Context, name: str = "embeddings_val") -> str | None:
   """The val split's set, on which the analysis chooses the SAE (never the
   held-out test split); None without one."""
   if not _split_ready(ctx):
@@ -360,9 +360,9 @@ def _selection_set(ctx: Context, name: str = "embeddings_val") -> str | None:
 def stage_phase0(ctx: Context) -> dict:
   from emosae_jax import probe
   splits = None
-  if _selection_set(ctx) is not None:  # train, val and test sets exist
-    splits = {name: data.load_embedding_set(ctx.path(f"embeddings_{name}"))
-              for name in ("train", "val", "heldout")}
+  if selection_set(ctx) is not None:  # train, val and test sets exist
+    from emosae_jax.splits import load_split_sets
+    splits = load_split_sets(ctx.workdir)
   result = probe.phase0(data.load_embedding_set(ctx.path("embeddings")),
                         ctx.path("phase0"), splits=splits)
   return {"phase0": str(ctx.path("phase0"))} | _brief_phase0(result)
@@ -432,7 +432,7 @@ def first_group(ctx: Context, sweep_dir: str = "sweep") -> Path:
 
 def stage_analysis(ctx: Context) -> dict:
   return sae_analysis(ctx, first_group(ctx), ctx.path("analysis"),
-                      _validation_sets(ctx), _selection_set(ctx))
+                      _validation_sets(ctx), selection_set(ctx))
 
 
 def sae_analysis(ctx: Context, group: Path, out: Path,

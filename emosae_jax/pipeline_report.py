@@ -107,12 +107,13 @@ def _chosen_line(ctx, summary: dict) -> str:
   """One paragraph: the SAE chosen on the val split and, on each other
   validation set, the share of its significant features that hold (beside
   shuffled labels) and reappear; empty without a selection."""
+  from emosae_jax.analysis.report_sections import overrides_text
   sel = summary.get("selection")
   if not sel:
     return ""
   c = sel["chosen"]
   m = next(m for m in summary["members"] if m["index"] == c["member"])
-  config = ", ".join(f"{k}={v}" for k, v in c["overrides"].items())
+  config = overrides_text(c["overrides"])
   s = summary["settings"]
   sig = next(x for x in m["counts"] if x["name"] == "significant")
   rule = (f"BH q &le; {s['fdr']:g}, support &ge; {s['min_support']}"

@@ -117,7 +117,7 @@ def stage_residual_analysis(ctx) -> dict:
     return skip
   held = ctx.path("residual_heldout")
   validation = [str(held)] if (held / data.SIDECAR_FILE).exists() else []
-  val = core._selection_set(ctx, "residual_val")
+  val = core.selection_set(ctx, "residual_val")
   return core.sae_analysis(ctx, core.first_group(ctx, "residual_sweep"),
                            ctx.path("residual_analysis"),
                            validation + ([val] if val else []), val)

@@ -10,6 +10,8 @@ its own.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 from emosae_jax import data
@@ -72,3 +74,10 @@ def split_by_prompts(es: data.EmbeddingSet, records: list[dict]
     if mask.any():
       sets[name] = subset(es, mask, name)
   return sets
+
+
+def load_split_sets(workdir) -> dict[str, data.EmbeddingSet]:
+  """The train, val and held-out (test) sets a pipeline workdir holds
+  (embeddings_train/, embeddings_val/, embeddings_heldout/)."""
+  return {name: data.load_embedding_set(Path(workdir) / f"embeddings_{name}")
+          for name in ("train", "val", "heldout")}

@@ -22,6 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from absl import flags  # noqa: E402
 
 from emosae_jax import cli, data, probe  # noqa: E402
+from emosae_jax.splits import load_split_sets  # noqa: E402
 
 _DATA = flags.DEFINE_string("data", None, "Embedding-set folder.",
                             required=True)
@@ -39,11 +40,7 @@ _SPLITS = flags.DEFINE_string("splits", None, "A pipeline workdir holding "
 def main(argv):
   del argv
   es = data.load_embedding_set(_DATA.value)
-  splits = None
-  if _SPLITS.value:
-    splits = {name: data.load_embedding_set(
-        Path(_SPLITS.value) / f"embeddings_{name}")
-              for name in ("train", "val", "heldout")}
+  splits = load_split_sets(_SPLITS.value) if _SPLITS.value else None
   r = probe.phase0(es, _OUT.value, _FOLDS.value, _PERMS.value, _SEED.value,
                    splits=splits)
   h, k, c = r["probe_heldout"], r["probe_kfold"], r["cosine"]

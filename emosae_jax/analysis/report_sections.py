@@ -21,6 +21,11 @@ def _prompts(prompts: list[dict]) -> str:
   return f'<ol class="prompts">{items}</ol>'
 
 
+def overrides_text(overrides: dict) -> str:
+  """'train.lr=0.003, ...': a configuration's overrides, for a report."""
+  return ", ".join(f"{k}={v}" for k, v in overrides.items())
+
+
 def selection_section(summary: dict) -> Section | None:
   """Which configuration and member were chosen on the selection set, each
   configuration's scores beside its FVU, and what FVU alone would pick."""
@@ -30,7 +35,7 @@ def selection_section(summary: dict) -> Section | None:
   chosen = sel["chosen"]
   rows = []
   for g, c in enumerate(sel["configurations"]):
-    config = ", ".join(f"{k}={v}" for k, v in c["overrides"].items()) or "–"
+    config = overrides_text(c["overrides"]) or "–"
     mark = " (chosen)" if g == chosen["configuration"] else ""
     rows.append([Cell(esc(config + mark)), cell(c["score"]),
                  Cell(esc(_pct(c["share_hold"])), c["share_hold"]),
@@ -41,13 +46,13 @@ def selection_section(summary: dict) -> Section | None:
                      for s in c["members"])))])
   fvu = sel.get("fvu_choice")
   fvu_line = ("" if fvu is None else
-              " FVU alone would choose " + esc(", ".join(
-                  f"{k}={v}" for k, v in fvu["overrides"].items()) or "it")
+              " FVU alone would choose "
+              + esc(overrides_text(fvu["overrides"]) or "it")
               + (" too." if fvu["same_as_chosen"] else
                  ", a different configuration."))
   lead = (f"<p>Chosen SAE: <b>member {chosen['member']}</b> (seed "
           f"{chosen['seed']}; "
-          + esc(", ".join(f"{k}={v}" for k, v in chosen["overrides"].items())
+          + esc(overrides_text(chosen["overrides"])
                 or "the only configuration")
           + f"), chosen on {esc(sel['set'])}, score "
           f"{fmt(chosen['score'])}.{fvu_line} The export steers with it; "

@@ -210,11 +210,16 @@ def aux_k_loss(spec: SAESpec, params: Params, x, x_hat, pre, dead_mask):
   top-k over all latents and its decoder matmul cost about a fifth of a
   TopK step); under vmap (sweeps) it becomes a select and runs anyway.
   """
-  residual = jax.lax.stop_gradient(x - x_hat)
+  return _aux_k_or_zero(spec, params["W_dec"], pre,
+                        jax.lax.stop_gradient(x - x_hat), dead_mask)
+
+
+def _aux_k_or_zero(spec: SAESpec, w_dec, pre, residual, dead_mask):
+  """_aux_k_value when some latent is dead, else 0 (a real branch)."""
   return jax.lax.cond(
       jnp.any(dead_mask),
       lambda w_dec, pre: _aux_k_value(spec, w_dec, pre, residual, dead_mask),
-      lambda w_dec, pre: jnp.zeros((), pre.dtype), params["W_dec"], pre)
+      lambda w_dec, pre: jnp.zeros((), pre.dtype), w_dec, pre)
 
 
 def _aux_k_value(spec: SAESpec, w_dec, pre, residual, dead_mask):
@@ -252,10 +257,7 @@ def _with_aux_k_fwd(spec, main, pre, w_dec, b_dec, x, consts, dead_mask):
       lambda p, w, b: main(p, w, b, x, consts), pre, w_dec, b_dec,
       has_aux=True)
   residual = x - x_hat
-  aux = jax.lax.cond(
-      jnp.any(dead_mask),
-      lambda: _aux_k_value(spec, w_dec, pre, residual, dead_mask),
-      lambda: jnp.zeros((), pre.dtype))
+  aux = _aux_k_or_zero(spec, w_dec, pre, residual, dead_mask)
   return (mse, aux, extras), (main_vjp, pre, w_dec, residual, dead_mask)
 
 
