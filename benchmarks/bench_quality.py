@@ -10,6 +10,7 @@ sparsify 1.3.3 (TopK) and PCA (issue 12).
   python benchmarks/bench_quality.py --mode=speed [--rounds=2] [--steps=3]
       [--archs=relu_l1,topk,batchtopk,jumprelu]
       [--precision=float32|tensorfloat32]  (on a GPU: --steps=50)
+      [--top_k_method=auto|top_k|count]
 
 Settings are chosen with --fold=val (a fold of the training rows, by
 template group; the test rows are not loaded into any run); the test fold
@@ -55,6 +56,8 @@ On a GPU both libraries run there, at one matmul precision
 (--precision): float32 (default; JAX's own GPU default is TF32 and
 torch's is float32, so out of the box the two would not do the same
 arithmetic) or tensorfloat32 for both. On CPU both are float32 anyway.
+--top_k_method picks how this project's TopK and BatchTopK find their k
+largest (model.top_k_method; auto: counting passes on GPU, top-k on CPU).
 """
 
 import argparse
@@ -426,10 +429,11 @@ def _our_step(arch, kw, d, m, batch, xd, precision):
   return step, hp, state, time.perf_counter() - start
 
 
-def speed(python, rounds, steps, archs_arg, precision):
+def speed(python, rounds, steps, archs_arg, precision, top_k_method):
   d, m, batch = 768, 6144, 4096
   x = np.random.default_rng(0).normal(size=(32768, d)).astype(np.float32)
-  archs = {"relu_l1": {}, "topk": {"k": 32}, "batchtopk": {"k": 32},
+  selection = {"k": 32, "top_k_method": top_k_method}
+  archs = {"relu_l1": {}, "topk": selection, "batchtopk": selection,
            "jumprelu": {}}
   archs = {a: archs[a] for a in archs_arg.split(",")}
   ours, theirs = {a: [] for a in archs}, {a: [] for a in archs}
@@ -465,7 +469,7 @@ def speed(python, rounds, steps, archs_arg, precision):
   print(f"\n== speed: 768 -> 6144, batch 4096, {steps} timed steps x "
         f"{rounds} alternating rounds (medians; ratio = median of the "
         f"per-round ratios); devices {jax.devices()}, matmuls in "
-        f"{precision}; 1-min load average at "
+        f"{precision}, top_k_method {top_k_method}; 1-min load average at "
         f"each round's start {', '.join(f'{v:.1f}' for v in loads)} on "
         f"{os.cpu_count()} CPUs")
   for arch in archs:
@@ -502,6 +506,9 @@ def main():
   parser.add_argument("--precision", default="float32",
                       choices=["float32", "tensorfloat32"],
                       help="speed: both libraries' matmul precision on GPU")
+  parser.add_argument("--top_k_method", default="auto",
+                      choices=list(saes.TOP_K_METHODS),
+                      help="speed: model.top_k_method for topk, batchtopk")
   parser.add_argument("--steps", type=int, default=3)
   parser.add_argument("--seed", type=int, default=0,
                       help="quality: init and batch-order seed, both "
@@ -545,7 +552,7 @@ def main():
                      f"{args.mode}; choose from {sorted(known)}")
   if args.mode == "speed":
     speed(args.saelens_python, args.rounds, args.steps, archs,
-          args.precision)
+          args.precision, args.top_k_method)
     return
   try:
     lrs = {"relu_l1": [float(v) for v in args.relu_lrs.split(",")],

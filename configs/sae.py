@@ -43,6 +43,10 @@ def get_config(arg=None):
   config.model.d_sae = 6144
   config.model.k = 32  # topk / batchtopk
   config.model.k_aux = 384  # AuxK latents (topk / batchtopk)
+  # topk / batchtopk: auto | top_k | count. auto counts (saes/base.py
+  # kth_largest) on GPUs and TPUs, whose top-k sorts, and uses XLA's top-k
+  # on CPU. The same latents either way, ties at the k-th value aside.
+  config.model.top_k_method = "auto"
   # unit: decoder rows renormalised after each step (relu_l1, topk);
   # weighted: rows free, relu_l1's L1 weighted by row norm (as SAELens). On
   # the MiniLM corpus weighted ReLU+L1 reached FVU 0.417 at L0 250 where

@@ -45,6 +45,9 @@ def validate_config(config) -> None:
        "'inputs'"),
       (m.decoder_norm != "inputs" or m.arch == "relu_l1",
        "model.decoder_norm='inputs' is for relu_l1 only"),
+      (m.get("top_k_method", "auto") in saes.TOP_K_METHODS,
+       f"model.top_k_method={m.get('top_k_method')!r}: use one of "
+       f"{', '.join(saes.TOP_K_METHODS)}"),
       (t.get("resample", "data") in ("data", "reference", "fresh"),
        f"train.resample={t.get('resample')!r}: use 'data', 'reference' or "
        "'fresh'"),

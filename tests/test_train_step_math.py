@@ -4,6 +4,7 @@ gradients and firing counts as the plain formula (forward + loss_terms);
 the small-batch backward passes are autodiff's, bit for bit, and leave XLA
 no reason to copy the decoder every step."""
 
+import dataclasses
 import functools
 import re
 
@@ -15,6 +16,7 @@ import pytest
 from configs.sae import get_config
 from emosae_jax import saes
 from emosae_jax import train_core as core
+from emosae_jax import train_run
 from emosae_jax.saes import base, batchtopk
 
 HP = {"sparsity_coeff": 1.0}
@@ -36,9 +38,10 @@ def _setup(arch, decoder_norm="unit", **spec_kw):
 def _losses(spec, dead_mask):
   arch = saes.get_arch(spec.arch)
 
-  def plain(params, x):
-    x_hat, acts, pre = saes.forward(spec, params, x, train=True)
-    t = arch.loss_terms(spec, params, x, x_hat, pre, acts, dead_mask, HP)
+  def plain(params, x):  # always by XLA's top-k
+    by_top_k = dataclasses.replace(spec, top_k_method="top_k")
+    x_hat, acts, pre = saes.forward(by_top_k, params, x, train=True)
+    t = arch.loss_terms(by_top_k, params, x, x_hat, pre, acts, dead_mask, HP)
     return t["mse"] + 0.7 * t["sparsity"] + 0.3 * t["aux"], jnp.sum(
         acts != 0, axis=0)
 
@@ -53,7 +56,9 @@ def _losses(spec, dead_mask):
     ("relu_l1", {}), ("relu_l1", {"decoder_norm": "weighted"}),
     ("relu_l1", {"sparsity_over_latents": "mean"}),
     ("relu_l1", {"learn_pre_bias": False}),
-    ("topk", {}), ("batchtopk", {}), ("jumprelu", {})])
+    ("topk", {}), ("batchtopk", {}), ("jumprelu", {}),
+    ("topk", {"top_k_method": "count"}),
+    ("batchtopk", {"top_k_method": "count"})])
 @pytest.mark.parametrize("some_dead", [False, True])
 def test_train_terms_equal_the_plain_formula(arch, kw, some_dead):
   spec, params, x = _setup(arch, **kw)
@@ -79,8 +84,10 @@ def test_batch_threshold_is_the_batch_topk_value_when_rows_are_uneven():
                 jnp.ones(256).at[3].set(50.0)):
     p = pre * scale[:, None]
     want = jax.lax.top_k(jax.nn.relu(p).reshape(-1), 256 * 5)[0][-1]
-    got = jax.jit(functools.partial(batchtopk._batch_threshold, k=5))(p)
-    assert float(got) == float(want)
+    for counting in (False, True):
+      got = jax.jit(functools.partial(batchtopk.batch_threshold, k=5,
+                                      counting=counting))(p)
+      assert float(got) == float(want), counting
 
 
 def test_small_batch_backward_is_autodiffs_bit_for_bit():
@@ -167,17 +174,33 @@ def test_kth_largest_is_the_sorted_value(case):
     values[100:] = np.minimum(values[100:], 0)  # 100 positive, n > 100
   for n in (1, 7, 100, 1000, 2500, 5000):
     want = np.sort(values)[-n] if n <= np.sum(values >= 0) else None
-    got = float(jax.jit(batchtopk.kth_largest, static_argnums=1)(
-        jnp.asarray(values), n))
-    if want is not None:
-      assert got == max(float(want), 0.0), (case, n)
+    for ways in (2, 4, 16):
+      got = float(jax.jit(base.kth_largest, static_argnums=(1, 2))(
+          jnp.asarray(values), n, ways))
+      if want is not None:
+        assert got == max(float(want), 0.0), (case, n, ways)
+
+
+def test_kth_largest_works_along_rows():
+  """Over the last axis, one answer per row, including rows with fewer
+  than n non-negative entries (0.0) and a row of ties."""
+  rng = np.random.default_rng(4)
+  values = rng.normal(size=(6, 300)).astype(np.float32)
+  values[1] = np.round(values[1])  # ties
+  values[2, 5:] = -np.abs(values[2, 5:])  # 5 or fewer non-negative
+  for ways in (2, 16):
+    got = np.asarray(jax.jit(base.kth_largest, static_argnums=(1, 2))(
+        jnp.asarray(values), 20, ways))
+    want = np.maximum(np.sort(values, axis=-1)[:, -20], 0.0)
+    np.testing.assert_array_equal(got, want)
 
 
 def _plain_aux_terms(spec, params, x, dead_mask):
   """batchtopk.train_terms' loss as plain autodiff sees it: main path plus
   base.aux_k_loss, no custom VJP around them."""
   pre = base.pre_activation(params, x)
-  threshold = jax.lax.stop_gradient(batchtopk._batch_threshold(pre, spec.k))
+  threshold = jax.lax.stop_gradient(batchtopk.batch_threshold(pre, spec.k,
+                                                              False))
   acts = base.relu(jnp.where(pre >= threshold, pre, 0.0))
   x_hat = base.decode(params, acts)
   return (base.reconstruction_mse(x, x_hat)
@@ -260,3 +283,19 @@ def test_adam_eps_reaches_the_step():
   assert moved.size > 100
   np.testing.assert_allclose(moved, lr, rtol=1e-3)
   assert first_update(1e3).max() < 1e-3 * lr
+
+
+def test_top_k_method_choice_and_validation():
+  """auto keeps XLA's top-k on CPU (faster there, with TopK's sparse
+  decode); count and top_k are taken as asked; anything else is refused
+  before training."""
+  spec = saes.SAESpec("topk", 16, 64, k=4)
+  assert jax.default_backend() == "cpu"
+  assert not base.uses_counting(spec)
+  assert base.uses_counting(dataclasses.replace(spec, top_k_method="count"))
+  assert not base.uses_counting(dataclasses.replace(spec,
+                                                    top_k_method="top_k"))
+  config = get_config("arch=topk")
+  config.model.top_k_method = "sorted"
+  with pytest.raises(ValueError, match="model.top_k_method='sorted'"):
+    train_run.validate_config(config)

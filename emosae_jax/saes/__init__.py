@@ -20,7 +20,8 @@ import types
 import jax
 
 from emosae_jax.saes import base, batchtopk, jumprelu, relu_l1, topk
-from emosae_jax.saes.base import Params, SAESpec, decode, pre_activation
+from emosae_jax.saes.base import (TOP_K_METHODS, Params, SAESpec, decode,
+                                  pre_activation)
 
 ARCHS: dict[str, types.ModuleType] = {
     "relu_l1": relu_l1,
@@ -71,5 +72,6 @@ def train_terms(spec: SAESpec, params: Params, x: jax.Array, dead_mask,
                                          x, dead_mask, hp)
 
 
-__all__ = ["ARCHS", "SAESpec", "Params", "get_arch", "init_params", "encode",
-           "decode", "forward", "pre_activation", "train_terms"]
+__all__ = ["ARCHS", "SAESpec", "TOP_K_METHODS", "Params", "get_arch",
+           "init_params", "encode", "decode", "forward", "pre_activation",
+           "train_terms"]

@@ -49,7 +49,16 @@ def _top_values(x, k):
   return jax.lax.optimization_barrier((top, idx))[0]
 
 
-def _batch_threshold(pre, k):
+def batch_threshold(pre, k, counting):
+  """The (k * batch)-th largest relu(pre) of the batch. counting: one
+  kth_largest over all of it (on accelerators, whose top-k sorts)."""
+  if counting:
+    return base.kth_largest(jax.nn.relu(pre).reshape(-1),
+                            min(k * pre.shape[0], pre.size))
+  return _candidate_threshold(pre, k)
+
+
+def _candidate_threshold(pre, k):
   """The (k * batch)-th largest relu(pre) of the batch, without a top-k over
   all batch x d_sae entries (at 4096 x 6144 that one took about as long as
   a matmul). Candidates: each row's 2k largest, except that the 64 rows
@@ -64,7 +73,7 @@ def _batch_threshold(pre, k):
   wide_rows = _top_values_and_rows(first[:, -1], n_rows)
   second = jax.nn.relu(_top_values(pre[wide_rows], c2))
   first = first.at[wide_rows].set(-1.0)  # replaced by their wider lists
-  threshold = kth_largest(jnp.concatenate([first.reshape(-1),
+  threshold = base.kth_largest(jnp.concatenate([first.reshape(-1),
                                            second.reshape(-1)]), n_keep)
   # Candidates at 0 cannot hide larger entries; a row whose smallest
   # candidate is positive and >= the threshold may.
@@ -75,29 +84,6 @@ def _batch_threshold(pre, k):
     return _top_values(jax.nn.relu(pre).reshape(-1), n_keep)[-1]
 
   return jax.lax.cond(exact_needed, exact, lambda _: threshold, None)
-
-
-def kth_largest(values, n):
-  """The n-th largest of Float[size] values, of which at least n are >= 0
-  (below that, 0.0): jnp.sort(values)[-n] for such values, ties included.
-
-  A bisection over bit patterns, 31 counting passes: non-negative float32s
-  order as their int32 bits do, so the largest t with n or more bits >= t
-  is the n-th largest value's bits. On the 294,912 candidates of a 4096 x
-  6144 batch: 2.3 ms, where the sort took 53 ms (2-core CPU)."""
-  # Negative entries (and -0.0, whose bits are int32's minimum) count as 0.
-  bits = jnp.maximum(jax.lax.bitcast_convert_type(values, jnp.int32), 0)
-
-  def halve(_, bounds):  # invariant: count(>= lo) >= n > count(>= hi)
-    lo, hi = bounds
-    mid = lo + (hi - lo) // 2
-    enough = jnp.sum((bits >= mid).astype(jnp.int32)) >= n
-    return jnp.where(enough, mid, lo), jnp.where(enough, hi, mid)
-
-  inf_bits = 0x7F800000
-  lo, _ = jax.lax.fori_loop(0, 31, halve, (jnp.int32(0),
-                                           jnp.int32(inf_bits + 1)))
-  return jax.lax.bitcast_convert_type(lo, jnp.float32)
 
 
 def _top_values_and_rows(values, n):
@@ -111,17 +97,13 @@ def train_terms(spec, params, x, dead_mask, hp):
   threshold aside)."""
   del hp
   pre = base.pre_activation(params, x)
-  threshold = jax.lax.stop_gradient(_batch_threshold(pre, spec.k))
-  mse, aux, acts = base.with_aux_k(spec, _reconstruct, pre, params["W_dec"],
-                                   params["b_dec"], x, threshold, dead_mask)
+  threshold = jax.lax.stop_gradient(batch_threshold(pre, spec.k,
+                                                    base.uses_counting(spec)))
+  mse, aux, acts = base.with_aux_k(spec, base.threshold_reconstruct, pre,
+                                   params["W_dec"], params["b_dec"], x,
+                                   threshold, dead_mask)
   return ({"mse": mse, "sparsity": jnp.zeros(()), "aux": aux},
           base.firing_counts(acts), _smallest_kept(acts, threshold))
-
-
-def _reconstruct(pre, w_dec, b_dec, x, threshold):
-  acts = base.relu(jnp.where(pre >= threshold, pre, 0.0))
-  x_hat = base.decode({"W_dec": w_dec, "b_dec": b_dec}, acts)
-  return base.reconstruction_mse(x, x_hat), (x_hat, acts)
 
 
 def _smallest_kept(acts, threshold):

@@ -17,7 +17,7 @@ def extra_params(spec):
 
 def activation(spec, params, pre, train: bool):
   del params, train
-  return jax.nn.relu(base.topk_mask_rows(pre, spec.k))
+  return base.topk_relu_rows(pre, spec.k, base.uses_counting(spec))
 
 
 def loss_terms(spec, params, x, x_hat, pre, acts, dead_mask, hp):
@@ -34,8 +34,14 @@ def train_terms(spec, params, x, dead_mask, hp):
   latents of each row after the encoder matmul: base.topk_pre_activation
   and base.sparse_decode replace three of its five dense matmuls. With
   dead latents it is the plain formula. A real branch, so the sparse path
-  pays nothing for AuxK; under vmap (sweeps) both run."""
+  pays nothing for AuxK; under vmap (sweeps) both run.
+
+  When counting (base.uses_counting: on accelerators, where the dense
+  matmuls are cheap and the top-k is not), each row keeps its entries at or
+  above its k-th largest, densely, with AuxK behind base.with_aux_k."""
   del hp
+  if base.uses_counting(spec):
+    return _counted_train_terms(spec, params, x, dead_mask)
 
   def sparse(operands):
     params, x = operands
@@ -59,6 +65,16 @@ def train_terms(spec, params, x, dead_mask, hp):
 
   terms, counts = jax.lax.cond(jnp.any(dead_mask), dense, sparse, (params, x))
   return terms, counts, None
+
+
+def _counted_train_terms(spec, params, x, dead_mask):
+  pre = base.pre_activation(params, x)
+  threshold = jax.lax.stop_gradient(base.kth_largest(pre, spec.k))[:, None]
+  mse, aux, acts = base.with_aux_k(spec, base.threshold_reconstruct, pre,
+                                   params["W_dec"], params["b_dec"], x,
+                                   threshold, dead_mask)
+  return ({"mse": mse, "sparsity": jnp.zeros(()), "aux": aux},
+          base.firing_counts(acts), None)
 
 
 def post_update(spec, params, batch_stats):
