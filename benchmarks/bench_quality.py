@@ -429,6 +429,20 @@ def _our_step(arch, kw, d, m, batch, xd, precision):
   return step, hp, state, time.perf_counter() - start
 
 
+def our_steps_per_s(arch, kw, d, m, x, precision, steps):
+  """(steps/s over `steps` steps on the batch x after one untimed step,
+  compile seconds)."""
+  step, hp, state, compile_s = _our_step(arch, kw, d, m, x.shape[0], x,
+                                         precision)
+  state, _ = step(hp, state, x)
+  jax.block_until_ready(state.params)
+  start = time.perf_counter()
+  for _ in range(steps):
+    state, out = step(hp, state, x)
+  jax.block_until_ready(out["loss"])
+  return steps / (time.perf_counter() - start), compile_s
+
+
 def speed(python, rounds, steps, archs_arg, precision, top_k_method):
   d, m, batch = 768, 6144, 4096
   x = np.random.default_rng(0).normal(size=(32768, d)).astype(np.float32)
@@ -445,16 +459,10 @@ def speed(python, rounds, steps, archs_arg, precision, top_k_method):
     for r in range(rounds):
       loads.append(os.getloadavg()[0])
       for arch, kw in archs.items():
-        step, hp, state, seconds = _our_step(arch, kw, d, m, batch, xd,
-                                             precision)
+        rate, seconds = our_steps_per_s(arch, kw, d, m, xd, precision,
+                                        steps)
         compile_s[arch].append(seconds)
-        state, _ = step(hp, state, xd)
-        jax.block_until_ready(state.params)
-        start = time.perf_counter()
-        for _ in range(steps):
-          state, out = step(hp, state, xd)
-        jax.block_until_ready(out["loss"])
-        ours[arch].append(steps / (time.perf_counter() - start))
+        ours[arch].append(rate)
         job = dict(name=arch, arch=arch, d_sae=m, k=kw.get("k", 0), l1=1.0,
                    lr=3e-4, batch=batch, steps=steps, seed=0, warm=2,
                    tf32=precision == "tensorfloat32")

@@ -30,7 +30,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from bench_quality import _our_step  # noqa: E402  pylint: disable=wrong-import-position
+from bench_quality import our_steps_per_s  # noqa: E402
 from emosae_jax.saes import base, batchtopk  # noqa: E402
 
 WAYS = (2, 4, 8, 16)
@@ -83,16 +83,8 @@ def selections(batch, d_sae, k):
 def steps_per_s(arch, method, shape, k, precision, steps):
   batch, d_in, d_sae = shape
   x = jax.random.normal(jax.random.key(1), (batch, d_in))
-  step, hp, state, compile_s = _our_step(
-      arch, {"k": k, "top_k_method": method}, d_in, d_sae, batch, x,
-      precision)
-  state, _ = step(hp, state, x)
-  jax.block_until_ready(state.params)
-  start = time.perf_counter()
-  for _ in range(steps):
-    state, out = step(hp, state, x)
-  jax.block_until_ready(out["loss"])
-  return steps / (time.perf_counter() - start), compile_s
+  return our_steps_per_s(arch, {"k": k, "top_k_method": method}, d_in,
+                         d_sae, x, precision, steps)
 
 
 def whole_steps(shape, k, precisions, steps):
