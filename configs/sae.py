@@ -44,8 +44,9 @@ def get_config(arg=None):
   config.model.k = 32  # topk / batchtopk
   config.model.k_aux = 384  # AuxK latents (topk / batchtopk)
   # topk / batchtopk: auto | top_k | count. auto counts (saes/base.py
-  # kth_largest) on GPUs and TPUs, whose top-k sorts, and uses XLA's top-k
-  # on CPU. The same latents either way, ties at the k-th value aside.
+  # kth_largest) on GPUs and TPUs, whose top-k sorts, except TopK under
+  # float32 matmuls, and uses XLA's top-k on CPU (base.uses_counting). The
+  # same latents either way, ties at the k-th value aside.
   config.model.top_k_method = "auto"
   # unit: decoder rows renormalised after each step (relu_l1, topk);
   # weighted: rows free, relu_l1's L1 weighted by row norm (as SAELens). On
