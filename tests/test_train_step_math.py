@@ -285,13 +285,22 @@ def test_adam_eps_reaches_the_step():
   assert first_update(1e3).max() < 1e-3 * lr
 
 
-def test_top_k_method_choice_and_validation():
+def test_top_k_method_choice_and_validation(monkeypatch):
   """auto keeps XLA's top-k on CPU (faster there, with TopK's sparse
-  decode); count and top_k are taken as asked; anything else is refused
-  before training."""
+  decode) and counts on accelerators, except TopK under float32 matmuls;
+  count and top_k are taken as asked; anything else is refused before
+  training."""
   spec = saes.SAESpec("topk", 16, 64, k=4)
+  batch_spec = dataclasses.replace(spec, arch="batchtopk")
   assert jax.default_backend() == "cpu"
   assert not base.uses_counting(spec)
+  assert not base.uses_counting(batch_spec)
+  with monkeypatch.context() as patch:  # the rule as a GPU would see it
+    patch.setattr(jax, "default_backend", lambda: "gpu")
+    assert base.uses_counting(spec) and base.uses_counting(batch_spec)
+    with jax.default_matmul_precision("highest"):
+      assert not base.uses_counting(spec)
+      assert base.uses_counting(batch_spec)
   assert base.uses_counting(dataclasses.replace(spec, top_k_method="count"))
   assert not base.uses_counting(dataclasses.replace(spec,
                                                     top_k_method="top_k"))
