@@ -51,7 +51,10 @@ def _top_values(x, k):
 
 def batch_threshold(pre, k, counting):
   """The (k * batch)-th largest relu(pre) of the batch. counting: one
-  kth_largest over all of it (on accelerators, whose top-k sorts)."""
+  kth_largest over all of it (on accelerators, whose top-k sorts), at 2
+  ways: on an H200 (TF32, 4096 x 6144) the step ran 449-458 steps/s at 2
+  ways and 323 at 8, though 8 ways was the faster alone (0.48 against
+  0.95 ms)."""
   if counting:
     return base.kth_largest(jax.nn.relu(pre).reshape(-1),
                             min(k * pre.shape[0], pre.size))

@@ -69,7 +69,8 @@ def train_terms(spec, params, x, dead_mask, hp):
 
 def _counted_train_terms(spec, params, x, dead_mask):
   pre = base.pre_activation(params, x)
-  threshold = jax.lax.stop_gradient(base.kth_largest(pre, spec.k))[:, None]
+  threshold = jax.lax.stop_gradient(base.row_kth_largest(pre, spec.k))
+  threshold = threshold[:, None]
   mse, aux, acts = base.with_aux_k(spec, base.threshold_reconstruct, pre,
                                    params["W_dec"], params["b_dec"], x,
                                    threshold, dead_mask)
