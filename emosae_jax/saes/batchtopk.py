@@ -77,7 +77,7 @@ def _candidate_threshold(pre, k):
   second = jax.nn.relu(_top_values(pre[wide_rows], c2))
   first = first.at[wide_rows].set(-1.0)  # replaced by their wider lists
   threshold = base.kth_largest(jnp.concatenate([first.reshape(-1),
-                                           second.reshape(-1)]), n_keep)
+                                                second.reshape(-1)]), n_keep)
   # Candidates at 0 cannot hide larger entries; a row whose smallest
   # candidate is positive and >= the threshold may.
   smallest = jnp.concatenate([first[:, -1], second[:, -1]])
