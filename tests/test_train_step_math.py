@@ -197,7 +197,7 @@ def test_kth_largest_is_the_sorted_value(case):
   for n in (1, 7, 100, 1000, 2500, 5000):
     want = np.sort(values)[-n] if n <= np.sum(values >= 0) else None
     for ways in (2, 4, 16):
-      got = float(jax.jit(base.kth_largest, static_argnums=(1, 2))(
+      got = float(jax.jit(base.kth_largest, static_argnums=2)(
           jnp.asarray(values), n, ways))
       if want is not None:
         assert got == max(float(want), 0.0), (case, n, ways)
@@ -211,7 +211,7 @@ def test_kth_largest_works_along_rows():
   values[1] = np.round(values[1])  # ties
   values[2, 5:] = -np.abs(values[2, 5:])  # 5 or fewer non-negative
   for ways in (2, 16):
-    got = np.asarray(jax.jit(base.kth_largest, static_argnums=(1, 2))(
+    got = np.asarray(jax.jit(base.kth_largest, static_argnums=2)(
         jnp.asarray(values), 20, ways))
     want = np.maximum(np.sort(values, axis=-1)[:, -20], 0.0)
     np.testing.assert_array_equal(got, want)
