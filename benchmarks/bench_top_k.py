@@ -11,13 +11,15 @@ same for AuxK's k_aux=384 over a third of the latents, and the batch's
 (k * batch)-th largest (BatchTopK), by lax.top_k / the CPU-tuned candidate
 threshold and by kth_largest at 2, 4, 8 and 16 ways (each checked against
 numpy's sort); then this project's whole training steps (d_in -> d_sae)
-per architecture, precision and method, in steps/s, with their ratio.
+per architecture, precision and method, in steps/s, with their ratio and
+what "auto" picks there.
 What `top_k_method="auto"` picks follows from these (see
 base.uses_counting). Matmul precisions other than float32 matter on GPUs
 only.
 """
 
 import argparse
+import contextlib
 import functools
 import sys
 import time
@@ -87,6 +89,16 @@ def steps_per_s(arch, method, shape, k, precision, steps):
                          d_sae, x, precision, steps)
 
 
+def auto_pick(arch, precision):
+  """What top_k_method="auto" runs here for arch at this precision (the
+  step's precision context is only set off CPU, as in _our_step)."""
+  spec = base.SAESpec(arch, 8, 16, k=4)
+  context = (contextlib.nullcontext() if jax.default_backend() == "cpu"
+             else jax.default_matmul_precision(precision))
+  with context:
+    return "count" if base.uses_counting(spec) else "top_k"
+
+
 def whole_steps(shape, k, precisions, steps):
   batch, d_in, d_sae = shape
   print(f"== training steps, {d_in} -> {d_sae}, batch {batch}, {steps} timed "
@@ -99,7 +111,9 @@ def whole_steps(shape, k, precisions, steps):
                                               precision, steps)
         print(f"   {precision:13} {arch:9} {method:5} {rate[method]:9.2f} "
               f"(compile {compile_s:.1f} s)", flush=True)
-      print(f"   {precision:13} {arch:9} ratio {rate['count'] / rate['top_k']:.2f}x")
+      print(f"   {precision:13} {arch:9} ratio "
+            f"{rate['count'] / rate['top_k']:.2f}x; auto picks "
+            f"{auto_pick(arch, precision)}")
 
 
 def main():
