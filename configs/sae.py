@@ -99,6 +99,10 @@ def get_config(arg=None):
   # Adam's epsilon, on our mean loss (as optax's default; SAELens's 1e-8 is
   # on a loss d_in times larger, i.e. 1e-8 / d_in here).
   config.train.adam_eps = 1e-8
+  # Adam's loops: "fused" is one pass over each weight on CPU (a C++ kernel
+  # built on first use, emosae_jax/fused_adam.py), "optax" three; "auto":
+  # fused on a one-device CPU process when a C++ compiler is there.
+  config.train.adam_kernel = "auto"
   # A validation loss above this many times its best (after the warm-ups)
   # restores the best parameters with fresh Adam moments; 0 turns it off.
   config.train.divergence_factor = 3.0

@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from emosae_jax import saes
+from emosae_jax import fused_adam, saes
 from emosae_jax.errors import TrainingError  # noqa: F401  (callers catch core.TrainingError)
 
 Params = saes.Params
@@ -60,6 +60,28 @@ class StaticSpec:
   # so its eps (also 1e-8) weighs d_in times less; 1e-8 / d_in makes the
   # two updates the same arithmetic.
   adam_eps: float = 1e-8
+  # Adam by the one-pass CPU kernel (fused_adam.py) instead of optax's loops:
+  # the same formula and state, fewer passes over memory.
+  fused_adam: bool = False
+
+
+ADAM_KERNELS = ("auto", "fused", "optax")
+
+
+def use_fused_adam(choice: str) -> bool:
+  """train.adam_kernel -> whether the step uses fused_adam.
+
+  "auto": on a process with one CPU device, when the kernel builds. With
+  several devices a sweep shards its member axis through XLA's partitioner,
+  which cannot split a custom call and would run it whole on every device;
+  other backends fuse optax's loops themselves.
+  """
+  if choice == "optax":
+    return False
+  if choice == "fused":
+    return fused_adam.available()
+  return (jax.default_backend() == "cpu" and jax.local_device_count() == 1
+          and fused_adam.available())
 
 
 MATMUL_PRECISIONS = ("default", "high", "highest", "bfloat16",
@@ -130,7 +152,8 @@ def static_spec_from_config(config, n_train: int) -> StaticSpec:
                     resample=t.resample, partial_batch=partial,
                     total_steps=t.epochs * max(1, steps),
                     matmul_precision=t.get("matmul_precision", "default"),
-                    adam_eps=t.get("adam_eps", 1e-8))
+                    adam_eps=t.get("adam_eps", 1e-8),
+                    fused_adam=use_fused_adam(t.get("adam_kernel", "auto")))
 
 
 def _optimizer(spec: StaticSpec) -> optax.GradientTransformation:
@@ -214,11 +237,16 @@ def train_step(spec: StaticSpec, hp: HParams, state: TrainState, xb):
   # vmap) between old and new state would cost extra passes over params and
   # Adam moments, which bound the step time at small batch sizes.
   frozen = failed | state.stopped
-  grads = jax.tree.map(lambda g: jnp.where(frozen, 0.0, g), grads)
-  updates, opt_state = _optimizer(spec).update(grads, state.opt_state,
-                                               state.params)
   lr = jnp.where(frozen, 0.0, lr_at(spec, hp, step_f))
-  params = jax.tree.map(lambda p, u: p - lr * u, state.params, updates)
+  if spec.fused_adam:
+    params, opt_state = fused_adam.update(
+        grads, state.opt_state, state.params, lr, frozen, spec.max_grad_norm,
+        spec.adam_eps)
+  else:
+    grads = jax.tree.map(lambda g: jnp.where(frozen, 0.0, g), grads)
+    updates, opt_state = _optimizer(spec).update(grads, state.opt_state,
+                                                 state.params)
+    params = jax.tree.map(lambda p, u: p - lr * u, state.params, updates)
   params = arch.post_update(spec.sae, params, stats)
   since = jnp.where(counts > 0, 0, state.steps_since_fired + 1)
   state = state.replace(params=params, opt_state=opt_state,

@@ -24,7 +24,8 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
-from emosae_jax import checkpoint, data, metrics, plots, runs, saes
+from emosae_jax import (checkpoint, data, fused_adam, metrics, plots, runs,
+                        saes)
 from emosae_jax import train_core as core
 from emosae_jax.prepare import PreparedData, prepare
 
@@ -63,6 +64,12 @@ def validate_config(config) -> None:
        f"train.matmul_precision={t.get('matmul_precision')!r}: use one of "
        f"{', '.join(core.MATMUL_PRECISIONS)}"),
       (t.patience > 0, "train.patience must be > 0"),
+      (t.get("adam_kernel", "auto") in core.ADAM_KERNELS,
+       f"train.adam_kernel={t.get('adam_kernel')!r}: use one of "
+       f"{', '.join(core.ADAM_KERNELS)}"),
+      (t.get("adam_kernel", "auto") != "fused" or fused_adam.available(),
+       "train.adam_kernel='fused': the CPU kernel could not be built (the "
+       "warning above says why); use 'auto' or 'optax'"),
   ]
   for ok, message in checks:
     if not ok:
