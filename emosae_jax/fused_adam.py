@@ -116,12 +116,15 @@ def _adam_state(opt_state):
 
 
 def update(grads, opt_state, params, lr, frozen, max_grad_norm: float,
-           eps: float):
+           eps: float, unit_axes: dict[str, int] | None = None):
   """(params, opt_state) after one step, as train_core's optax path.
 
   `opt_state` is optax.chain([clip_by_global_norm(max_grad_norm),]
   scale_by_adam(eps=eps))'s state; `frozen` (bool []) zeroes the gradient,
   as the optax path does before its update; `lr` is a float32 scalar.
+  `unit_axes` {name: axis}: weights then rescaled to unit norm along rows
+  (1) or columns (0) in the same call, as base.unit_decoder does after the
+  optax path (the norms summed in float64, so the last bit may differ).
   """
   adam = _adam_state(opt_state)
   count = optax.safe_int32_increment(adam.count)
@@ -133,15 +136,19 @@ def update(grads, opt_state, params, lr, frozen, max_grad_norm: float,
   consts = {name: np.float32(value) for name, value in [
       ("b1", B1), ("c1", 1 - B1), ("b2", B2), ("c2", 1 - B2), ("eps", eps),
       ("max_norm", max_grad_norm)]}
+  unit_axes = unit_axes or {}
 
-  def leaf(p, g, m, v):
+  def leaf(name):
+    p = params[name]
     shape = jax.ShapeDtypeStruct(p.shape, jnp.float32)
     call = jax.ffi.ffi_call(TARGET, (shape, shape, shape),
                             vmap_method="broadcast_all",
                             input_output_aliases={3: 0, 1: 1, 2: 2})
-    return call(g, m, v, p, coef, **consts)
+    axis = unit_axes.get(name)
+    return call(grads[name], adam.mu[name], adam.nu[name], p, coef,
+                unit_axis=np.int32(-1 if axis is None else axis), **consts)
 
-  out = jax.tree.map(leaf, params, grads, adam.mu, adam.nu)
-  pick = lambda i: jax.tree.map(lambda _, o: o[i], params, out)  # noqa: E731
+  out = {name: leaf(name) for name in params}
+  pick = lambda i: {name: o[i] for name, o in out.items()}  # noqa: E731
   adam = adam._replace(count=count, mu=pick(1), nu=pick(2))
   return pick(0), (*opt_state[:-1], adam)

@@ -238,15 +238,17 @@ def train_step(spec: StaticSpec, hp: HParams, state: TrainState, xb):
   # Adam moments, which bound the step time at small batch sizes.
   frozen = failed | state.stopped
   lr = jnp.where(frozen, 0.0, lr_at(spec, hp, step_f))
-  if spec.fused_adam:
+  unit_axis = saes.decoder_unit_axis(spec.sae)
+  if spec.fused_adam:  # the renormalisation too, in the same pass
     params, opt_state = fused_adam.update(
         grads, state.opt_state, state.params, lr, frozen, spec.max_grad_norm,
-        spec.adam_eps)
+        spec.adam_eps, unit_axes={"W_dec": unit_axis})
   else:
     grads = jax.tree.map(lambda g: jnp.where(frozen, 0.0, g), grads)
     updates, opt_state = _optimizer(spec).update(grads, state.opt_state,
                                                  state.params)
     params = jax.tree.map(lambda p, u: p - lr * u, state.params, updates)
+    params = saes.base.unit_decoder(params, unit_axis)
   params = arch.post_update(spec.sae, params, stats)
   since = jnp.where(counts > 0, 0, state.steps_since_fired + 1)
   state = state.replace(params=params, opt_state=opt_state,

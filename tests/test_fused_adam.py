@@ -86,9 +86,30 @@ def test_kernel_is_optax_formula_bit_for_bit(kernel, max_norm, frozen):
     np.testing.assert_array_equal(new_p["W"], p["W"])
 
 
-def test_vmapped_members_each_get_their_own_step(kernel):
+@pytest.mark.parametrize("axis", [1, 0])
+def test_kernel_renormalises_rows_or_columns(kernel, axis):
+  """unit_axes: after Adam's step the weight is rescaled to unit norm along
+  rows (1) or columns (0), as base.unit_decoder does after optax's step."""
+  keys = jax.random.split(jax.random.key(3), 4)
+  p, g = random_tree(keys[0]), random_tree(keys[1])
+  m, v = random_tree(keys[2], 0.1), random_tree(keys[3], 0.1, positive=True)
+  new_p, _ = jax.jit(lambda p, g, s: fused_adam.update(
+      g, s, p, jnp.float32(1e-3), jnp.asarray(False), 0.0, EPS,
+      unit_axes={"W": axis}))(p, g, optax_state(m, v, 2, 0.0))
+  stepped = numpy_adam(p, g, m, v, 2, 1e-3, False, 0.0)
+  w = stepped["W"][0]
+  norm = np.sqrt(np.sum(w.astype(np.float64) ** 2, axis=axis, keepdims=True))
+  np.testing.assert_allclose(new_p["W"], w / norm.astype(np.float32),
+                             rtol=2.5e-7)
+  np.testing.assert_allclose(np.linalg.norm(new_p["W"], axis=axis), 1.0,
+                             rtol=1e-6)
+  np.testing.assert_array_equal(new_p["b"], stepped["b"][0])  # not asked
+
+
+@pytest.mark.parametrize("axis", [None, 0])
+def test_vmapped_members_each_get_their_own_step(kernel, axis):
   """Under vmap (a sweep) each member uses its own lr, count and frozen
-  flag, exactly as when run alone."""
+  flag, and (axis 0) its own column norms, exactly as when run alone."""
   n = 3
   keys = jax.random.split(jax.random.key(1), 4)
   stack = lambda t: {k: np.stack([x * (i + 1) for i in range(n)])  # noqa: E731
@@ -104,7 +125,8 @@ def test_vmapped_members_each_get_their_own_step(kernel):
     # No clip: the global norm is XLA's reduction, whose summation order
     # under vmap is its own; the kernel's part is what is compared.
     state = (optax.ScaleByAdamState(count, m, v),)
-    return fused_adam.update(g, state, p, lr, frozen, 0.0, EPS)
+    return fused_adam.update(g, state, p, lr, frozen, 0.0, EPS,
+                             unit_axes={"W": axis})
 
   batched = jax.jit(jax.vmap(one))(p, g, m, v, counts, lrs, frozen)
   for i in range(n):
@@ -115,10 +137,12 @@ def test_vmapped_members_each_get_their_own_step(kernel):
       np.testing.assert_array_equal(got, want)
 
 
-def test_training_with_the_kernel_follows_optax(kernel):
-  """Five reference-preset steps: fused and optax agree to float32 rounding
-  (XLA's own loops differ from the formula in the last bit)."""
-  config = get_config("reference")
+@pytest.mark.parametrize("preset", ["reference", "arch=topk"])
+def test_training_with_the_kernel_follows_optax(kernel, preset):
+  """Five steps (the reference's column renormalisation; TopK's rows, with
+  the clip): fused and optax agree to float32 rounding (XLA's own loops
+  differ from the formula in the last bit)."""
+  config = get_config(preset)
   config.model.d_in, config.model.d_sae = 32, 128
   x = jax.random.normal(jax.random.key(2), (5, 16, 32)) * 0.1
   hp = core.hparams_from_config(config)

@@ -18,6 +18,7 @@
 #include <cstdint>
 #include <memory>
 #include <thread>
+#include <vector>
 
 #include "xla/ffi/api/ffi.h"
 
@@ -72,25 +73,74 @@ void AdamRange(const float* g, float* m, float* v, float* p, Coef k,
   }
 }
 
-// Chunks are claimed from a shared counter by the calling thread and by
-// helpers on XLA's intra-op pool; the caller works too and only waits for
-// chunks already claimed, so a busy pool cannot deadlock it.
-struct Progress {
-  std::atomic<int64_t> next{0};
-  std::atomic<int64_t> done{0};
-};
+// Runs task(0..n-1) on the calling thread and on helpers from XLA's
+// intra-op pool. Tasks are claimed from a shared counter; the caller works
+// too and only waits for tasks already claimed, so a busy pool cannot
+// deadlock it. Which thread runs a task never changes its result.
+template <typename Task>
+void ParallelFor(ffi::ThreadPool& pool, int64_t n, Task task) {
+  struct Progress {
+    std::atomic<int64_t> next{0};
+    std::atomic<int64_t> done{0};
+  };
+  auto progress = std::make_shared<Progress>();
+  auto work = [progress, n, task]() {
+    for (int64_t i; (i = progress->next.fetch_add(1)) < n;) {
+      task(i);
+      progress->done.fetch_add(1);
+    }
+  };
+  const int64_t helpers = std::min<int64_t>(pool.num_threads(), n) - 1;
+  for (int64_t t = 0; t < helpers; ++t) pool.Schedule(decltype(work)(work));
+  work();
+  while (progress->done.load() < n) std::this_thread::yield();
+}
 
+// Sums of squares of a [rows, cols] block, accumulated in double, added
+// into `into` (per row when `per_row`, else per column).
+void SumSquares(const float* p, int64_t rows, int64_t cols, bool per_row,
+                double* into) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* row = p + r * cols;
+    if (per_row) {
+      // Eight running sums, one per lane, so the loop vectorises while the
+      // order of additions stays fixed.
+      double lanes[8] = {0.0};
+      int64_t c = 0;
+      for (; c + 8 <= cols; c += 8) {
+        for (int j = 0; j < 8; ++j) lanes[j] += double(row[c + j]) * row[c + j];
+      }
+      for (; c < cols; ++c) lanes[0] += double(row[c]) * row[c];
+      double sum = 0.0;
+      for (double lane : lanes) sum += lane;
+      into[r] += sum;
+    } else {
+      for (int64_t c = 0; c < cols; ++c) into[c] += double(row[c]) * row[c];
+    }
+  }
+}
+
+// unit_axis: -1 leaves the weight as Adam makes it; 1 rescales each row (the
+// last axis) to unit norm, 0 each column (over the other axes), per member:
+// the decoder renormalisations of saes.decoder_unit_axis.
 ffi::Error AdamImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> g,
                     ffi::Buffer<ffi::F32> m_in, ffi::Buffer<ffi::F32> v_in,
                     ffi::Buffer<ffi::F32> p_in, ffi::Buffer<ffi::F32> coef,
                     float b1, float c1, float b2, float c2, float eps,
-                    float max_norm, ffi::ResultBuffer<ffi::F32> p_out,
+                    float max_norm, int32_t unit_axis,
+                    ffi::ResultBuffer<ffi::F32> p_out,
                     ffi::ResultBuffer<ffi::F32> m_out,
                     ffi::ResultBuffer<ffi::F32> v_out) {
   const int64_t n = p_in.element_count();
   const int64_t members = coef.element_count() / kCoefs;
-  if (members < 1 || n % members != 0 || g.element_count() != n) {
+  const auto dims = p_in.dimensions();
+  const int64_t cols = dims.size() == 0 ? 1 : dims.back();
+  if (members < 1 || n % members != 0 || g.element_count() != n ||
+      cols < 1 || (n / members) % cols != 0) {
     return ffi::Error::InvalidArgument("fused_adam: shapes do not match");
+  }
+  if (unit_axis != -1 && (dims.size() < 2 || unit_axis > 1)) {
+    return ffi::Error::InvalidArgument("fused_adam: unit_axis needs a matrix");
   }
   float* p = p_out->typed_data();
   float* m = m_out->typed_data();
@@ -103,29 +153,54 @@ ffi::Error AdamImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> g,
   const Coef* coefs = reinterpret_cast<const Coef*>(coef.typed_data());
   const Consts consts{b1, c1, b2, c2, eps, max_norm};
 
-  const int64_t per_member = n / members;
-  const int64_t chunk = int64_t{1} << 15;  // 128 KiB of each array
-  const int64_t chunks_per_member = std::max<int64_t>(
-      1, (per_member + chunk - 1) / chunk);
-  const int64_t total = chunks_per_member * members;
-  auto progress = std::make_shared<Progress>();
-  auto work = [=]() {
-    for (int64_t c; (c = progress->next.fetch_add(1)) < total;) {
-      const int64_t member = c / chunks_per_member;
-      const int64_t start = (c % chunks_per_member) * chunk;
-      const int64_t size = std::min(per_member - start, chunk);
-      const int64_t at = member * per_member + start;
-      if (size > 0) {
-        AdamRange(grad + at, m + at, v + at, p + at, coefs[member], consts,
-                  size);
-      }
-      progress->done.fetch_add(1);
-    }
+  // Tasks are blocks of whole rows (about 128 KiB of each array), never
+  // across members, so a row is renormalised while still in cache.
+  const int64_t rows = n / members / cols;
+  const int64_t block = std::max<int64_t>(1, (int64_t{1} << 15) / cols);
+  const int64_t blocks = (rows + block - 1) / block;
+  std::vector<double> col_sums(
+      unit_axis == 0 ? size_t(members * blocks * cols) : 0, 0.0);
+  auto first_row = [=](int64_t task) {
+    return (task / blocks) * rows + (task % blocks) * block;
   };
-  const int64_t helpers = std::min<int64_t>(pool.num_threads(), total) - 1;
-  for (int64_t t = 0; t < helpers; ++t) pool.Schedule(decltype(work)(work));
-  work();
-  while (progress->done.load() < total) std::this_thread::yield();
+  auto block_rows = [=](int64_t task) {
+    return std::min(block, rows - (task % blocks) * block);
+  };
+  ParallelFor(pool, members * blocks, [&](int64_t task) {
+    const int64_t at = first_row(task) * cols, count = block_rows(task);
+    AdamRange(grad + at, m + at, v + at, p + at, coefs[task / blocks], consts,
+              count * cols);
+    if (unit_axis == 1) {
+      std::vector<double> sums(count, 0.0);
+      SumSquares(p + at, count, cols, true, sums.data());
+      for (int64_t r = 0; r < count; ++r) {
+        const float norm = float(std::sqrt(sums[r]));
+        for (int64_t c = 0; c < cols; ++c) p[at + r * cols + c] /= norm;
+      }
+    } else if (unit_axis == 0) {
+      SumSquares(p + at, count, cols, false, &col_sums[task * cols]);
+    }
+  });
+  if (unit_axis != 0) return ffi::Error::Success();
+  // Column norms: the blocks' sums added in block order (the same bits
+  // whichever threads ran them), then a second pass divides.
+  std::vector<float> norms(size_t(members * cols));
+  for (int64_t member = 0; member < members; ++member) {
+    for (int64_t c = 0; c < cols; ++c) {
+      double sum = 0.0;
+      for (int64_t b = 0; b < blocks; ++b) {
+        sum += col_sums[(member * blocks + b) * cols + c];
+      }
+      norms[member * cols + c] = float(std::sqrt(sum));
+    }
+  }
+  ParallelFor(pool, members * blocks, [&](int64_t task) {
+    const float* __restrict norm = &norms[(task / blocks) * cols];
+    float* __restrict row = p + first_row(task) * cols;
+    for (int64_t r = 0; r < block_rows(task); ++r, row += cols) {
+      for (int64_t c = 0; c < cols; ++c) row[c] /= norm[c];
+    }
+  });
   return ffi::Error::Success();
 }
 
@@ -145,6 +220,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(EmosaeFusedAdam, AdamImpl,
                                   .Attr<float>("c2")
                                   .Attr<float>("eps")
                                   .Attr<float>("max_norm")
+                                  .Attr<int32_t>("unit_axis")
                                   .Ret<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>());

@@ -7,7 +7,9 @@ Each architecture is a small module with the same four functions:
                                     -> {"mse", "sparsity", "aux"}
   train_terms(spec, params, x, dead_mask, hp)
                                     -> (loss terms, firing counts, batch_stats)
-  post_update(spec, params, batch_stats) -> params   (after each optimizer step)
+  post_update(spec, params, batch_stats) -> params   (after each optimizer step
+                                    and the decoder's renormalisation, which
+                                    the step applies: decoder_unit_axis)
 train_terms is the training step's forward pass: the same terms as forward +
 loss_terms (tests/test_train_step_math.py checks values and gradients), plus
 how many rows of the batch each latent fired on and what post_update needs.
@@ -29,6 +31,19 @@ ARCHS: dict[str, types.ModuleType] = {
     "batchtopk": batchtopk,
     "jumprelu": jumprelu,
 }
+
+
+def decoder_unit_axis(spec: SAESpec) -> int | None:
+  """The axis of W_dec the training step rescales to unit norm after each
+  optimizer step: 1, each latent's decoder row (decoder_norm="unit", for
+  relu_l1 and topk; SAELens gets the same for TopK by ranking activations
+  times decoder norms); 0, each input dimension's column (relu_l1's
+  "inputs", the reference system's F.normalize(dim=1) of torch's [d_in,
+  d_sae] weight); None, left free ("weighted", and batchtopk and jumprelu,
+  whose decoder_norm is not applied)."""
+  if spec.arch not in ("relu_l1", "topk"):
+    return None
+  return {"unit": 1, "inputs": 0}.get(spec.decoder_norm)
 
 
 def get_arch(name: str) -> types.ModuleType:

@@ -212,6 +212,15 @@ def unit_decoder_rows(params: Params) -> Params:
   return dict(params, W_dec=w / jnp.linalg.norm(w, axis=1, keepdims=True))
 
 
+def unit_decoder(params: Params, axis: int | None) -> Params:
+  """W_dec rescaled to unit norm along `axis` (1: rows, 0: columns; None:
+  unchanged), as saes.decoder_unit_axis names it."""
+  if axis is None:
+    return params
+  return unit_decoder_columns(params) if axis == 0 else unit_decoder_rows(
+      params)
+
+
 def unit_decoder_columns(params: Params) -> Params:
   """Each input dimension's decoder weights over the latents (a column of
   W_dec) rescaled to unit norm: the reference system's renormalisation

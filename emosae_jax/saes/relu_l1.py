@@ -1,7 +1,7 @@
 """ReLU + L1 (the reference system's SAE; Bricken et al. 2023).
 
 `decoder_norm="unit"` renormalises decoder rows after every step (see
-`post_update`); `"weighted"` leaves them free and weights each latent's L1
+`saes.decoder_unit_axis`); `"weighted"` leaves them free and weights each latent's L1
 by its decoder norm, which removes the incentive to shrink activations while
 growing decoder rows. The L1 sums over latents (mean over the batch);
 `sparsity_over_latents="mean"` averages over them, as the reference does.
@@ -55,9 +55,5 @@ def train_terms(spec, params, x, dead_mask, hp):
 
 
 def post_update(spec, params, batch_stats):
-  del batch_stats
-  if spec.decoder_norm == "unit":
-    params = base.unit_decoder_rows(params)
-  elif spec.decoder_norm == "inputs":
-    params = base.unit_decoder_columns(params)
+  del spec, batch_stats  # the step renormalises (saes.decoder_unit_axis)
   return params

@@ -79,9 +79,8 @@ def _counted_train_terms(spec, params, x, dead_mask):
 
 
 def post_update(spec, params, batch_stats):
-  """With decoder_norm="unit", decoder rows are renormalised after each
-  step, so the top-k compares activations on one scale (SAELens gets the
-  same by ranking activations times decoder norms)."""
-  del batch_stats
-  return base.unit_decoder_rows(params) if spec.decoder_norm == "unit" else (
-      params)
+  """Nothing: with decoder_norm="unit" the step renormalises decoder rows
+  (saes.decoder_unit_axis), so the top-k compares activations on one
+  scale."""
+  del spec, batch_stats
+  return params
