@@ -3,6 +3,7 @@ system (reference_torch.py, the known answer) and the reference's own figures.
 
   python benchmarks/bench_reference.py [--data=PATH] [--standin=reference_like]
       [--seeds=0,1,2] [--epochs=500] [--variant=code]
+      [--adam_kernel=auto|fused|optax]
 
 The reference system (768 -> 6144 ReLU + L1, batch 16, 500 epochs, random
 70/15/15 split, raw units) ended on its 100 t5-base embeddings with 45% dead
@@ -69,13 +70,14 @@ def relu_sae(params, x):
   return acts @ params["W_dec"] + params["b_dec"], acts
 
 
-def run_preset(es, split, seed, epochs, workdir):
+def run_preset(es, split, seed, epochs, workdir, adam_kernel="auto"):
   train, val, test = split
   data.save_embedding_set(es, f"{workdir}/set")
   config = get_config("reference")
   config.data.path = f"{workdir}/set"
   config.model.d_in = es.dim
   config.train.epochs = epochs
+  config.train.adam_kernel = adam_kernel
   config.seed = seed
   start = time.perf_counter()
   summary = train_run.train_and_evaluate(config, f"{workdir}/work",
@@ -138,6 +140,9 @@ def main():
                       help="the torch re-implementation: as the reference's "
                       "code runs, or as issue 12 summarises it")
   parser.add_argument("--skip_torch", action="store_true")
+  parser.add_argument("--adam_kernel", default="auto",
+                      choices=("auto", "fused", "optax"),
+                      help="the preset's train.adam_kernel")
   args = parser.parse_args()
   try:
     seeds = [int(s) for s in args.seeds.split(",")]
@@ -155,7 +160,8 @@ def main():
   for seed in seeds:
     split = split_70_15_15(len(es), seed)
     with tempfile.TemporaryDirectory() as tmp:
-      results["preset"].append(run_preset(es, split, seed, args.epochs, tmp))
+      results["preset"].append(run_preset(es, split, seed, args.epochs, tmp,
+                                          args.adam_kernel))
     if not args.skip_torch:
       results["torch"].append(run_torch(es, split, seed, args.epochs,
                                         args.variant))

@@ -126,6 +126,9 @@ def update(grads, opt_state, params, lr, frozen, max_grad_norm: float,
   (1) or columns (0) in the same call, as base.unit_decoder does after the
   optax path (the norms summed in float64, so the last bit may differ).
   """
+  if not available():  # also registers the kernel with XLA
+    raise RuntimeError("the fused Adam kernel could not be built; use "
+                       "train.adam_kernel='optax'")
   adam = _adam_state(opt_state)
   count = optax.safe_int32_increment(adam.count)
   g_norm = optax.tree.norm(grads) if max_grad_norm > 0 else jnp.float32(1)
