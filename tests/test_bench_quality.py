@@ -44,6 +44,7 @@ def test_saelens_schedule_defaults_or_ours(monkeypatch):
 
 
 @pytest.mark.parametrize("flag", ["--relu_l1s=0,1", "--relu_l1s=a",
+                                  "--saelens_relu_l1s=1,-3",
                                   "--saelens_relu_lrs=3e-4,x"])
 def test_bad_flags_one_line(monkeypatch, flag):
   """A bad coefficient or lr list stops before any training, with one line
