@@ -2,7 +2,9 @@ r"""This project's SAEs side by side with SAELens 6.54.12, EleutherAI
 sparsify 1.3.3 (TopK) and PCA (issue 12).
 
   python benchmarks/bench_quality.py [--sets=minilm,ref100] [--quick]
-      [--fold=test|val] [--relu_lrs=3e-4,1e-3] [--topk_lrs=1e-3]
+      [--fold=test|val] [--relu_lrs=3e-4,1e-3] [--saelens_relu_lrs=3e-4]
+      [--relu_l1s=0.03,0.1,0.3,1] [--saelens_relu_l1s=1,3,10,30]
+      [--topk_lrs=1e-3]
       [--saelens_schedule=defaults|matched] [--ours=train.warmup_steps=100]
       [--skip_saelens] [--relu_grid=dense] [--archs=relu_l1] [--seed=0]
       [--seeds=0,1,2]  (relu_l1 only: one table over the seeds at common L0s)
@@ -16,8 +18,13 @@ Settings are chosen with --fold=val (a fold of the training rows, by
 template group; the test rows are not loaded into any run); the test fold
 only reports. Learning rates are a grid that both libraries get, each
 library's front being the Pareto front over all of its runs (best against
-best). --ours overrides this project's config (e.g. the old defaults, for
-a before/after), --skip_saelens prints this project's front alone.
+best); --saelens_relu_lrs gives SAELens's ReLU+L1 a grid of its own (e.g.
+its default 3e-4: each library at its own defaults). --relu_l1s replaces
+the set's L1 coefficients (SAELens's units), for both libraries unless
+--saelens_relu_l1s gives SAELens its own (at different lrs the two reach
+the same L0s at different coefficients). --ours overrides this
+project's config (e.g. the old defaults, for a before/after),
+--skip_saelens prints this project's front alone.
 
 SAELens runs in its own venv (--saelens_python, default
 /work/venvs/saelens/bin/python) through benchmarks/saelens_runner.py, and
@@ -127,7 +134,10 @@ SETS = {
     #        (ours are these / d_in: the same penalty, its MSE being summed
     #        over dimensions, so both fronts have points at nearly the same
     #        L0s and the comparison interpolates little), topk k values)
-    "minilm": (minilm_set, 1536, 256, 320, [1.0, 3.0, 10.0, 30.0],
+    # minilm's L1 coefficients span L0 ~45-650 for ReLU+L1 at its default
+    # lr 2e-3 (--relu_grid=dense); SAELens at its own 3e-4 reaches L0
+    # 140-460 with 1, 3, 10, 30 (--saelens_relu_l1s=1,3,10,30).
+    "minilm": (minilm_set, 1536, 256, 320, [0.03, 0.1, 0.3, 1.0],
                [16, 32, 64]),
     "ref100": (ref100_set, 6144, 16, 500, [1.0, 10.0], [32]),
 }
@@ -244,6 +254,22 @@ def saelens_schedule(arch, steps, matched):
               l1_warm_up_steps=int(t.sparsity_warmup_steps))
 
 
+def saelens_jobs(archs, lrs, l1s, ks, d_sae, batch, steps, seed, matched):
+  """SAELens's runs: ReLU+L1 at each L1 coefficient `l1s` (its units) and
+  each of its lrs (`lrs["saelens_relu_l1"]` where given, else the shared
+  `lrs["relu_l1"]`), TopK at each k and lr; `archs` only."""
+  jobs = ([dict(name=f"relu_l1_{c}_{lr}", arch="relu_l1", l1=c, k=0, lr=lr)
+           for lr in lrs.get("saelens_relu_l1", lrs["relu_l1"])
+           for c in l1s] +
+          [dict(name=f"topk_{k}_{lr}", arch="topk", l1=0.0, k=k, lr=lr)
+           for lr in lrs["topk"] for k in ks])
+  jobs = [j for j in jobs if j["arch"] in archs]
+  for j in jobs:
+    j.update(d_sae=d_sae, batch=batch, steps=steps, seed=seed,
+             **saelens_schedule(j["arch"], steps, matched))
+  return jobs
+
+
 def sparsify_front(python, ks, lrs, d_sae, batch, steps, seed, tmp, x_test):
   """EleutherAI sparsify's TopK points (l0, held-out FVU, dead, lr, k) on
   the inputs saved in `tmp`; an lr of None is sparsify's own default."""
@@ -285,18 +311,25 @@ def print_topk_table(ks, fronts, x_train, x_test):
 
 def quality(name, python, quick, fold="test", matched=False, lrs=None,
             ours_overrides=None, skip_saelens=False, dense=False,
-            archs=("relu_l1", "topk"), seed=0, sparsify_python=None):
+            archs=("relu_l1", "topk"), seed=0, sparsify_python=None,
+            relu_l1s=None, saelens_relu_l1s=None):
   """Each library's front over the L1 coefficients / k values and, per
   arch, the learning rates in `lrs` (emosae and SAELens get the same grid;
   sparsify, TopK only, its own `lrs["sparsify"]`, its optimizer differing; a
   front is the union, so the comparison is best against best), and PCA at
-  the same L0s. `sparsify_python` None skips sparsify."""
-  lrs = lrs or {"relu_l1": [3e-4], "topk": [1e-3], "sparsify": [None]}
+  the same L0s. `sparsify_python` None skips sparsify; SAELens's ReLU+L1
+  takes `lrs["saelens_relu_l1"]` where given. `relu_l1s` (SAELens's units)
+  replaces the set's L1 coefficients, and `saelens_relu_l1s` SAELens's
+  alone."""
+  lrs = lrs or {"relu_l1": [get_config("arch=relu_l1").train.lr],
+                "topk": [1e-3], "sparsify": [None]}
   loader, d_sae, batch, steps, theirs_l1, ks = SETS[name]
+  ours_l1 = list(relu_l1s or theirs_l1)
+  theirs_l1 = list(saelens_relu_l1s or ours_l1)
   x, train, test, groups = loader()
   if dense:
-    theirs_l1 = densify(theirs_l1)
-  ours_l1 = [c / x.shape[1] for c in theirs_l1]
+    ours_l1, theirs_l1 = densify(ours_l1), densify(theirs_l1)
+  ours_l1 = [c / x.shape[1] for c in ours_l1]
   if fold == "val":
     train, test = validation_fold(train, groups, 0.2 if groups else 0.3)
   norm = data.fit_normalizer(x[train])
@@ -308,20 +341,21 @@ def quality(name, python, quick, fold="test", matched=False, lrs=None,
   print(f"\n== {name}: train {len(train)} x {x.shape[1]}, {fold} "
         f"{len(test)}, d_sae {d_sae}, batch {batch}, {steps} steps; SAELens "
         f"schedule {'matched to ours' if matched else 'its defaults'}")
+  if "relu_l1" in archs:
+    print("   relu_l1 lrs emosae " + ",".join(f"{v:g}" for v in lrs["relu_l1"])
+          + " SAELens " + ",".join(f"{v:g}" for v in lrs.get(
+              "saelens_relu_l1", lrs["relu_l1"])) + "; L1 coefficients "
+          "(SAELens's units) emosae " + ",".join(
+              f"{c * x.shape[1]:.3g}" for c in ours_l1) + " SAELens " +
+          ",".join(f"{c:.3g}" for c in theirs_l1))
   fronts = {a: {"emosae": [], "SAELens": [], "sparsify": []} for a in archs}
   walls = {}
   with tempfile.TemporaryDirectory() as tmp:
     tmp = Path(tmp)
     np.save(tmp / "train.npy", x_train)
     np.save(tmp / "test.npy", x_test)
-    jobs = ([dict(name=f"relu_l1_{c}_{lr}", arch="relu_l1", l1=c, k=0, lr=lr)
-             for lr in lrs["relu_l1"] for c in theirs_l1] +
-            [dict(name=f"topk_{k}_{lr}", arch="topk", l1=0.0, k=k, lr=lr)
-             for lr in lrs["topk"] for k in ks])
-    jobs = [j for j in jobs if j["arch"] in archs]
-    for j in jobs:
-      j.update(d_sae=d_sae, batch=batch, steps=steps, seed=seed,
-               **saelens_schedule(j["arch"], steps, matched))
+    jobs = saelens_jobs(archs, lrs, theirs_l1, ks, d_sae, batch, steps,
+                        seed, matched)
     start = time.perf_counter()
     theirs = {} if skip_saelens else run_saelens(
         python, {"mode": "quality", "x_train": str(tmp / "train.npy"),
@@ -340,7 +374,7 @@ def quality(name, python, quick, fold="test", matched=False, lrs=None,
           sparsify_python, ks, lrs["sparsify"], d_sae, batch, steps, seed,
           tmp, x_test)
       walls["sparsify"] = time.perf_counter() - start
-  # The same learning rates as SAELens got.
+  # The same learning rates as SAELens got (unless --saelens_relu_lrs).
   runs = [("relu_l1", dict(coeff=c, lr=lr)) for lr in lrs["relu_l1"]
           for c in ours_l1] + [
               ("topk", dict(k=k, lr=lr)) for lr in lrs["topk"] for k in ks]
@@ -502,8 +536,20 @@ def main():
                       default="defaults",
                       help="matched: SAELens gets this project's lr warm-up "
                       "and decay")
-  parser.add_argument("--relu_lrs", default="3e-4",
-                      help="learning rates (comma-separated), both libraries")
+  parser.add_argument("--relu_lrs",
+                      default=f"{get_config('arch=relu_l1').train.lr:g}",
+                      help="learning rates (comma-separated), both libraries "
+                      "(default: this project's ReLU+L1 default)")
+  parser.add_argument("--saelens_relu_lrs", default="",
+                      help="SAELens's ReLU+L1 learning rates (default: "
+                      "--relu_lrs); e.g. its own default 3e-4")
+  parser.add_argument("--relu_l1s", default="",
+                      help="L1 coefficients in SAELens's units (ours are "
+                      "these / d_in; default: the set's, minilm "
+                      f"{','.join(f'{c:g}' for c in SETS['minilm'][4])})")
+  parser.add_argument("--saelens_relu_l1s", default="",
+                      help="SAELens's own L1 coefficients (default: "
+                      "--relu_l1s)")
   parser.add_argument("--topk_lrs", default="1e-3")
   parser.add_argument("--ours", default="",
                       help="overrides of this project's config, e.g. "
@@ -567,14 +613,25 @@ def main():
            "topk": [float(v) for v in args.topk_lrs.split(",")],
            "sparsify": [None if v == "auto" else float(v)
                         for v in args.sparsify_lrs.split(",")]}
+    if args.saelens_relu_lrs:
+      lrs["saelens_relu_l1"] = [float(v)
+                                for v in args.saelens_relu_lrs.split(",")]
+    relu_l1s, saelens_l1s = ([float(v) for v in arg.split(",")] if arg
+                             else None for arg in (args.relu_l1s,
+                                                   args.saelens_relu_l1s))
+    if min(relu_l1s or [1]) <= 0 or min(saelens_l1s or [1]) <= 0:
+      raise ValueError
     ours = {k: int(v) if v.lstrip("-").isdigit() else float(v)
             for k, v in (item.split("=") for item in args.ours.split(",")
                          if item)}
     seeds = [int(v) for v in args.seeds.split(",")] if args.seeds else [
         args.seed]
   except ValueError:
-    raise SystemExit("--relu_lrs/--topk_lrs/--sparsify_lrs: numbers; --ours: "
-                     "section.field=number,...; --seeds: integers") from None
+    raise SystemExit("--relu_lrs/--saelens_relu_lrs/--topk_lrs/"
+                     "--sparsify_lrs: numbers; --relu_l1s/--saelens_relu_l1s: "
+                     "positive numbers; "
+                     "--ours: section.field=number,...; --seeds: integers"
+                     ) from None
   if args.seeds and (len(set(seeds)) < 2 or archs != "relu_l1" or
                      args.skip_saelens):
     raise SystemExit("--seeds: at least 2 distinct seeds, with "
@@ -586,7 +643,8 @@ def main():
         name, args.saelens_python, args.quick, args.fold,
         args.saelens_schedule == "matched", lrs, ours, args.skip_saelens,
         args.relu_grid == "dense", archs.split(","), seed,
-        None if args.skip_sparsify else args.sparsify_python)["relu_l1"]
+        None if args.skip_sparsify else args.sparsify_python,
+        relu_l1s, saelens_l1s)["relu_l1"]
                for seed in seeds}
     if args.seeds:
       print_seed_summary(by_seed)
