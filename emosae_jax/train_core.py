@@ -204,9 +204,8 @@ def lr_at(spec: StaticSpec, hp: HParams, step):
   """The learning rate at optimizer step `step` (0-based, float): linear
   warm-up over `warmup_steps`, then constant, then (lr_decay_fraction > 0)
   linear decay to 0 over the last lr_decay_fraction of spec.total_steps, as
-  dictionary_learning's default schedule (decay over the last 20%). On by
-  default for ReLU+L1 only, with its lr 2e-3 (configs/sae.py says what it
-  was measured to do)."""
+  dictionary_learning's default schedule (decay over the last 20%). Off by
+  default (configs/sae.py says what it was measured to do)."""
   lr = hp["lr"] * _warmup(step, hp["warmup_steps"])
   if spec.total_steps <= 0:
     return lr
