@@ -110,11 +110,6 @@ def available() -> bool:
     return False
 
 
-def _adam_state(opt_state):
-  """The ScaleByAdamState inside _optimizer's chain (clip first or not)."""
-  return opt_state[-1]
-
-
 def update(grads, opt_state, params, lr, frozen, max_grad_norm: float,
            eps: float, unit_axes: dict[str, int] | None = None):
   """(params, opt_state) after one step, as train_core's optax path.
@@ -129,7 +124,7 @@ def update(grads, opt_state, params, lr, frozen, max_grad_norm: float,
   if not available():  # also registers the kernel with XLA
     raise RuntimeError("the fused Adam kernel could not be built; use "
                        "train.adam_kernel='optax'")
-  adam = _adam_state(opt_state)
+  adam = opt_state[-1]  # ScaleByAdamState, after the clip's empty state
   count = optax.safe_int32_increment(adam.count)
   g_norm = optax.tree.norm(grads) if max_grad_norm > 0 else jnp.float32(1)
   clip = (max_grad_norm > 0) & ~(g_norm < max_grad_norm)
