@@ -134,9 +134,9 @@ SETS = {
     #        (ours are these / d_in: the same penalty, its MSE being summed
     #        over dimensions, so both fronts have points at nearly the same
     #        L0s and the comparison interpolates little), topk k values)
-    # minilm's L1 coefficients span L0 ~45-650 for ReLU+L1 at its default
-    # lr 2e-3 (--relu_grid=dense); SAELens at its own 3e-4 reaches L0
-    # 140-460 with 1, 3, 10, 30 (--saelens_relu_l1s=1,3,10,30).
+    # minilm's L1 coefficients span L0 ~100-750 for ReLU+L1 at its default
+    # lr 1e-3 (~45-650 at 2e-3; --relu_grid=dense); SAELens at its own 3e-4
+    # reaches L0 140-460 with 1, 3, 10, 30 (--saelens_relu_l1s=1,3,10,30).
     "minilm": (minilm_set, 1536, 256, 320, [0.03, 0.1, 0.3, 1.0],
                [16, 32, 64]),
     "ref100": (ref100_set, 6144, 16, 500, [1.0, 10.0], [32]),
