@@ -38,7 +38,7 @@ import optax
 
 SOURCE = Path(__file__).parent / "csrc" / "fused_adam.cc"
 TARGET = "emosae_fused_adam"
-B1, B2 = 0.9, 0.999  # optax.scale_by_adam's defaults, which training uses
+B1, B2 = 0.9, 0.999  # Adam's betas, for both paths (train_core._optimizer)
 FLAGS = ("-O3", "-march=native", "-ffp-contract=off", "-fno-math-errno",
          "-fPIC", "-shared", "-std=c++17")
 

@@ -159,7 +159,9 @@ def static_spec_from_config(config, n_train: int) -> StaticSpec:
 def _optimizer(spec: StaticSpec) -> optax.GradientTransformation:
   # The learning rate (with warm-up) is applied by hand after this chain, so
   # it can be a traced per-member value in sweeps.
-  parts = [optax.scale_by_adam(eps=spec.adam_eps)]
+  # b1, b2 from fused_adam, so both Adam paths share one set of constants.
+  parts = [optax.scale_by_adam(b1=fused_adam.B1, b2=fused_adam.B2,
+                               eps=spec.adam_eps)]
   if spec.max_grad_norm > 0:
     parts.insert(0, optax.clip_by_global_norm(spec.max_grad_norm))
   return optax.chain(*parts)

@@ -3,8 +3,9 @@
 `decoder_norm="unit"` renormalises decoder rows after every step (see
 `saes.decoder_unit_axis`); `"weighted"` leaves them free and weights each
 latent's L1 by its decoder norm, which removes the incentive to shrink
-activations while growing decoder rows. The L1 sums over latents (mean over the batch);
-`sparsity_over_latents="mean"` averages over them, as the reference does.
+activations while growing decoder rows. The L1 sums over latents (mean over
+the batch); `sparsity_over_latents="mean"` averages over them, as the
+reference does.
 `"inputs"` is the reference's renormalisation: each input dimension's
 weights over the latents (a column of W_dec) at unit norm after each step.
 """
