@@ -1,14 +1,17 @@
 r"""Adam on CPU: optax's loops against the one-pass kernel (train.adam_kernel,
-emosae_jax/fused_adam.py), in one process, alternating.
+emosae_jax/fused_adam.py), with and without the weight gradients taken as
+factors (StaticSpec.factored_grads), in one process, alternating.
 
   python benchmarks/bench_adam.py [--preset=reference] [--batch=16]
       [--d_in=768] [--d_sae=6144] [--epochs=10] [--rounds=4]
 
 Prints, per round and as medians: milliseconds per training step of the
 preset's compiled epochs (its steps, validation and bookkeeping) with each
-Adam, and their ratio; then the parameters' largest difference after the
-timed steps (the two follow the same formula, to float32 rounding, so they
-drift apart slowly in a long run as any two summation orders do).
+Adam (optax; fused; fused with factored gradients, where the preset allows
+them), and each one's speed-up over optax; then each one's largest
+parameter difference from optax after the timed steps (they follow the same
+formula, to float32 rounding, so they drift apart slowly in a long run as
+any two summation orders do).
 """
 
 import argparse
@@ -51,10 +54,14 @@ def main():
   spec = core.static_spec_from_config(config, args.n_train)
   hp = core.hparams_from_config(config)
   steps = args.epochs * spec.steps_per_epoch
-  kinds = {"optax": False, "fused": True}
+  kinds = {"optax": dataclasses.replace(spec, fused_adam=False,
+                                       factored_grads=False),
+           "fused": dataclasses.replace(spec, fused_adam=True,
+                                        factored_grads=False)}
+  if spec.factored_grads:
+    kinds["factored"] = spec
   runs, states = {}, {}
-  for name, fused in kinds.items():
-    kind_spec = dataclasses.replace(spec, fused_adam=fused)
+  for name, kind_spec in kinds.items():
     runs[name] = core.compiled_train_epochs(kind_spec, args.epochs)
     state = core.init_state(kind_spec, jax.random.PRNGKey(0))
     start = time.perf_counter()
@@ -69,19 +76,23 @@ def main():
                                    (r + 1) * args.epochs)
       jax.block_until_ready(states[name])
       ms[name].append(1e3 * (time.perf_counter() - start) / steps)
-    print(f"round {r}: optax {ms['optax'][-1]:.2f} ms/step, fused "
-          f"{ms['fused'][-1]:.2f} ms/step, ratio "
-          f"{ms['optax'][-1] / ms['fused'][-1]:.2f}x")
-  optax_ms, fused_ms = np.median(ms["optax"]), np.median(ms["fused"])
+    print(f"round {r}: " + ", ".join(
+        f"{name} {ms[name][-1]:.2f} ms/step" for name in kinds) + "; vs optax "
+        + ", ".join(f"{name} {ms['optax'][-1] / ms[name][-1]:.2f}x"
+                    for name in kinds if name != "optax"))
+  medians = {name: np.median(ms[name]) for name in kinds}
   print(f"{args.preset}, {args.d_in} -> {args.d_sae}, batch {args.batch}: "
-        f"median optax {optax_ms:.2f} ms/step, fused {fused_ms:.2f} ms/step "
-        f"= {optax_ms / fused_ms:.2f}x faster with the kernel")
-  diff = max(float(np.max(np.abs(states["optax"].params[k]
-                                 - states["fused"].params[k])))
-             for k in states["fused"].params)
-  print(f"largest parameter difference after {(args.rounds + 1) * steps} "
-        f"steps: {diff:.2e}")
-
+        "median " + ", ".join(f"{name} {medians[name]:.2f} ms/step"
+                              for name in kinds) + "; faster than optax: "
+        + ", ".join(f"{name} {medians['optax'] / medians[name]:.2f}x"
+                    for name in kinds if name != "optax"))
+  for name in kinds:
+    if name != "optax":
+      diff = max(float(np.max(np.abs(states["optax"].params[k]
+                                     - states[name].params[k])))
+                 for k in states[name].params)
+      print(f"{name}: largest parameter difference from optax after "
+            f"{(args.rounds + 1) * steps} steps: {diff:.2e}")
 
 if __name__ == "__main__":
   main()

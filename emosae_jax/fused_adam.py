@@ -38,6 +38,7 @@ import optax
 
 SOURCE = Path(__file__).parent / "csrc" / "fused_adam.cc"
 TARGET = "emosae_fused_adam"
+OUTER_TARGET = "emosae_fused_adam_outer"  # the gradient as factors, a^T b
 B1, B2 = 0.9, 0.999  # Adam's betas, for both paths (train_core._optimizer)
 FLAGS = ("-O3", "-march=native", "-ffp-contract=off", "-fno-math-errno",
          "-fPIC", "-shared", "-std=c++17")
@@ -103,6 +104,8 @@ def available() -> bool:
     library = ctypes.cdll.LoadLibrary(str(build()))
     jax.ffi.register_ffi_target(TARGET, jax.ffi.pycapsule(
         library.EmosaeFusedAdam), platform="cpu")
+    jax.ffi.register_ffi_target(OUTER_TARGET, jax.ffi.pycapsule(
+        library.EmosaeFusedAdamOuter), platform="cpu")
     return True
   except (RuntimeError, OSError, subprocess.SubprocessError) as e:
     warnings.warn(f"fused Adam kernel unavailable, training uses optax's "
@@ -111,7 +114,8 @@ def available() -> bool:
 
 
 def update(grads, opt_state, params, lr, frozen, max_grad_norm: float,
-           eps: float, unit_axes: dict[str, int] | None = None):
+           eps: float, unit_axes: dict[str, int] | None = None,
+           factors: dict | None = None):
   """(params, opt_state) after one step, as train_core's optax path.
 
   `opt_state` is optax.chain([clip_by_global_norm(max_grad_norm),]
@@ -120,13 +124,19 @@ def update(grads, opt_state, params, lr, frozen, max_grad_norm: float,
   `unit_axes` {name: axis}: weights then rescaled to unit norm along rows
   (1) or columns (0) in the same call, as base.unit_decoder does after the
   optax path (the norms summed in float64, so the last bit may differ).
+  `factors` {name: (a [batch, rows], b [batch, cols])}: those weights'
+  gradients as a^T b, which the kernel computes block by block (in fused
+  multiply-adds, so not bit for bit the matmul's); `grads` need not hold
+  them.
   """
   if not available():  # also registers the kernel with XLA
     raise RuntimeError("the fused Adam kernel could not be built; use "
                        "train.adam_kernel='optax'")
   adam = opt_state[-1]  # ScaleByAdamState, after the clip's empty state
   count = optax.safe_int32_increment(adam.count)
-  g_norm = optax.tree.norm(grads) if max_grad_norm > 0 else jnp.float32(1)
+  factors = factors or {}
+  g_norm = (global_norm(grads, factors, params) if max_grad_norm > 0
+            else jnp.float32(1))
   clip = (max_grad_norm > 0) & ~(g_norm < max_grad_norm)
   coef = jnp.stack([(~frozen).astype(jnp.float32), clip.astype(jnp.float32),
                     g_norm.astype(jnp.float32), 1 - B1 ** count,
@@ -139,14 +149,30 @@ def update(grads, opt_state, params, lr, frozen, max_grad_norm: float,
   def leaf(name):
     p = params[name]
     shape = jax.ShapeDtypeStruct(p.shape, jnp.float32)
-    call = jax.ffi.ffi_call(TARGET, (shape, shape, shape),
+    # the gradient's inputs, then m, v, p (updated in place) and coef
+    grad_in = factors[name] if name in factors else (grads[name],)
+    n = len(grad_in)
+    call = jax.ffi.ffi_call(OUTER_TARGET if name in factors else TARGET,
+                            (shape, shape, shape),
                             vmap_method="broadcast_all",
-                            input_output_aliases={3: 0, 1: 1, 2: 2})
+                            input_output_aliases={n + 2: 0, n: 1, n + 1: 2})
     axis = unit_axes.get(name)
-    return call(grads[name], adam.mu[name], adam.nu[name], p, coef,
+    return call(*grad_in, adam.mu[name], adam.nu[name], p, coef,
                 unit_axis=np.int32(-1 if axis is None else axis), **consts)
 
   out = {name: leaf(name) for name in params}
   pick = lambda i: {name: o[i] for name, o in out.items()}  # noqa: E731
   adam = adam._replace(count=count, mu=pick(1), nu=pick(2))
   return pick(0), (*opt_state[:-1], adam)
+
+
+def global_norm(grads, factors, params):
+  """The gradient's global norm, optax.tree.norm's, with the leaves in
+  `factors` given as (a, b), g = a^T b: ||a^T b||^2 = sum((a a^T) * (b b^T)),
+  from two [batch, batch] Gram matrices instead of the full gradient."""
+  if not factors:
+    return optax.tree.norm(grads)
+  squares = [jnp.sum(jnp.square(grads[name])) for name in params
+             if name not in factors]
+  squares += [jnp.sum((a @ a.T) * (b @ b.T)) for a, b in factors.values()]
+  return jnp.sqrt(sum(squares))

@@ -63,6 +63,14 @@ class StaticSpec:
   # Adam by the one-pass CPU kernel (fused_adam.py) instead of optax's loops:
   # the same formula and state, fewer passes over memory.
   fused_adam: bool = False
+  # With fused_adam at small batch: W_enc's and W_dec's gradients reach the
+  # kernel as factors, g = a^T b (base.FACTOR_TAPS), computed inside its pass.
+  factored_grads: bool = False
+
+  def __post_init__(self):
+    if self.factored_grads and not self.fused_adam:
+      raise ValueError("factored_grads needs fused_adam: optax's Adam takes "
+                       "whole gradients")
 
 
 ADAM_KERNELS = ("auto", "fused", "optax")
@@ -143,6 +151,7 @@ def static_spec_from_config(config, n_train: int) -> StaticSpec:
   # one more, shorter step (the reference's: 70 rows, steps of 16 x 4 + 6).
   partial = t.get("partial_batch", "drop")
   steps = -(-n_train // batch) if partial != "drop" else n_train // batch
+  fused = use_fused_adam(t.get("adam_kernel", "auto"))
   return StaticSpec(sae=sae, batch_size=batch,
                     steps_per_epoch=max(1, steps),
                     dead_window=t.dead_window,
@@ -153,7 +162,9 @@ def static_spec_from_config(config, n_train: int) -> StaticSpec:
                     total_steps=t.epochs * max(1, steps),
                     matmul_precision=t.get("matmul_precision", "default"),
                     adam_eps=t.get("adam_eps", 1e-8),
-                    fused_adam=use_fused_adam(t.get("adam_kernel", "auto")))
+                    fused_adam=fused,
+                    factored_grads=(fused and batch <= saes.base.SMALL_BATCH
+                                    and saes.factored_weight_grads(sae)))
 
 
 def _optimizer(spec: StaticSpec) -> optax.GradientTransformation:
@@ -230,7 +241,12 @@ def train_step(spec: StaticSpec, hp: HParams, state: TrainState, xb):
   grad_fn = jax.value_and_grad(
       functools.partial(_loss_fn, spec, hp, sparsity_scale, dead_mask),
       has_aux=True)
-  (loss, (terms, counts, stats)), grads = grad_fn(state.params, xb)
+  loss_params = state.params
+  if spec.factored_grads:
+    taps = saes.base.factor_taps(spec.sae, xb.shape[0])
+    loss_params = dict(loss_params, **{saes.base.FACTOR_TAPS: taps})
+  (loss, (terms, counts, stats)), grads = grad_fn(loss_params, xb)
+  factors = grads.pop(saes.base.FACTOR_TAPS, None)
   finite = jnp.isfinite(loss)
   failed = state.failed | ~finite
   # A failed or early-stopped member must not move. Zeroing its gradient and
@@ -243,7 +259,7 @@ def train_step(spec: StaticSpec, hp: HParams, state: TrainState, xb):
   if spec.fused_adam:  # the renormalisation too, in the same pass
     params, opt_state = fused_adam.update(
         grads, state.opt_state, state.params, lr, frozen, spec.max_grad_norm,
-        spec.adam_eps, unit_axes={"W_dec": unit_axis})
+        spec.adam_eps, unit_axes={"W_dec": unit_axis}, factors=factors)
   else:
     grads = jax.tree.map(lambda g: jnp.where(frozen, 0.0, g), grads)
     updates, opt_state = _optimizer(spec).update(grads, state.opt_state,

@@ -1,6 +1,8 @@
 """The one-pass CPU Adam kernel (emosae_jax/fused_adam.py): the same
 arithmetic as optax's chain, member by member, and used where it should be."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -139,9 +141,9 @@ def test_vmapped_members_each_get_their_own_step(kernel, axis):
 
 @pytest.mark.parametrize("preset", ["reference", "arch=topk"])
 def test_training_with_the_kernel_follows_optax(kernel, preset):
-  """Five steps (the reference's column renormalisation; TopK's rows, with
-  the clip): fused and optax agree to float32 rounding (XLA's own loops
-  differ from the formula in the last bit)."""
+  """Five steps (the reference's column renormalisation and factored
+  gradients; TopK's rows, with the clip): fused and optax agree to float32
+  rounding (XLA's own loops differ from the formula in the last bit)."""
   config = get_config(preset)
   config.model.d_in, config.model.d_sae = 32, 128
   x = jax.random.normal(jax.random.key(2), (5, 16, 32)) * 0.1
@@ -151,6 +153,8 @@ def test_training_with_the_kernel_follows_optax(kernel, preset):
     config.train.adam_kernel = choice
     spec = core.static_spec_from_config(config, 70)
     assert spec.fused_adam == (choice == "fused")
+    # the reference's ReLU+L1 at batch 16 takes its gradients as factors
+    assert spec.factored_grads == (spec.fused_adam and preset == "reference")
     state = core.init_state(spec, jax.random.PRNGKey(0))
     finals[choice], _ = jax.jit(lambda s, xs, spec=spec: jax.lax.scan(
         lambda s, xb: core.train_step(spec, hp, s, xb), s, xs))(state, x)
@@ -182,3 +186,113 @@ def test_kernel_choice_and_validation(monkeypatch, tmp_path):
     train_run.validate_config(config)
   monkeypatch.setattr(fused_adam, "available", lambda: True)
   assert core.use_fused_adam("auto") == (jax.local_device_count() == 1)
+
+
+def small_reference_spec(batch=16, **train):
+  config = get_config("reference")
+  config.model.d_in, config.model.d_sae = 32, 128
+  config.train.batch_size = batch
+  config.train.update(train)
+  return config, core.static_spec_from_config(config, 70)
+
+
+def test_factored_grads_only_where_they_hold():
+  """Factored weight gradients: the kernel's, at small batch, for ReLU+L1
+  whose weights enter the loss only through the affine maps."""
+  fused = fused_adam.available()
+  assert small_reference_spec()[1].factored_grads == fused
+  assert not small_reference_spec(batch=128)[1].factored_grads
+  assert not small_reference_spec(adam_kernel="optax")[1].factored_grads
+  for preset in ("arch=relu_l1", "arch=topk"):  # weighted L1; a gather
+    config = get_config(preset)
+    config.train.batch_size = 16
+    assert not core.static_spec_from_config(config, 70).factored_grads
+  with pytest.raises(ValueError, match="needs fused_adam"):
+    core.StaticSpec(**{**vars(small_reference_spec()[1]),
+                       "fused_adam": False, "factored_grads": True})
+
+
+def test_factors_are_the_weight_gradients():
+  """With FACTOR_TAPS the taps' gradients are (a, b) with a^T b autodiff's
+  gradient of W_enc and of W_dec (without taps), and W_enc and W_dec get
+  none of their own; the other gradients do not change."""
+  from emosae_jax import saes
+  config, spec = small_reference_spec()
+  spec = dataclasses.replace(spec, fused_adam=True, factored_grads=True)
+  params = core.init_state(spec, jax.random.PRNGKey(0)).params
+  params["b_dec"] = params["b_dec"] + 0.05  # a pre-bias that matters
+  x = np.asarray(jax.random.normal(jax.random.key(4), (16, 32)), np.float32)
+  hp = core.hparams_from_config(config)
+
+  def grads(p):
+    loss = lambda p: core._loss_fn(spec, hp, 1.0, jnp.zeros(128, bool),  # noqa
+                                   p, x)[0]
+    return jax.jit(jax.grad(loss))(p)
+
+  want = grads(params)
+  got = grads(dict(params, **{saes.base.FACTOR_TAPS: saes.base.factor_taps(
+      spec.sae, 16)}))
+  for name in ("W_enc", "W_dec"):
+    a, b = got[saes.base.FACTOR_TAPS][name]
+    np.testing.assert_allclose(np.asarray(a, np.float64).T @ np.asarray(b),
+                               want[name], rtol=1e-5, atol=1e-9)
+    assert not np.any(got[name])
+  for name in ("b_enc", "b_dec"):
+    np.testing.assert_allclose(got[name], want[name], rtol=1e-6, atol=1e-12)
+
+
+@pytest.mark.parametrize("max_norm,frozen", [(0.0, False), (0.05, False),
+                                             (0.05, True)])
+def test_kernel_on_factors_is_the_kernel_on_their_product(kernel, max_norm,
+                                                          frozen):
+  """factors={W: (a, b)}: the same step as the plain kernel given a^T b (to
+  the product's rounding), the clip's global norm from Gram matrices, and a
+  frozen member with non-finite factors left as it was."""
+  keys = jax.random.split(jax.random.key(5), 6)
+  p, m = random_tree(keys[0]), random_tree(keys[1], 0.1)
+  v = random_tree(keys[2], 0.1, positive=True)
+  a = np.asarray(jax.random.normal(keys[3], (16, 48)), np.float32) * 0.1
+  b = np.asarray(jax.random.normal(keys[4], (16, 80)), np.float32) * 0.1
+  g = {"W": (a.astype(np.float64).T @ b).astype(np.float32),
+       "b": np.asarray(jax.random.normal(keys[5], (80,)), np.float32)}
+  if frozen:
+    a[3, 5] = np.nan
+  state = optax_state(m, v, 4, max_norm)
+  lr = 0.0 if frozen else 1e-3
+  step = jax.jit(lambda g, factors: fused_adam.update(
+      g, state, p, jnp.float32(lr), jnp.asarray(frozen), max_norm, EPS,
+      unit_axes={"W": 0}, factors=factors))
+  got = step({"b": g["b"]}, {"W": (a, b)})
+  want = step(g, None)
+  if max_norm:  # the clip is triggered
+    assert float(fused_adam.global_norm(g, {}, p)) > max_norm
+  for x, y in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+    np.testing.assert_allclose(x, y, rtol=2e-5, atol=1e-8)
+  if frozen:
+    np.testing.assert_array_equal(got[0]["W"], want[0]["W"])
+    np.testing.assert_allclose(np.linalg.norm(got[0]["W"], axis=0), 1.0,
+                               rtol=1e-6)  # renormalised all the same
+
+
+def test_vmapped_members_on_factors(kernel):
+  """Under vmap each member's factors make its own gradient, exactly as
+  when run alone."""
+  n = 3
+  keys = jax.random.split(jax.random.key(6), 5)
+  draw = lambda k, s, scale=0.1: np.asarray(  # noqa: E731
+      jax.random.normal(k, (n, *s)) * scale, np.float32)
+  p, m = draw(keys[0], (48, 80), 1.0), draw(keys[1], (48, 80))
+  v = np.abs(draw(keys[2], (48, 80)))
+  a, b = draw(keys[3], (6, 48)), draw(keys[4], (6, 80))
+  lrs = jnp.array([1e-3, 3e-3, 1e-2], jnp.float32)
+
+  def one(p, m, v, a, b, lr):
+    state = (optax.ScaleByAdamState(jnp.int32(2), {"W": m}, {"W": v}),)
+    return fused_adam.update({}, state, {"W": p}, lr, jnp.asarray(False),
+                             0.0, EPS, factors={"W": (a, b)})
+
+  batched = jax.jit(jax.vmap(one))(p, m, v, a, b, lrs)
+  for i in range(n):
+    alone = jax.jit(one)(p[i], m[i], v[i], a[i], b[i], lrs[i])
+    for got, want in zip(jax.tree.leaves(batched), jax.tree.leaves(alone)):
+      np.testing.assert_array_equal(got[i] if got.ndim else got, want)

@@ -11,6 +11,12 @@
 //
 // Arrays may carry leading member axes (a vmapped sweep): `coef` then holds
 // one row of coefficients per member, in the same order.
+//
+// EmosaeFusedAdamOuter takes a weight's gradient as two factors instead,
+// g = a^T b (a [batch, rows], b [batch, cols]: at small batch, a weight
+// gradient is a sum of `batch` outer products), and computes each block of
+// rows of g just before its Adam update, in cache: the gradient matmul's
+// write of g and the update's read of it (2 of 9 passes over memory) go.
 
 #include <algorithm>
 #include <atomic>
@@ -96,6 +102,50 @@ void ParallelFor(ffi::ThreadPool& pool, int64_t n, Task task) {
   while (progress->done.load() < n) std::this_thread::yield();
 }
 
+// Rows [r, r + R) of a^T b into out ([R, cols], row stride cols): each entry
+// a sum over the batch, in batch order, of fused multiply-adds. The R x kC
+// block of sums stays in registers while b's rows stream past, so each load
+// of b feeds R multiply-adds.
+template <int R>
+void OuterRows(const float* __restrict a, const float* __restrict b,
+               int64_t batch, int64_t rows, int64_t cols, int64_t r,
+               float* __restrict out) {
+  constexpr int64_t kC = 32;
+  int64_t c = 0;
+  for (; c + kC <= cols; c += kC) {
+    float acc[R][kC] = {};
+    for (int64_t k = 0; k < batch; ++k) {
+      const float* bk = b + k * cols + c;
+      for (int i = 0; i < R; ++i) {
+        const float ak = a[k * rows + r + i];
+        for (int64_t j = 0; j < kC; ++j) acc[i][j] = std::fma(ak, bk[j], acc[i][j]);
+      }
+    }
+    for (int i = 0; i < R; ++i) std::copy_n(acc[i], kC, out + i * cols + c);
+  }
+  for (; c < cols; ++c) {
+    for (int i = 0; i < R; ++i) {
+      float sum = 0.0f;
+      for (int64_t k = 0; k < batch; ++k) {
+        sum = std::fma(a[k * rows + r + i], b[k * cols + c], sum);
+      }
+      out[i * cols + c] = sum;
+    }
+  }
+}
+
+// Rows [first, first + count) of a^T b into out [count, cols].
+void OuterBlock(const float* a, const float* b, int64_t batch, int64_t rows,
+                int64_t cols, int64_t first, int64_t count, float* out) {
+  int64_t i = 0;
+  for (; i + 4 <= count; i += 4) {
+    OuterRows<4>(a, b, batch, rows, cols, first + i, out + i * cols);
+  }
+  for (; i < count; ++i) {
+    OuterRows<1>(a, b, batch, rows, cols, first + i, out + i * cols);
+  }
+}
+
 // Sums of squares of a [rows, cols] block, accumulated in double, added
 // into `into` (per row when `per_row`, else per column).
 void SumSquares(const float* p, int64_t rows, int64_t cols, bool per_row,
@@ -120,9 +170,108 @@ void SumSquares(const float* p, int64_t rows, int64_t cols, bool per_row,
   }
 }
 
-// unit_axis: -1 leaves the weight as Adam makes it; 1 rescales each row (the
-// last axis) to unit norm, 0 each column (over the other axes), per member:
-// the decoder renormalisations of saes.decoder_unit_axis.
+// A weight's layout: [members, rows, cols] (any leading axes are members),
+// cut into tasks of `block` whole rows (about 128 KiB of each array, a
+// multiple of 4 rows where that fits, for OuterBlock), never across members.
+struct Layout {
+  int64_t members, rows, cols, block, blocks;
+  int64_t member(int64_t task) const { return task / blocks; }
+  int64_t first_row(int64_t task) const { return (task % blocks) * block; }
+  int64_t count(int64_t task) const {
+    return std::min(block, rows - first_row(task));
+  }
+  // offset of the task's first element in a weight-shaped array
+  int64_t at(int64_t task) const {
+    return (member(task) * rows + first_row(task)) * cols;
+  }
+};
+
+// Checks the weight-shaped buffers and coef, fills `layout` and copies the
+// inputs to the outputs where XLA could not alias them.
+ffi::Error Prepare(ffi::Buffer<ffi::F32>& m_in, ffi::Buffer<ffi::F32>& v_in,
+                   ffi::Buffer<ffi::F32>& p_in, ffi::Buffer<ffi::F32>& coef,
+                   int32_t unit_axis, ffi::ResultBuffer<ffi::F32>& p_out,
+                   ffi::ResultBuffer<ffi::F32>& m_out,
+                   ffi::ResultBuffer<ffi::F32>& v_out, Layout* layout) {
+  const int64_t n = p_in.element_count();
+  const int64_t members = coef.element_count() / kCoefs;
+  const auto dims = p_in.dimensions();
+  const int64_t cols = dims.size() == 0 ? 1 : dims.back();
+  if (members < 1 || n % members != 0 || cols < 1 ||
+      (n / members) % cols != 0 || m_in.element_count() != n ||
+      v_in.element_count() != n) {
+    return ffi::Error::InvalidArgument("fused_adam: shapes do not match");
+  }
+  if (unit_axis != -1 && (dims.size() < 2 || unit_axis > 1)) {
+    return ffi::Error::InvalidArgument("fused_adam: unit_axis needs a matrix");
+  }
+  // Outputs alias their inputs when XLA can; copy when it could not.
+  if (p_out->typed_data() != p_in.typed_data()) {
+    std::copy_n(p_in.typed_data(), n, p_out->typed_data());
+  }
+  if (m_out->typed_data() != m_in.typed_data()) {
+    std::copy_n(m_in.typed_data(), n, m_out->typed_data());
+  }
+  if (v_out->typed_data() != v_in.typed_data()) {
+    std::copy_n(v_in.typed_data(), n, v_out->typed_data());
+  }
+  const int64_t rows = n / members / cols;
+  int64_t block = std::max<int64_t>(1, (int64_t{1} << 15) / cols);
+  if (block >= 4) block -= block % 4;
+  *layout = Layout{members, rows, cols, block, (rows + block - 1) / block};
+  return ffi::Error::Success();
+}
+
+// Adam on every task's rows, the gradient of a task's rows given by
+// grad_rows(task) (not asked for a frozen member, whose gradient is 0),
+// then the renormalisation. unit_axis: -1 leaves the weight as Adam makes
+// it; 1 rescales each row (the last axis) to unit norm, 0 each column (over
+// the other axes), per member: the decoder renormalisations of
+// saes.decoder_unit_axis.
+template <typename GradRows>
+void Update(ffi::ThreadPool& pool, const Layout& at, float* p, float* m,
+            float* v, const Coef* coefs, Consts consts, int32_t unit_axis,
+            GradRows grad_rows) {
+  const int64_t cols = at.cols, tasks = at.members * at.blocks;
+  std::vector<double> col_sums(unit_axis == 0 ? size_t(tasks * cols) : 0, 0.0);
+  ParallelFor(pool, tasks, [&](int64_t task) {
+    const int64_t first = at.at(task), count = at.count(task);
+    const Coef k = coefs[at.member(task)];
+    const float* g = k.keep == 0.0f ? nullptr : grad_rows(task);
+    AdamRange(g, m + first, v + first, p + first, k, consts, count * cols);
+    if (unit_axis == 1) {  // the rows while still in cache
+      std::vector<double> sums(count, 0.0);
+      SumSquares(p + first, count, cols, true, sums.data());
+      for (int64_t r = 0; r < count; ++r) {
+        const float norm = float(std::sqrt(sums[r]));
+        for (int64_t c = 0; c < cols; ++c) p[first + r * cols + c] /= norm;
+      }
+    } else if (unit_axis == 0) {
+      SumSquares(p + first, count, cols, false, &col_sums[task * cols]);
+    }
+  });
+  if (unit_axis != 0) return;
+  // Column norms: the blocks' sums added in block order (the same bits
+  // whichever threads ran them), then a second pass divides.
+  std::vector<float> norms(size_t(at.members * cols));
+  for (int64_t member = 0; member < at.members; ++member) {
+    for (int64_t c = 0; c < cols; ++c) {
+      double sum = 0.0;
+      for (int64_t b = 0; b < at.blocks; ++b) {
+        sum += col_sums[(member * at.blocks + b) * cols + c];
+      }
+      norms[member * cols + c] = float(std::sqrt(sum));
+    }
+  }
+  ParallelFor(pool, tasks, [&](int64_t task) {
+    const float* __restrict norm = &norms[at.member(task) * cols];
+    float* __restrict row = p + at.at(task);
+    for (int64_t r = 0; r < at.count(task); ++r, row += cols) {
+      for (int64_t c = 0; c < cols; ++c) row[c] /= norm[c];
+    }
+  });
+}
+
 ffi::Error AdamImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> g,
                     ffi::Buffer<ffi::F32> m_in, ffi::Buffer<ffi::F32> v_in,
                     ffi::Buffer<ffi::F32> p_in, ffi::Buffer<ffi::F32> coef,
@@ -131,76 +280,58 @@ ffi::Error AdamImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> g,
                     ffi::ResultBuffer<ffi::F32> p_out,
                     ffi::ResultBuffer<ffi::F32> m_out,
                     ffi::ResultBuffer<ffi::F32> v_out) {
-  const int64_t n = p_in.element_count();
-  const int64_t members = coef.element_count() / kCoefs;
-  const auto dims = p_in.dimensions();
-  const int64_t cols = dims.size() == 0 ? 1 : dims.back();
-  if (members < 1 || n % members != 0 || g.element_count() != n ||
-      cols < 1 || (n / members) % cols != 0) {
+  Layout layout;
+  ffi::Error error = Prepare(m_in, v_in, p_in, coef, unit_axis, p_out, m_out,
+                             v_out, &layout);
+  if (error.failure()) return error;
+  if (g.element_count() != p_in.element_count()) {
     return ffi::Error::InvalidArgument("fused_adam: shapes do not match");
   }
-  if (unit_axis != -1 && (dims.size() < 2 || unit_axis > 1)) {
-    return ffi::Error::InvalidArgument("fused_adam: unit_axis needs a matrix");
-  }
-  float* p = p_out->typed_data();
-  float* m = m_out->typed_data();
-  float* v = v_out->typed_data();
-  // Outputs alias their inputs when XLA can; copy when it could not.
-  if (p != p_in.typed_data()) std::copy_n(p_in.typed_data(), n, p);
-  if (m != m_in.typed_data()) std::copy_n(m_in.typed_data(), n, m);
-  if (v != v_in.typed_data()) std::copy_n(v_in.typed_data(), n, v);
   const float* grad = g.typed_data();
-  const Coef* coefs = reinterpret_cast<const Coef*>(coef.typed_data());
-  const Consts consts{b1, c1, b2, c2, eps, max_norm};
+  Update(pool, layout, p_out->typed_data(), m_out->typed_data(),
+         v_out->typed_data(), reinterpret_cast<const Coef*>(coef.typed_data()),
+         Consts{b1, c1, b2, c2, eps, max_norm}, unit_axis,
+         [&](int64_t task) { return grad + layout.at(task); });
+  return ffi::Error::Success();
+}
 
-  // Tasks are blocks of whole rows (about 128 KiB of each array), never
-  // across members, so a row is renormalised while still in cache.
-  const int64_t rows = n / members / cols;
-  const int64_t block = std::max<int64_t>(1, (int64_t{1} << 15) / cols);
-  const int64_t blocks = (rows + block - 1) / block;
-  std::vector<double> col_sums(
-      unit_axis == 0 ? size_t(members * blocks * cols) : 0, 0.0);
-  auto first_row = [=](int64_t task) {
-    return (task / blocks) * rows + (task % blocks) * block;
-  };
-  auto block_rows = [=](int64_t task) {
-    return std::min(block, rows - (task % blocks) * block);
-  };
-  ParallelFor(pool, members * blocks, [&](int64_t task) {
-    const int64_t at = first_row(task) * cols, count = block_rows(task);
-    AdamRange(grad + at, m + at, v + at, p + at, coefs[task / blocks], consts,
-              count * cols);
-    if (unit_axis == 1) {
-      std::vector<double> sums(count, 0.0);
-      SumSquares(p + at, count, cols, true, sums.data());
-      for (int64_t r = 0; r < count; ++r) {
-        const float norm = float(std::sqrt(sums[r]));
-        for (int64_t c = 0; c < cols; ++c) p[at + r * cols + c] /= norm;
-      }
-    } else if (unit_axis == 0) {
-      SumSquares(p + at, count, cols, false, &col_sums[task * cols]);
-    }
-  });
-  if (unit_axis != 0) return ffi::Error::Success();
-  // Column norms: the blocks' sums added in block order (the same bits
-  // whichever threads ran them), then a second pass divides.
-  std::vector<float> norms(size_t(members * cols));
-  for (int64_t member = 0; member < members; ++member) {
-    for (int64_t c = 0; c < cols; ++c) {
-      double sum = 0.0;
-      for (int64_t b = 0; b < blocks; ++b) {
-        sum += col_sums[(member * blocks + b) * cols + c];
-      }
-      norms[member * cols + c] = float(std::sqrt(sum));
-    }
+// As AdamImpl, the gradient given as a [members, batch, rows] and
+// b [members, batch, cols], g = a^T b per member.
+ffi::Error OuterImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> a,
+                     ffi::Buffer<ffi::F32> b, ffi::Buffer<ffi::F32> m_in,
+                     ffi::Buffer<ffi::F32> v_in, ffi::Buffer<ffi::F32> p_in,
+                     ffi::Buffer<ffi::F32> coef, float b1, float c1, float b2,
+                     float c2, float eps, float max_norm, int32_t unit_axis,
+                     ffi::ResultBuffer<ffi::F32> p_out,
+                     ffi::ResultBuffer<ffi::F32> m_out,
+                     ffi::ResultBuffer<ffi::F32> v_out) {
+  Layout layout;
+  ffi::Error error = Prepare(m_in, v_in, p_in, coef, unit_axis, p_out, m_out,
+                             v_out, &layout);
+  if (error.failure()) return error;
+  const auto a_dims = a.dimensions();
+  const int64_t batch = a_dims.size() < 2 ? 0 : a_dims[a_dims.size() - 2];
+  const int64_t rows = layout.rows, cols = layout.cols;
+  if (batch < 1 || a.element_count() != layout.members * batch * rows ||
+      b.element_count() != layout.members * batch * cols) {
+    return ffi::Error::InvalidArgument(
+        "fused_adam: factors do not match the weight");
   }
-  ParallelFor(pool, members * blocks, [&](int64_t task) {
-    const float* __restrict norm = &norms[(task / blocks) * cols];
-    float* __restrict row = p + first_row(task) * cols;
-    for (int64_t r = 0; r < block_rows(task); ++r, row += cols) {
-      for (int64_t c = 0; c < cols; ++c) row[c] /= norm[c];
-    }
-  });
+  const float* a_data = a.typed_data();
+  const float* b_data = b.typed_data();
+  Update(pool, layout, p_out->typed_data(), m_out->typed_data(),
+         v_out->typed_data(), reinterpret_cast<const Coef*>(coef.typed_data()),
+         Consts{b1, c1, b2, c2, eps, max_norm}, unit_axis,
+         [&](int64_t task) {
+           // one block of g per thread, reused across tasks and calls
+           thread_local std::vector<float> block;
+           const int64_t count = layout.count(task), member = layout.member(task);
+           block.resize(size_t(layout.block * cols));
+           OuterBlock(a_data + member * batch * rows,
+                      b_data + member * batch * cols, batch, rows, cols,
+                      layout.first_row(task), count, block.data());
+           return static_cast<const float*>(block.data());
+         });
   return ffi::Error::Success();
 }
 
@@ -209,6 +340,27 @@ ffi::Error AdamImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> g,
 XLA_FFI_DEFINE_HANDLER_SYMBOL(EmosaeFusedAdam, AdamImpl,
                               ffi::Ffi::Bind()
                                   .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Attr<float>("b1")
+                                  .Attr<float>("c1")
+                                  .Attr<float>("b2")
+                                  .Attr<float>("c2")
+                                  .Attr<float>("eps")
+                                  .Attr<float>("max_norm")
+                                  .Attr<int32_t>("unit_axis")
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>());
+
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(EmosaeFusedAdamOuter, OuterImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()

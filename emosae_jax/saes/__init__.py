@@ -46,6 +46,16 @@ def decoder_unit_axis(spec: SAESpec) -> int | None:
   return {"unit": 1, "inputs": 0}.get(spec.decoder_norm)
 
 
+def factored_weight_grads(spec: SAESpec) -> bool:
+  """Whether W_enc and W_dec enter the training loss only through the
+  encoder and decoder affine maps, so that their gradients can be taken as
+  factors (base.FACTOR_TAPS): relu_l1, unless its L1 is weighted by decoder
+  norms (a second path to W_dec). TopK decodes from its k latents by a
+  gather, and the others are not checked (tests/test_fused_adam.py checks
+  the factors against autodiff)."""
+  return spec.arch == "relu_l1" and spec.decoder_norm != "weighted"
+
+
 def get_arch(name: str) -> types.ModuleType:
   if name not in ARCHS:
     raise ValueError(f"unknown SAE architecture {name!r}; choose one of "

@@ -123,9 +123,34 @@ def init_params(spec: SAESpec, extra_params, rng: jax.Array) -> Params:
 SMALL_BATCH = 64
 
 
+# Factored weight gradients (train_core.train_step with fused_adam's outer
+# kernel). At small batch a weight's gradient is a sum of `batch` outer
+# products, g = a^T b; the kernel computes it block by block inside Adam's
+# pass, which saves the gradient matmul's write of g and Adam's read of it
+# (2 of 9 passes over memory per weight). A params dict that carries
+# FACTOR_TAPS (zero arrays, factor_taps) gets the factors as the taps'
+# gradients, from the encoder and decoder backward rules below, and no
+# gradient for W_enc and W_dec themselves. Only for SAEs whose W_enc and
+# W_dec enter the loss through these two affine maps alone
+# (saes.factored_weight_grads says which).
+FACTOR_TAPS = "factor_taps"
+
+
+def factor_taps(spec: SAESpec, batch: int) -> dict:
+  """Zero taps whose gradients are {weight: (a, b)}, its gradient a^T b:
+  W_enc's (x - b_dec [batch, d_in], d pre [batch, d_sae]) and W_dec's
+  (acts [batch, d_sae], d x_hat [batch, d_in])."""
+  zeros = lambda d: jnp.zeros((batch, d), jnp.float32)  # noqa: E731
+  return {"W_enc": (zeros(spec.d_in), zeros(spec.d_sae)),
+          "W_dec": (zeros(spec.d_sae), zeros(spec.d_in))}
+
+
 def pre_activation(params: Params, x: jax.Array) -> jax.Array:
   """Float[batch d_in] -> Float[batch d_sae]."""
-  return _encoder_affine(x, params["b_dec"], params["W_enc"], params["b_enc"])
+  args = (x, params["b_dec"], params["W_enc"], params["b_enc"])
+  if FACTOR_TAPS in params:
+    return _encoder_affine_tapped(*args, params[FACTOR_TAPS]["W_enc"])
+  return _encoder_affine(*args)
 
 
 @jax.custom_vjp
@@ -139,15 +164,25 @@ def _encoder_affine_fwd(x, b_dec, w_enc, b_enc):
 
 
 def _encoder_affine_bwd(residuals, d_pre):
+  d_x, d_b_dec, d_b_enc = _encoder_input_grads(residuals, d_pre)
+  return (d_x, d_b_dec, _encoder_weight_grad(residuals, d_pre), d_b_enc)
+
+
+def _encoder_input_grads(residuals, d_pre):
   # Autodiff would get b_dec's gradient as -sum_rows(d_pre @ W_enc.T): a
   # [batch, d_sae] x [d_sae, d_in] matmul, a sixth full-size matmul per step
   # (a sixth of the FLOPs at batch 4096, a full extra read of W_enc at
   # batch 16). Summing over the batch first makes it a matrix-vector
   # product. The input's gradient is still there for callers that want it;
   # XLA drops it when, as in training, nothing uses it.
-  centred, w_enc = residuals
+  _, w_enc = residuals
+  d_b_enc = jnp.sum(d_pre.reshape(-1, d_pre.shape[-1]), axis=0)
+  return d_pre @ w_enc.T, -(w_enc @ d_b_enc), d_b_enc
+
+
+def _encoder_weight_grad(residuals, d_pre):
+  centred, _ = residuals
   rows = d_pre.reshape(-1, d_pre.shape[-1])  # any leading batch shape
-  d_b_enc = jnp.sum(rows, axis=0)
   centred_t = centred.reshape(-1, centred.shape[-1]).T
   if rows.shape[0] <= SMALL_BATCH:
     # [d_in, batch], a few KB: materialised (the barrier keeps XLA from
@@ -156,15 +191,38 @@ def _encoder_affine_bwd(residuals, d_pre):
     # x 768 -> 6144 than XLA's transposed-operand dot (2-core CPU), with
     # identical results.
     centred_t = jax.lax.optimization_barrier(centred_t)
-  d_w_enc = centred_t @ rows
-  return (d_pre @ w_enc.T, -(w_enc @ d_b_enc), d_w_enc, d_b_enc)
+  return centred_t @ rows
 
 
 _encoder_affine.defvjp(_encoder_affine_fwd, _encoder_affine_bwd)
 
 
+@jax.custom_vjp
+def _encoder_affine_tapped(x, b_dec, w_enc, b_enc, tap):
+  del tap
+  return (x - b_dec) @ w_enc + b_enc
+
+
+def _encoder_affine_tapped_fwd(x, b_dec, w_enc, b_enc, tap):
+  del tap
+  return _encoder_affine_fwd(x, b_dec, w_enc, b_enc)
+
+
+def _encoder_affine_tapped_bwd(residuals, d_pre):
+  # W_enc's gradient as its factors, on the tap (FACTOR_TAPS)
+  d_x, d_b_dec, d_b_enc = _encoder_input_grads(residuals, d_pre)
+  return d_x, d_b_dec, None, d_b_enc, (residuals[0], d_pre)
+
+
+_encoder_affine_tapped.defvjp(_encoder_affine_tapped_fwd,
+                              _encoder_affine_tapped_bwd)
+
+
 def decode(params: Params, acts: jax.Array) -> jax.Array:
   """Float[batch d_sae] -> Float[batch d_in]."""
+  if FACTOR_TAPS in params:
+    return _decode_tapped(acts, params["W_dec"], params["b_dec"],
+                          params[FACTOR_TAPS]["W_dec"])
   if acts.ndim == 2 and acts.shape[0] <= SMALL_BATCH:
     return _decode_small_batch(acts, params["W_dec"], params["b_dec"])
   return acts @ params["W_dec"] + params["b_dec"]
@@ -195,15 +253,42 @@ def _decode_small_batch_bwd(residuals, g):
   # float64 product); the encoder's gradients follow it. (3) acts.T is
   # materialised too, which moves W_dec's gradient from Eigen's
   # transposed-operand matmul to YNNPACK's (1.15x faster, same bits).
-  acts, w_dec = residuals
-  d_acts = jax.lax.optimization_barrier(
-      w_dec @ jax.lax.optimization_barrier(g.T)).T
-  after = acts + 0.0 * d_acts[0, 0]
+  d_acts, after = _decode_acts_grad(residuals, g)
   d_w_dec = jax.lax.optimization_barrier(after.T) @ g
   return d_acts, d_w_dec, jnp.sum(g, axis=0)
 
 
+def _decode_acts_grad(residuals, g):
+  """(the gradient into the latents, acts waiting for it): (1) and (2)."""
+  acts, w_dec = residuals
+  d_acts = jax.lax.optimization_barrier(
+      w_dec @ jax.lax.optimization_barrier(g.T)).T
+  return d_acts, acts + 0.0 * d_acts[0, 0]
+
+
 _decode_small_batch.defvjp(_decode_small_batch_fwd, _decode_small_batch_bwd)
+
+
+@jax.custom_vjp
+def _decode_tapped(acts, w_dec, b_dec, tap):
+  del tap
+  return acts @ w_dec + b_dec
+
+
+def _decode_tapped_fwd(acts, w_dec, b_dec, tap):
+  del tap
+  return _decode_small_batch_fwd(acts, w_dec, b_dec)
+
+
+def _decode_tapped_bwd(residuals, g):
+  # W_dec's gradient as its factors, on the tap (FACTOR_TAPS); the acts
+  # factor waits for the read of W_dec, as in _decode_small_batch_bwd (1),
+  # since the kernel updates W_dec in place.
+  d_acts, after = _decode_acts_grad(residuals, g)
+  return d_acts, None, jnp.sum(g, axis=0), (after, g)
+
+
+_decode_tapped.defvjp(_decode_tapped_fwd, _decode_tapped_bwd)
 
 
 def unit_decoder_rows(params: Params) -> Params:
