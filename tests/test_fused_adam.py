@@ -246,13 +246,15 @@ def test_factors_are_the_weight_gradients():
 def test_kernel_on_factors_is_the_kernel_on_their_product(kernel, max_norm,
                                                           frozen):
   """factors={W: (a, b)}: the same step as the plain kernel given a^T b (to
-  the product's rounding), the clip's global norm from Gram matrices, and a
-  frozen member with non-finite factors left as it was."""
+  the product's rounding), rows of zero gradient included, the clip's
+  global norm from Gram matrices, and a frozen member with non-finite
+  factors left as it was."""
   keys = jax.random.split(jax.random.key(5), 6)
   p, m = random_tree(keys[0]), random_tree(keys[1], 0.1)
   v = random_tree(keys[2], 0.1, positive=True)
   a = np.asarray(jax.random.normal(keys[3], (16, 48)), np.float32) * 0.1
   b = np.asarray(jax.random.normal(keys[4], (16, 80)), np.float32) * 0.1
+  a[:, 6:15] = 0.0  # rows of W with no gradient (latents that never fired)
   g = {"W": (a.astype(np.float64).T @ b).astype(np.float32),
        "b": np.asarray(jax.random.normal(keys[5], (80,)), np.float32)}
   if frozen:

@@ -105,11 +105,21 @@ void ParallelFor(ffi::ThreadPool& pool, int64_t n, Task task) {
 // Rows [r, r + R) of a^T b into out ([R, cols], row stride cols): each entry
 // a sum over the batch, in batch order, of fused multiply-adds. The R x kC
 // block of sums stays in registers while b's rows stream past, so each load
-// of b feeds R multiply-adds.
+// of b feeds R multiply-adds. Rows whose a is all zero (W_dec's rows for
+// latents that fired on no row of the batch: most of them, in a ReLU SAE)
+// are zero without the arithmetic: the same value for a finite b.
 template <int R>
 void OuterRows(const float* __restrict a, const float* __restrict b,
                int64_t batch, int64_t rows, int64_t cols, int64_t r,
                float* __restrict out) {
+  bool zero = true;
+  for (int64_t k = 0; k < batch && zero; ++k) {
+    for (int i = 0; i < R; ++i) zero &= a[k * rows + r + i] == 0.0f;
+  }
+  if (zero) {
+    for (int i = 0; i < R; ++i) std::fill_n(out + i * cols, cols, 0.0f);
+    return;
+  }
   constexpr int64_t kC = 32;
   int64_t c = 0;
   for (; c + kC <= cols; c += kC) {
