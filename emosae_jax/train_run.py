@@ -180,7 +180,8 @@ def final_report(spec: core.StaticSpec, hp, params, prepared: PreparedData,
              f"{name}_l0": float(val["l0"]),
              "never_fires_fraction": float(np.mean(rates == 0)),
              # which Adam ran (train.adam_kernel="auto" decides per machine)
-             "adam": "fused" if spec.fused_adam else "optax"}
+             "adam": "fused" if spec.fused_adam else "optax",
+             "factored_grads": spec.factored_grads}
   if prepared.true_features is not None:
     summary["recovery"] = metrics.dictionary_recovery(
         prepared.true_features, np.asarray(params["W_dec"]))
