@@ -166,6 +166,14 @@ def test_training_with_the_kernel_follows_optax(kernel, preset):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-9)
 
 
+def test_kernel_builds_where_a_compiler_exists(tmp_path):
+  """A source that stops compiling must fail here, not fall back to optax
+  with a warning and skip the kernel's tests."""
+  if fused_adam._compiler() is None:
+    pytest.skip("no C++ compiler here")
+  assert fused_adam.build(tmp_path).exists()
+
+
 def test_kernel_choice_and_validation(monkeypatch, tmp_path):
   """auto: fused on a one-device CPU process when the kernel builds; a
   missing compiler is a clear error from build(), optax under auto, and a

@@ -24,6 +24,7 @@
 #include <cstdint>
 #include <memory>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "xla/ffi/api/ffi.h"
@@ -347,42 +348,36 @@ ffi::Error OuterImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> a,
 
 }  // namespace
 
+// Both handlers' arguments after the gradient's: m, v, p, coef, the
+// attributes, and the updated p, m, v.
+template <typename Binding>
+auto AdamTail(Binding binding) {
+  return std::move(binding)
+      .template Arg<ffi::Buffer<ffi::F32>>()
+      .template Arg<ffi::Buffer<ffi::F32>>()
+      .template Arg<ffi::Buffer<ffi::F32>>()
+      .template Arg<ffi::Buffer<ffi::F32>>()
+      .template Attr<float>("b1")
+      .template Attr<float>("c1")
+      .template Attr<float>("b2")
+      .template Attr<float>("c2")
+      .template Attr<float>("eps")
+      .template Attr<float>("max_norm")
+      .template Attr<int32_t>("unit_axis")
+      .template Ret<ffi::Buffer<ffi::F32>>()
+      .template Ret<ffi::Buffer<ffi::F32>>()
+      .template Ret<ffi::Buffer<ffi::F32>>();
+}
+
+// the gradient
 XLA_FFI_DEFINE_HANDLER_SYMBOL(EmosaeFusedAdam, AdamImpl,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::ThreadPool>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Attr<float>("b1")
-                                  .Attr<float>("c1")
-                                  .Attr<float>("b2")
-                                  .Attr<float>("c2")
-                                  .Attr<float>("eps")
-                                  .Attr<float>("max_norm")
-                                  .Attr<int32_t>("unit_axis")
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>());
+                              AdamTail(ffi::Ffi::Bind()
+                                           .Ctx<ffi::ThreadPool>()
+                                           .Arg<ffi::Buffer<ffi::F32>>()));
 
-
+// the gradient's factors a and b
 XLA_FFI_DEFINE_HANDLER_SYMBOL(EmosaeFusedAdamOuter, OuterImpl,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::ThreadPool>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Attr<float>("b1")
-                                  .Attr<float>("c1")
-                                  .Attr<float>("b2")
-                                  .Attr<float>("c2")
-                                  .Attr<float>("eps")
-                                  .Attr<float>("max_norm")
-                                  .Attr<int32_t>("unit_axis")
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>());
+                              AdamTail(ffi::Ffi::Bind()
+                                           .Ctx<ffi::ThreadPool>()
+                                           .Arg<ffi::Buffer<ffi::F32>>()
+                                           .Arg<ffi::Buffer<ffi::F32>>()));
