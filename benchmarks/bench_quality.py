@@ -399,8 +399,10 @@ def quality(name, python, quick, fold="test", matched=False, lrs=None,
     l0s = sorted({round(p[0]) for p in pareto(libs["emosae"])})
     print("   PCA      " + "  ".join(f"{pca_fvu(x_train, x_test, k):.3f}@{k}"
                                       for k in l0s) +
-          "  (dense, k components at emosae's Pareto L0s; exact once k >= "
-          "d_in)")
+          "  (dense, k components at emosae's Pareto L0s; the training "
+          f"rows span at most {min(x_train.shape[1], len(x_train) - 1)}, "
+          "so past that PCA stops improving: exact only if the test rows "
+          "lie in their span)")
     print_matched(libs["emosae"], libs["SAELens"])
     if arch == "topk":
       print("   per k, best over lrs (dead fraction, lr):")
