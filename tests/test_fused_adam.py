@@ -306,3 +306,24 @@ def test_vmapped_members_on_factors(kernel):
     alone = jax.jit(one)(p[i], m[i], v[i], a[i], b[i], lrs[i])
     for got, want in zip(jax.tree.leaves(batched), jax.tree.leaves(alone)):
       np.testing.assert_array_equal(got[i] if got.ndim else got, want)
+
+
+def test_vmapped_sweep_with_factored_grads_equals_its_members(kernel):
+  """Sweep members (vmap over states and hparams) on the factored path: the
+  taps' gradients come out per member, so each member trains as alone (to
+  float32 rounding: vmap batches the other matmuls)."""
+  config, spec = small_reference_spec()
+  assert spec.factored_grads
+  hp = core.hparams_from_config(config)
+  x = jnp.asarray(np.random.default_rng(0).normal(scale=0.1, size=(86, 32)),
+                  jnp.float32)
+  states = [core.init_state(spec, jax.random.PRNGKey(i)) for i in range(2)]
+  hps = [dict(hp, lr=jnp.float32(lr)) for lr in (1e-3, 3e-3)]
+  epochs = lambda s, h: core.train_epochs(spec, 3, s, h, x[:70], x[70:], 0)  # noqa: E731
+  stack = lambda trees: jax.tree.map(lambda *a: jnp.stack(a), *trees)  # noqa: E731
+  swept, _ = jax.jit(jax.vmap(epochs))(stack(states), stack(hps))
+  for i in range(2):
+    alone, _ = jax.jit(epochs)(states[i], hps[i])
+    for got, want in zip(jax.tree.leaves(swept.params),
+                         jax.tree.leaves(alone.params)):
+      np.testing.assert_allclose(got[i], want, rtol=1e-5, atol=1e-6)
