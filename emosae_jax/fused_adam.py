@@ -125,9 +125,10 @@ def update(grads, opt_state, params, lr, frozen, max_grad_norm: float,
   (1) or columns (0) in the same call, as base.unit_decoder does after the
   optax path (the norms summed in float64, so the last bit may differ).
   `factors` {name: (a [batch, rows], b [batch, cols])}: those weights'
-  gradients as a^T b, which the kernel computes block by block (in fused
-  multiply-adds, so not bit for bit the matmul's); `grads` need not hold
-  them.
+  gradients as a^T b, which the kernel computes block by block (fused
+  multiply-adds in batch order: on the machines here the same bits as
+  XLA's batch-16 matmul, which nothing promises elsewhere); `grads` need
+  not hold them.
   """
   if not available():  # also registers the kernel with XLA
     raise RuntimeError("the fused Adam kernel could not be built; use "
