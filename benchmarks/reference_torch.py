@@ -134,14 +134,18 @@ def train_reference(x_train, x_val, x_test, seed=0, d_sae=6144, epochs=500,
                     batch=16, lr=1e-3, l1=3e-3, dead_after=100,
                     resample_every=100, eval_every=50, patience=50,
                     resample="code", decoder_norm="inputs",
-                    output_bias=True, partial_batch="keep"):
+                    output_bias=True, partial_batch="keep",
+                    monitor_every=0):
   """Trains on float32 arrays in raw units; returns a dict of figures.
 
   resample: "code" (encoder rows x 0.1, decoder columns unit norm) or
   "fresh" (new Kaiming x 0.1 rows, new orthogonal unit columns);
   decoder_norm: "inputs" (the reference's dim=1) or "latents"; output_bias:
   the decoder's learned bias; partial_batch: "keep" (the last batch is
-  short) or "wrap" (filled up with the epoch's first rows).
+  short) or "wrap" (filled up with the epoch's first rows); monitor_every:
+  also record the validation MSE every that many steps ("val_mse_monitor",
+  not used by training; its own validation every 50 steps can miss a
+  spike that comes and goes between two of them).
   """
   x_train, x_val, x_test = (torch.as_tensor(np.asarray(a, np.float32))
                             for a in (x_train, x_val, x_test))
@@ -158,7 +162,7 @@ def train_reference(x_train, x_val, x_test, seed=0, d_sae=6144, epochs=500,
                            for p in parts])))
 
   step, best_val, bad, dead_at_step = 0, float("inf"), 0, 0
-  train_mse, val_mse, resampled = [], [], []
+  train_mse, val_mse, resampled, monitor = [], [], [], []
   start = time.perf_counter()
   for _ in range(epochs):
     order = torch.randperm(n, generator=sae.g)
@@ -170,6 +174,8 @@ def train_reference(x_train, x_val, x_test, seed=0, d_sae=6144, epochs=500,
       step += 1
       if step % resample_every == 0:
         resampled.append(sae.resample())
+      if monitor_every and step % monitor_every == 0:
+        monitor.append(evaluate(x_val)[1])
       if step % eval_every == 0:
         val_loss, v_mse, _ = evaluate(x_val)
         val_mse.append(v_mse)
@@ -194,6 +200,7 @@ def train_reference(x_train, x_val, x_test, seed=0, d_sae=6144, epochs=500,
           "heldout_fvu": float(((x_test - x_hat) ** 2).sum()
                                / (centred ** 2).sum()),
           "train_mse": np.asarray(train_mse), "val_mse": np.asarray(val_mse),
+          "val_mse_monitor": np.asarray(monitor),
           "resampled": resampled}
 
 

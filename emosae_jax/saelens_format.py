@@ -66,11 +66,26 @@ _SHAPES = {"W_enc": ("d_in", "d_sae"), "b_enc": ("d_sae",),
 
 
 def fold_normalizer(params: dict, normalizer: data.Normalizer) -> dict:
-  """The four affine tensors of an SAE on x_norm, as one on raw x."""
+  """The four affine tensors of an SAE on x_norm, as one on raw x (an
+  output bias, the reference preset's b_out, folded into b_dec and b_enc)."""
   s, mean = float(normalizer.scale), np.asarray(normalizer.mean, np.float64)
-  p = {k: np.asarray(params[k], np.float64) for k in _SHAPES}
+  p = fold_output_bias({k: np.asarray(v, np.float64)
+                        for k, v in params.items()
+                        if k in _SHAPES or k == "b_out"})
   return _f32({"W_enc": p["W_enc"] * s, "b_enc": p["b_enc"],
                "W_dec": p["W_dec"] / s, "b_dec": mean + p["b_dec"] / s})
+
+
+def fold_output_bias(params: dict) -> dict:
+  """The same SAE without b_out (the reference preset's decoder bias beside
+  its pre-bias, saes.base.decoder_bias): b_dec + b_out as b_dec, and
+  b_enc + b_out @ W_enc so that (x - b_dec) @ W_enc + b_enc is unchanged."""
+  if "b_out" not in params:
+    return params
+  out = {k: v for k, v in params.items() if k != "b_out"}
+  out["b_dec"] = params["b_dec"] + params["b_out"]
+  out["b_enc"] = params["b_enc"] + params["b_out"] @ params["W_enc"]
+  return out
 
 
 def unfold_normalizer(raw: dict, normalizer: data.Normalizer) -> dict:

@@ -143,6 +143,7 @@ def static_spec_from_config(config, n_train: int) -> StaticSpec:
                      bandwidth=m.bandwidth, threshold_init=m.threshold_init,
                      init=m.init, init_scale=m.init_scale,
                      learn_pre_bias=m.learn_pre_bias,
+                     output_bias=m.get("output_bias", False),
                      sparsity_over_latents=m.sparsity_over_latents,
                      top_k_method=m.get("top_k_method", "auto"))
   batch = min(t.batch_size, n_train)

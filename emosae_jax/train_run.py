@@ -46,6 +46,8 @@ def validate_config(config) -> None:
        "'inputs'"),
       (m.decoder_norm != "inputs" or m.arch == "relu_l1",
        "model.decoder_norm='inputs' is for relu_l1 only"),
+      (not m.get("output_bias", False) or m.arch == "relu_l1",
+       "model.output_bias is for relu_l1 only"),
       (m.get("top_k_method", "auto") in saes.TOP_K_METHODS,
        f"model.top_k_method={m.get('top_k_method')!r}: use one of "
        f"{', '.join(saes.TOP_K_METHODS)}"),

@@ -44,6 +44,9 @@ def _assert_same(state, sae):
                              rtol=1e-4, atol=1e-6)
   np.testing.assert_allclose(p["b_enc"], sae.b_enc.detach().numpy(),
                              rtol=1e-4, atol=1e-6)
+  # the decoder's own learned bias, beside the fixed pre-bias
+  np.testing.assert_allclose(p["b_out"], sae.b_out.detach().numpy(),
+                             rtol=1e-4, atol=1e-6)
   np.testing.assert_array_equal(np.asarray(state.steps_since_fired),
                                 sae.since.numpy())
 
@@ -66,9 +69,10 @@ def test_init_is_the_references():
 
 def test_training_steps_match_torch():
   """MSE + 3e-3 x mean |h| over batch and latents, Adam 1e-3, the decoder
-  renormalised per input dimension and the dead counters, for 5 steps."""
+  renormalised per input dimension, its learned output bias and the dead
+  counters, for 5 steps."""
   x = _data()
-  _, spec, state, sae = _pair(x, output_bias=False)
+  _, spec, state, sae = _pair(x)
   hp = core.hparams_from_config(get_config("reference"))
   step = jax.jit(lambda s, xb: core.train_step(spec, hp, s, xb))
   for i in range(5):
@@ -82,7 +86,7 @@ def test_resampling_matches_torch():
   """Latents unfired for more than 100 steps: encoder x 0.1, decoder
   direction unit norm, counter 0; one at exactly 100 is left alone."""
   x = _data()
-  _, spec, state, sae = _pair(x, output_bias=False)
+  _, spec, state, sae = _pair(x)
   since = np.zeros(M, np.int32)
   since[:10] = 150
   since[10:13] = 100
@@ -99,7 +103,7 @@ def test_epoch_keeps_the_short_last_batch():
   """10 rows at batch 4: steps of 4, 4 and 2 rows (the reference's
   DataLoader), the same as three torch steps on those rows."""
   x = _data(n=10)
-  _, spec, state, sae = _pair(x, output_bias=False)
+  _, spec, state, sae = _pair(x)
   assert spec.steps_per_epoch == 3
   perm = np.asarray(jax.random.permutation(
       jax.random.fold_in(state.rng, 0), len(x)))

@@ -98,6 +98,22 @@ def test_export_equals_saelens_math_on_raw_inputs(run, exported):
   assert_close(x_hat, ref_x_hat)
 
 
+def test_export_folds_the_output_bias(tmp_path):
+  """A ReLU SAE with the reference's decoder bias b_out (model.output_bias)
+  exports as SAELens's one b_dec: b_out moved into b_dec and b_enc."""
+  config = tiny_config("relu_l1", data__n_examples=1024, train__epochs=2,
+                       train__epochs_per_call=2, model__output_bias=True)
+  train_run.train_and_evaluate(config, tmp_path / "run", progress=False)
+  params = load_file(str(tmp_path / "run" / runs.PARAMS_FILE))
+  assert np.abs(params["b_out"]).max() > 1e-4  # it learned something
+  folder = slf.export_run(tmp_path / "run", tmp_path / "sae")
+  x = raw_inputs(tmp_path / "run")
+  acts, x_hat = emosae_raw(tmp_path / "run", x)
+  ref_acts, ref_x_hat = saelens_reference(folder, x)
+  assert_close(acts, ref_acts)
+  assert_close(x_hat, ref_x_hat)
+
+
 def test_round_trip_gives_the_same_sae(run, exported, tmp_path):
   back = slf.import_sae(exported, tmp_path / "back", _default_config)
   x = raw_inputs(run, seed=1)

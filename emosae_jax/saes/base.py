@@ -39,6 +39,10 @@ class SAESpec:
   init: str = "tied"  # "tied" or "reference" (see SparseAutoencoder)
   init_scale: float = 1.0  # tied: initial decoder row norm
   learn_pre_bias: bool = True  # False: b_dec stays at its initial 0
+  # relu_l1: a learned decoder bias b_out [d_in] added to x_hat besides b_dec
+  # (the reference system's decoder Linear has one beside its fixed
+  # pre-bias; without it its training blew up, see configs/sae.py)
+  output_bias: bool = False
   sparsity_over_latents: str = "sum"  # relu_l1 L1: "sum" or "mean"
   # topk / batchtopk: how the k largest are found (see uses_counting)
   top_k_method: str = "auto"
@@ -220,12 +224,21 @@ _encoder_affine_tapped.defvjp(_encoder_affine_tapped_fwd,
 
 def decode(params: Params, acts: jax.Array) -> jax.Array:
   """Float[batch d_sae] -> Float[batch d_in]."""
+  bias = decoder_bias(params)
   if FACTOR_TAPS in params:
-    return _decode_tapped(acts, params["W_dec"], params["b_dec"],
+    return _decode_tapped(acts, params["W_dec"], bias,
                           params[FACTOR_TAPS]["W_dec"])
   if acts.ndim == 2 and acts.shape[0] <= SMALL_BATCH:
-    return _decode_small_batch(acts, params["W_dec"], params["b_dec"])
-  return acts @ params["W_dec"] + params["b_dec"]
+    return _decode_small_batch(acts, params["W_dec"], bias)
+  return acts @ params["W_dec"] + bias
+
+
+def decoder_bias(params: Params) -> jax.Array:
+  """What decode adds to acts @ W_dec: b_dec, plus b_out where the SAE has
+  one (SAESpec.output_bias)."""
+  if "b_out" in params:
+    return params["b_dec"] + params["b_out"]
+  return params["b_dec"]
 
 
 @jax.custom_vjp

@@ -17,8 +17,9 @@ from emosae_jax.saes import base
 
 
 def extra_params(spec):
-  del spec
-  return ()
+  if not spec.output_bias:
+    return ()
+  return (("b_out", lambda key: jnp.zeros((spec.d_in,))),)
 
 
 def activation(spec, params, pre, train: bool):
