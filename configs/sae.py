@@ -142,10 +142,11 @@ def get_config(arg=None):
     config.data.val_fraction = 0.15  # (its 15% test set is held out apart)
     config.data.scale_inputs = False  # raw units, centred on the train mean:
     config.model.learn_pre_bias = False  # = its fixed pre-bias
-    # and its decoder Linear's own learned bias. Without it the preset (and
-    # the torch re-implementation) blew up on some seeds: validation FVU
-    # 3-7x its best on 4 of 8 (the guard restored), 82x for torch's seed
-    # 14 without the bias; with it, no seed beyond 1.3x.
+    # and its decoder Linear's own learned bias. Without it the preset blew
+    # up (validation FVU 3.2-7.1x its best, then the guard's restore) on 4
+    # of 16 seeds of the t5-like stand-in, and the torch re-implementation
+    # without it reached 82x on one of them; with it, 1 of 16 (3.4x) and
+    # 1.2-1.7x on the rest (bench_reference.py, session 9).
     config.model.output_bias = True
     config.model.arch = "relu_l1"
     config.model.init = "reference"
