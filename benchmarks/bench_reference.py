@@ -23,6 +23,7 @@ every 50 steps, which can miss a spike that comes and goes between two).
 """
 
 import argparse
+import ast
 import sys
 import tempfile
 import time
@@ -79,9 +80,9 @@ def run_preset(es, split, seed, epochs, workdir, adam_kernel="auto",
   train, val, test = split
   data.save_embedding_set(es, f"{workdir}/set")
   config = get_config("reference")
-  for key, value in (overrides or {}).items():  # "train.lr": 1e-3, ...
+  for key, value in (overrides or {}).items():  # parse_overrides'
     section, field = key.split(".")
-    config[section][field] = type(config[section][field])(value)
+    config[section][field] = value
   config.data.path = f"{workdir}/set"
   config.model.d_in = es.dim
   config.train.epochs = epochs
@@ -131,6 +132,30 @@ def run_torch(es, split, seed, epochs, variant):
           "steps": r["steps"], "restores": 0}
 
 
+def parse_overrides(text):
+  """"train.lr=3e-4,model.output_bias=False" -> {"train.lr": 3e-4, ...},
+  each checked against the preset's setting of that name and type (a
+  ValueError saying which is wrong)."""
+  config, out = get_config("reference"), {}
+  for item in filter(None, text.split(",")):
+    key, eq, raw = item.partition("=")
+    section, _, field = key.partition(".")
+    if not eq or field not in config.get(section, {}):
+      raise ValueError(f"{item!r} does not set a setting of the reference "
+                       "preset (configs/sae.py), e.g. "
+                       "train.divergence_factor=1.5")
+    try:
+      value = ast.literal_eval(raw)
+    except (ValueError, SyntaxError):
+      value = raw
+    try:
+      config[section][field] = value  # ml_collections checks the type
+    except TypeError as e:
+      raise ValueError(f"{item!r}: {e}") from None
+    out[key] = value
+  return out
+
+
 def spread(values, fmt):
   values = np.asarray(values, float)
   if len(values) == 1:
@@ -162,18 +187,10 @@ def main():
     seeds = [int(s) for s in args.seeds.split(",")]
   except ValueError:
     sys.exit(f"--seeds={args.seeds!r}: give integers, e.g. 0,1,2")
-  overrides = dict(item.split("=", 1) for item in args.overrides.split(",")
-                   if item)
-  config = get_config("reference")
-  for key, value in overrides.items():
-    section, _, field = key.partition(".")
-    if field not in config.get(section, {}):
-      sys.exit(f"--overrides: {key!r} is not a setting of the reference "
-               "preset (configs/sae.py), e.g. train.divergence_factor=1.5")
-    try:
-      float(value)
-    except ValueError:
-      sys.exit(f"--overrides: {key}={value!r}: give a number")
+  try:
+    overrides = parse_overrides(args.overrides)
+  except ValueError as e:
+    sys.exit(f"--overrides: {e}")
   if args.data:
     try:
       es = data.load_embedding_set(args.data)
