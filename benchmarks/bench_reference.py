@@ -68,11 +68,12 @@ def worst_jump(fvu):
 
 
 def relu_sae(params, x):
-  """x [n, d] centred -> (x_hat, acts) of the preset's params (a ReLU SAE
-  with the reference's output bias b_out)."""
+  """x [n, d] centred -> (x_hat, acts) of the preset's params (a ReLU SAE,
+  with the reference's output bias b_out unless overridden off)."""
   acts = np.maximum((x - params["b_dec"]) @ params["W_enc"] + params["b_enc"],
                     0)
-  return acts @ params["W_dec"] + params["b_dec"] + params["b_out"], acts
+  return (acts @ params["W_dec"] + params["b_dec"] + params.get("b_out", 0.0),
+          acts)
 
 
 def run_preset(es, split, seed, epochs, workdir, adam_kernel="auto",
