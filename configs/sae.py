@@ -146,7 +146,7 @@ def get_config(arg=None):
     # up (validation FVU 3.2-7.1x its best, then the guard's restore) on 4
     # of 16 seeds of the t5-like stand-in, and the torch re-implementation
     # without it reached 82x on one of them; with it, 1 of 16 (3.4x) and
-    # 1.2-1.7x on the rest (torch with it: 1.23-1.38x on 5 of those seeds;
+    # 1.2-1.7x on the rest (torch with it: 1.19-1.49x on 9 of those seeds;
     # bench_reference.py, session 9).
     config.model.output_bias = True
     config.model.arch = "relu_l1"
