@@ -240,9 +240,15 @@ ffi::Error Prepare(ffi::Buffer<ffi::F32>& m_in, ffi::Buffer<ffi::F32>& v_in,
 // the other axes), per member: the decoder renormalisations of
 // saes.decoder_unit_axis.
 template <typename GradRows>
-void Update(ffi::ThreadPool& pool, const Layout& at, float* p, float* m,
-            float* v, const Coef* coefs, Consts consts, int32_t unit_axis,
-            GradRows grad_rows) {
+void Update(ffi::ThreadPool& pool, const Layout& at,
+            ffi::ResultBuffer<ffi::F32>& p_out,
+            ffi::ResultBuffer<ffi::F32>& m_out,
+            ffi::ResultBuffer<ffi::F32>& v_out, ffi::Buffer<ffi::F32>& coef,
+            Consts consts, int32_t unit_axis, GradRows grad_rows) {
+  float* p = p_out->typed_data();
+  float* m = m_out->typed_data();
+  float* v = v_out->typed_data();
+  const Coef* coefs = reinterpret_cast<const Coef*>(coef.typed_data());
   const int64_t cols = at.cols, tasks = at.members * at.blocks;
   std::vector<double> col_sums(unit_axis == 0 ? size_t(tasks * cols) : 0, 0.0);
   ParallelFor(pool, tasks, [&](int64_t task) {
@@ -299,8 +305,7 @@ ffi::Error AdamImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> g,
     return ffi::Error::InvalidArgument("fused_adam: shapes do not match");
   }
   const float* grad = g.typed_data();
-  Update(pool, layout, p_out->typed_data(), m_out->typed_data(),
-         v_out->typed_data(), reinterpret_cast<const Coef*>(coef.typed_data()),
+  Update(pool, layout, p_out, m_out, v_out, coef,
          Consts{b1, c1, b2, c2, eps, max_norm}, unit_axis,
          [&](int64_t task) { return grad + layout.at(task); });
   return ffi::Error::Success();
@@ -330,8 +335,7 @@ ffi::Error OuterImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> a,
   }
   const float* a_data = a.typed_data();
   const float* b_data = b.typed_data();
-  Update(pool, layout, p_out->typed_data(), m_out->typed_data(),
-         v_out->typed_data(), reinterpret_cast<const Coef*>(coef.typed_data()),
+  Update(pool, layout, p_out, m_out, v_out, coef,
          Consts{b1, c1, b2, c2, eps, max_norm}, unit_axis,
          [&](int64_t task) {
            // one block of g per thread, reused across tasks and calls
