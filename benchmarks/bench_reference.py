@@ -36,7 +36,9 @@ import numpy as np  # noqa: E402
 from safetensors.numpy import load_file  # noqa: E402
 
 from configs.sae import get_config  # noqa: E402
+import jax  # noqa: E402
 from emosae_jax import data, metrics, runs, synthetic, train_run  # noqa: E402
+from emosae_jax import train_core as core  # noqa: E402
 
 BATCH = 16  # the reference's batch size (and the preset's)
 REFERENCE = {"dead": 0.45, "test_mse": 0.0064, "l0": 144, "seconds": 107.0}
@@ -76,19 +78,36 @@ def relu_sae(params, x):
           acts)
 
 
-def run_preset(es, split, seed, epochs, workdir, adam_kernel="auto",
-               overrides=None):
-  train, val, test = split
-  data.save_embedding_set(es, f"{workdir}/set")
+def preset_config(dim, seed, epochs, adam_kernel="auto", overrides=None):
   config = get_config("reference")
   for key, value in (overrides or {}).items():  # parse_overrides'
     section, field = key.split(".")
     config[section][field] = value
-  config.data.path = f"{workdir}/set"
-  config.model.d_in = es.dim
+  config.model.d_in = dim
   config.train.epochs = epochs
   config.train.adam_kernel = adam_kernel
   config.seed = seed
+  return config
+
+
+def preset_streams(config, n_train):
+  """The preset's random streams for torch: its starting weights in torch's
+  layouts and its row order of each epoch (train_core._epoch's), so that
+  the two trainers differ only in arithmetic. Once the preset's guard
+  restores, its path parts from these (turn it off to compare:
+  --overrides=train.divergence_factor=0)."""
+  spec = core.static_spec_from_config(config, n_train)
+  key = jax.random.PRNGKey(config.seed)
+  params = jax.device_get(core.init_state(spec, key).params)
+  init = {"w_enc": params["W_enc"].T, "w_dec": params["W_dec"].T}
+  return init, lambda epoch: np.asarray(jax.random.permutation(
+      jax.random.fold_in(key, epoch), n_train))
+
+
+def run_preset(es, split, config, workdir):
+  train, val, test = split
+  data.save_embedding_set(es, f"{workdir}/set")
+  config.data.path = f"{workdir}/set"
   start = time.perf_counter()
   summary = train_run.train_and_evaluate(config, f"{workdir}/work",
                                          progress=False, split=(train, val))
@@ -110,7 +129,7 @@ def run_preset(es, split, seed, epochs, workdir, adam_kernel="auto",
           "restores": summary["divergence_restores"]}
 
 
-def run_torch(es, split, seed, epochs, variant):
+def run_torch(es, split, seed, epochs, variant, streams=None):
   import reference_torch
   import torch
   # On the shared 2-core machines, 2 threads cost 5x the CPU time per step.
@@ -124,7 +143,8 @@ def run_torch(es, split, seed, epochs, variant):
       x[train], x[val], x[test], seed=seed, epochs=epochs, batch=BATCH,
       resample="fresh" if issue else "code",
       decoder_norm="latents" if issue else "inputs",
-      monitor_every=-(-len(train) // BATCH))
+      monitor_every=-(-len(train) // BATCH),
+      **dict(zip(("init", "orders"), streams or ())))
   val_var = np.sum((x[val] - x[train].mean(0)) ** 2) / x[val].size
   return {"dead": r["dead_counter"], "never_fires": r["dead_never_fires"],
           "test_mse": r["test_mse"], "l0": r["test_l0"],
@@ -177,6 +197,11 @@ def main():
                       help="the torch re-implementation: as the reference's "
                       "code runs, or as issue 12 summarises it")
   parser.add_argument("--skip_torch", action="store_true")
+  parser.add_argument("--torch_streams", default="own",
+                      choices=("own", "preset"),
+                      help="torch's starting weights and batch order: its "
+                      "own draws, or the preset's (then the two differ only "
+                      "in arithmetic)")
   parser.add_argument("--adam_kernel", default="auto",
                       choices=("auto", "fused", "optax"),
                       help="the preset's train.adam_kernel")
@@ -203,17 +228,21 @@ def main():
   results = {"preset": [], "torch": []}
   for seed in seeds:
     split = split_70_15_15(len(es), seed)
+    config = preset_config(es.dim, seed, args.epochs, args.adam_kernel,
+                           overrides)
     with tempfile.TemporaryDirectory() as tmp:
-      results["preset"].append(run_preset(es, split, seed, args.epochs, tmp,
-                                          args.adam_kernel, overrides))
+      results["preset"].append(run_preset(es, split, config, tmp))
     if not args.skip_torch:
+      streams = (preset_streams(config, len(split[0]))
+                 if args.torch_streams == "preset" else None)
       results["torch"].append(run_torch(es, split, seed, args.epochs,
-                                        args.variant))
+                                        args.variant, streams))
     print(f"seed {seed}: " + "; ".join(
         f"{name} " + ", ".join(f"{k}={v:.4g}" for k, v in r[-1].items())
         for name, r in results.items() if r), flush=True)
   print(f"data: {args.data or args.standin} {len(es)} x {es.dim}; seeds "
-        f"{seeds} (mean [min, max]); torch variant: {args.variant}")
+        f"{seeds} (mean [min, max]); torch variant: {args.variant}, "
+        f"{args.torch_streams} random streams")
   print(f"{'':28}{'reference':>12}{'torch re-impl':>28}{'preset':>28}")
   for key, label, fmt in ROWS:
     ref = fmt.format(REFERENCE[key]) if key in REFERENCE else "-"

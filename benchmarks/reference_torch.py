@@ -72,14 +72,19 @@ class ReferenceSAE:
 
   def __init__(self, x_train, d_sae, seed=0, lr=1e-3, l1=3e-3,
                dead_after=100, resample="code", decoder_norm="inputs",
-               output_bias=True):
+               output_bias=True, init=None):
     self.g = torch.Generator().manual_seed(seed)
     d = x_train.shape[1]
     self.pre_bias = x_train.mean(0)
-    self.w_enc = _kaiming_x01(d_sae, d, self.g).requires_grad_()
+    if init is None:
+      w_enc = _kaiming_x01(d_sae, d, self.g)
+      w_dec = F.normalize(_orthogonal(d, d_sae, self.g), dim=1)
+    else:  # given weights (another trainer's), in these layouts
+      w_enc, w_dec = (torch.as_tensor(np.array(init[k], np.float32))
+                      for k in ("w_enc", "w_dec"))
+    self.w_enc = w_enc.requires_grad_()
     self.b_enc = torch.zeros(d_sae, requires_grad=True)
-    self.w_dec = F.normalize(_orthogonal(d, d_sae, self.g),
-                             dim=1).requires_grad_()
+    self.w_dec = w_dec.requires_grad_()
     self.b_out = torch.zeros(d, requires_grad=output_bias)
     params = [self.w_enc, self.b_enc, self.w_dec]
     self.opt = torch.optim.Adam(params + ([self.b_out] if output_bias
@@ -135,7 +140,7 @@ def train_reference(x_train, x_val, x_test, seed=0, d_sae=6144, epochs=500,
                     resample_every=100, eval_every=50, patience=50,
                     resample="code", decoder_norm="inputs",
                     output_bias=True, partial_batch="keep",
-                    monitor_every=0):
+                    monitor_every=0, init=None, orders=None):
   """Trains on float32 arrays in raw units; returns a dict of figures.
 
   resample: "code" (encoder rows x 0.1, decoder columns unit norm) or
@@ -145,12 +150,14 @@ def train_reference(x_train, x_val, x_test, seed=0, d_sae=6144, epochs=500,
   short) or "wrap" (filled up with the epoch's first rows); monitor_every:
   also record the validation MSE every that many steps ("val_mse_monitor",
   not used by training; its own validation every 50 steps can miss a
-  spike that comes and goes between two of them).
+  spike that comes and goes between two of them). init: starting weights
+  {"w_enc": [d_sae, d], "w_dec": [d, d_sae]} and orders: epoch -> row order,
+  both instead of its own draws, to run on another trainer's random streams.
   """
   x_train, x_val, x_test = (torch.as_tensor(np.asarray(a, np.float32))
                             for a in (x_train, x_val, x_test))
   sae = ReferenceSAE(x_train, d_sae, seed, lr, l1, dead_after, resample,
-                     decoder_norm, output_bias)
+                     decoder_norm, output_bias, init)
   n = len(x_train)
 
   @torch.no_grad()
@@ -164,8 +171,9 @@ def train_reference(x_train, x_val, x_test, seed=0, d_sae=6144, epochs=500,
   step, best_val, bad, dead_at_step = 0, float("inf"), 0, 0
   train_mse, val_mse, resampled, monitor = [], [], [], []
   start = time.perf_counter()
-  for _ in range(epochs):
-    order = torch.randperm(n, generator=sae.g)
+  for epoch in range(epochs):
+    order = (torch.randperm(n, generator=sae.g) if orders is None
+             else torch.as_tensor(np.asarray(orders(epoch), np.int64)))
     if partial_batch == "wrap" and n % batch:
       order = torch.cat([order, order[:batch - n % batch]])
     for i in range(0, len(order), batch):
@@ -193,7 +201,7 @@ def train_reference(x_train, x_val, x_test, seed=0, d_sae=6144, epochs=500,
     x_hat, _ = sae.forward(x_test)
     fires = (sae.forward(x_train)[1] > 0).any(0)
   centred = x_test - sae.pre_bias
-  return {"seconds": seconds, "steps": step,
+  return {"seconds": seconds, "steps": step, "model": sae,
           "dead_counter": dead_at_step / d_sae,
           "dead_never_fires": float(1 - fires.float().mean()),
           "test_mse": test_mse, "test_l0": test_l0,
@@ -235,7 +243,8 @@ def main():
                       output_bias=bool(args.output_bias),
                       partial_batch=args.partial_batch)
   print(vars(args))
-  print({k: round(float(v), 5) for k, v in r.items() if np.ndim(v) == 0})
+  print({k: round(float(v), 5) for k, v in r.items()
+         if isinstance(v, (int, float))})
   print("resampled per event:", r["resampled"])
 
 

@@ -16,6 +16,7 @@ from emosae_jax import train_core as core
 
 torch = pytest.importorskip("torch")
 sys.path.insert(0, str(ROOT / "benchmarks"))
+import bench_reference  # noqa: E402
 import reference_torch  # noqa: E402
 
 D, M, BATCH = 8, 32, 4
@@ -113,3 +114,22 @@ def test_epoch_keeps_the_short_last_batch():
     sae.step(torch.as_tensor(x[rows]))
   assert int(state.step) == 3
   _assert_same(state, sae)
+
+
+def test_torch_runs_on_the_presets_streams():
+  """bench_reference.py --torch_streams=preset: torch given the preset's
+  starting weights and row orders follows the preset over 3 epochs (9
+  steps, short batches included), so a paired run differs in arithmetic
+  only."""
+  x = _data(n=10)
+  config = bench_reference.preset_config(D, seed=3, epochs=3)
+  config.model.d_sae, config.train.batch_size = M, BATCH
+  spec = core.static_spec_from_config(config, len(x))
+  hp = core.hparams_from_config(config)
+  state = core.init_state(spec, jax.random.PRNGKey(3))
+  state, _ = core.compiled_train_epochs(spec, 3)(state, hp, x, x, 0)
+  init, orders = bench_reference.preset_streams(config, len(x))
+  r = reference_torch.train_reference(x, x, x, d_sae=M, epochs=3,
+                                      batch=BATCH, init=init, orders=orders)
+  assert r["steps"] == int(state.step) == 9
+  _assert_same(state, r["model"])
