@@ -17,6 +17,7 @@ from emosae_jax import train_core as core
 torch = pytest.importorskip("torch")
 sys.path.insert(0, str(ROOT / "benchmarks"))
 import bench_reference  # noqa: E402
+import bench_reference_branch  # noqa: E402
 import reference_torch  # noqa: E402
 
 D, M, BATCH = 8, 32, 4
@@ -133,3 +134,26 @@ def test_torch_runs_on_the_presets_streams():
                                       batch=BATCH, init=init, orders=orders)
   assert r["steps"] == int(state.step) == 9
   _assert_same(state, r["model"])
+
+
+def test_torch_continues_from_a_preset_state():
+  """bench_reference_branch.py: torch given a trained preset state (Adam's
+  moments and count, dead counters) takes the same next epoch as the
+  preset. A dropped moment, a transposed layout or a restarted count (bias
+  correction) would each show."""
+  x = _data(n=10)
+  config = bench_reference.preset_config(D, seed=4, epochs=3)
+  config.model.d_sae, config.train.batch_size = M, BATCH
+  spec = core.static_spec_from_config(config, len(x))
+  hp = core.hparams_from_config(config)
+  run = core.compiled_train_epochs(spec, 1)
+  state = core.init_state(spec, jax.random.PRNGKey(4))
+  for epoch in range(2):
+    state, _ = run(state, hp, x, x, epoch)
+  sae = bench_reference_branch.torch_from_state(state, x)
+  _, orders = bench_reference.preset_streams(config, len(x))
+  state, _ = run(state, hp, x, x, 2)
+  (epoch, sae), = bench_reference_branch.torch_epochs(
+      sae, x, orders, 2, 3, step=6, batch=BATCH)
+  assert epoch == 3 and int(state.step) == 9
+  _assert_same(state, sae)
