@@ -177,6 +177,17 @@ def parse_overrides(text):
   return out
 
 
+def embedding_set(path, standin):
+  """The set at `path` (an embedding-set folder), else the named stand-in;
+  exits with one line when the folder cannot be read."""
+  if not path:
+    return getattr(synthetic, f"make_{standin}")().embedding_set
+  try:
+    return data.load_embedding_set(path)
+  except (data.DataError, OSError) as e:
+    sys.exit(f"--data={path}: {e}")
+
+
 def spread(values, fmt):
   values = np.asarray(values, float)
   if len(values) == 1:
@@ -217,14 +228,7 @@ def main():
     overrides = parse_overrides(args.overrides)
   except ValueError as e:
     sys.exit(f"--overrides: {e}")
-  if args.data:
-    try:
-      es = data.load_embedding_set(args.data)
-    except (data.DataError, OSError) as e:
-      sys.exit(f"--data={args.data}: {e}")
-  else:
-    make = getattr(synthetic, f"make_{args.standin}")
-    es = make().embedding_set
+  es = embedding_set(args.data, args.standin)
   results = {"preset": [], "torch": []}
   for seed in seeds:
     split = split_70_15_15(len(es), seed)

@@ -30,7 +30,6 @@ from tqdm import tqdm  # noqa: E402
 
 import bench_reference  # noqa: E402
 import reference_torch  # noqa: E402
-from emosae_jax import data, synthetic  # noqa: E402
 from emosae_jax import train_core as core  # noqa: E402
 
 # preset parameter -> (torch attribute, whether torch's layout is transposed)
@@ -112,13 +111,7 @@ def main():
     sys.exit(f"--branches={args.branches!r}: give epochs, e.g. 200,216")
   if not branches or branches[0] < 0 or branches[-1] >= args.end:
     sys.exit(f"--branches must lie in [0, --end={args.end})")
-  if args.data:
-    try:
-      es = data.load_embedding_set(args.data)
-    except (data.DataError, OSError) as e:
-      sys.exit(f"--data={args.data}: {e}")
-  else:
-    es = getattr(synthetic, f"make_{args.standin}")().embedding_set
+  es = bench_reference.embedding_set(args.data, args.standin)
   torch.set_num_threads(1)  # 2 threads cost 5x the CPU time per step here
   train, val, _ = bench_reference.split_70_15_15(len(es), args.seed)
   x_train, x_val = es.embeddings[train], es.embeddings[val]
