@@ -135,6 +135,7 @@ def run_torch(es, split, seed, epochs, variant, streams=None):
   # On the shared 2-core machines, 2 threads cost 5x the CPU time per step.
   torch.set_num_threads(1)
   train, val, test = split
+  init, orders = streams or (None, None)
   x = es.embeddings
   issue = variant == "issue"
   # validation MSE recorded every epoch's worth of steps, as the preset
@@ -143,8 +144,7 @@ def run_torch(es, split, seed, epochs, variant, streams=None):
       x[train], x[val], x[test], seed=seed, epochs=epochs, batch=BATCH,
       resample="fresh" if issue else "code",
       decoder_norm="latents" if issue else "inputs",
-      monitor_every=-(-len(train) // BATCH),
-      **dict(zip(("init", "orders"), streams or ())))
+      monitor_every=-(-len(train) // BATCH), init=init, orders=orders)
   val_var = np.sum((x[val] - x[train].mean(0)) ** 2) / x[val].size
   return {"dead": r["dead_counter"], "never_fires": r["dead_never_fires"],
           "test_mse": r["test_mse"], "l0": r["test_l0"],
@@ -253,6 +253,12 @@ def main():
     cells = [spread([r[key] for r in results[name]], fmt)
              if results[name] else "-" for name in ("torch", "preset")]
     print(f"{label:28}{ref:>12}{cells[0]:>28}{cells[1]:>28}")
+  for name, runs_ in results.items():
+    jumps = np.array([r["fvu_jump"] for r in runs_])
+    if len(jumps):
+      print(f"{name}: runs whose validation FVU rose above 1.5x / 3x its "
+            f"best: {np.sum(jumps > 1.5)} / {np.sum(jumps > 3)} of "
+            f"{len(jumps)}")
   preset = results["preset"]
   print(f"preset: {preset[0]['steps']} steps per run, divergence restores "
         f"{[r['restores'] for r in preset]}; reference's 107 s / preset "
