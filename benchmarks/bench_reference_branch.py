@@ -30,6 +30,7 @@ from tqdm import tqdm  # noqa: E402
 
 import bench_reference  # noqa: E402
 import reference_torch  # noqa: E402
+from emosae_jax import metrics  # noqa: E402
 from emosae_jax import train_core as core  # noqa: E402
 
 # preset parameter -> (torch attribute, whether torch's layout is transposed)
@@ -78,20 +79,17 @@ def torch_epochs(sae, x_train_raw, orders, first_epoch, end, step, batch=16,
     yield epoch + 1, sae
 
 
-def heldout_fvu_torch(sae, x_val_raw, train_mean):
-  x = torch.as_tensor(x_val_raw)
+def preset_x_hat(params, x_raw, train_mean):
+  """The preset's reconstruction of raw rows (its inputs are centred on the
+  training mean)."""
+  x_hat, _ = bench_reference.relu_sae(jax.device_get(params),
+                                      x_raw - train_mean)
+  return x_hat + train_mean
+
+
+def torch_x_hat(sae, x_raw):
   with torch.no_grad():
-    sse = float(((x - sae.forward(x)[0]) ** 2).sum())
-  return sse / float(np.sum((x_val_raw - train_mean) ** 2))
-
-
-def heldout_fvu_np(params, x_val_centred):
-  """The preset's validation FVU on centred rows (the training mean is 0)."""
-  params = jax.device_get(params)
-  x_hat, _ = bench_reference.relu_sae(params, x_val_centred)
-  return float(np.sum((x_val_centred - x_hat) ** 2)
-               / np.sum(x_val_centred ** 2))
-
+    return sae.forward(torch.as_tensor(x_raw))[0].numpy()
 
 
 def main():
@@ -129,7 +127,8 @@ def main():
     if epoch in branches:
       snapshots[epoch] = jax.device_get(state)
     state, _ = run_epoch(state, hp, x_train - mean, x_val - mean, epoch)
-    preset_fvu[epoch + 1] = heldout_fvu_np(state.params, x_val - mean)
+    preset_fvu[epoch + 1] = metrics.heldout_fvu(
+        x_val, preset_x_hat(state.params, x_val, mean), mean)
   for branch in branches:
     snap = snapshots[branch]
     sae = torch_from_state(snap, x_train)
@@ -138,7 +137,8 @@ def main():
     worst = [0.0, 0.0]
     for epoch, sae in torch_epochs(sae, x_train, orders, branch, args.end,
                                    int(snap.step)):
-      fvu = (preset_fvu[epoch], heldout_fvu_torch(sae, x_val, mean))
+      fvu = (preset_fvu[epoch],
+             metrics.heldout_fvu(x_val, torch_x_hat(sae, x_val), mean))
       worst = [max(w, f) for w, f in zip(worst, fvu)]
       print(f"  {epoch:4d}  {fvu[0]:8.3f} {fvu[1]:8.3f}")
     print(f"  worst: preset {worst[0]:.3f}, torch {worst[1]:.3f}",

@@ -170,11 +170,12 @@ def reference_steady_step(calls=3):
   epochs = config.train.epochs_per_call
   run = core.compiled_train_epochs(spec, epochs)
   state = core.init_state(spec, jax.random.PRNGKey(config.seed))
+  hp = core.hparams_from_config(config)
   times = []
   for call in range(calls + 1):
     start = time.perf_counter()
-    state, _ = run(state, core.hparams_from_config(config), prepared.x_train,
-                   prepared.x_val, call * epochs)
+    state, _ = run(state, hp, prepared.x_train, prepared.x_val,
+                   call * epochs)
     jax.block_until_ready(state)
     times.append(time.perf_counter() - start)
   return float(np.median(times[1:])) / (epochs * spec.steps_per_epoch)
